@@ -111,3 +111,28 @@ async def create_pool(dsn: str, *, min_size: int = 4, max_size: int = 16,
     )
     assert pool is not None
     return pool
+
+
+class Database:
+    """The pool behind a bound on waiting: past `max_waiting` requests queued for a
+    connection, a request is refused at once (503 OVERLOADED) instead of joining a queue
+    that grows without end."""
+
+    def __init__(self, pool: asyncpg.Pool, max_waiting: int) -> None:
+        self.pool = pool
+        self.max_in_flight = pool.get_max_size() + max_waiting
+        self.in_flight = 0
+
+    async def run(self, query: Query, *args: Any) -> Any:
+        """Run a named query on a pooled connection; raise Overloaded past the bound."""
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(self.in_flight)
+        self.in_flight += 1
+        try:
+            return await query(self.pool, *args)
+        finally:
+            self.in_flight -= 1
+
+
+class Overloaded(Exception):
+    """More requests wait for a database connection than the bound allows."""

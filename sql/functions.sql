@@ -230,7 +230,7 @@ BEGIN
 
     IF v_status <> 'active' THEN
         PERFORM refuse('TRC01', format('card is %s', v_status),
-                       jsonb_build_object('card_id', p_card_id, 'status', v_status));
+                       jsonb_build_object('card_id', p_card_id, 'card_status', v_status));
     END IF;
     IF p_recharge_point_id IS NOT NULL
        AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
@@ -272,7 +272,7 @@ BEGIN
     END IF;
     IF v_status <> 'active' THEN
         PERFORM refuse('TRC01', format('card is %s', v_status),
-                       jsonb_build_object('card_id', p_card_id, 'status', v_status));
+                       jsonb_build_object('card_id', p_card_id, 'card_status', v_status));
     END IF;
     SELECT r.route_type, r.is_active INTO v_route_type, v_route_active
     FROM routes r WHERE r.route_id = p_route_id;

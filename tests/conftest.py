@@ -6,19 +6,25 @@ that holds the applied schema and a small transit network (fast: CREATE DATABASE
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
+import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import db  # noqa: E402
-from localstack import LocalStack  # noqa: E402
+import server  # noqa: E402
+from localstack import LocalStack, free_port  # noqa: E402
 
 TEMPLATE = "travel_template"
 _database_numbers = itertools.count(1)
@@ -110,3 +116,55 @@ async def redis_client(stack: LocalStack) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+# One token per role; the recharge point's token belongs to recharge point 1.
+TOKENS = {"admin": "admin-token-for-tests", "recharge_point": "recharge-point-1-token",
+          "validator": "validator-token-for-tests"}
+
+
+@dataclass
+class Api:
+    """A running API (uvicorn on a free port, in this event loop) and a client for it."""
+
+    http: httpx.AsyncClient
+    url: str
+    app: object
+    database_url: str
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+async def register_test_tokens(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for role, token in TOKENS.items():
+            point = 1 if role == "recharge_point" else None
+            await db.QUERIES["register-token"](conn, hashlib.sha256(token.encode()).digest(), role, role, point)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
+    """The real server on this test's database and the session's (emptied) Redis."""
+    await register_test_tokens(database_url)
+    settings = server.Settings(database_url=database_url, redis_url=stack.redis.url,
+                               pool_min=2, pool_max=20)
+    app = server.create_app(settings)
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                                   log_level="warning", access_log=False))
+    serving = asyncio.create_task(uvicorn_server.serve())
+    while not uvicorn_server.started:  # uvicorn offers a flag, not an event
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.005)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10) as http:
+            yield Api(http, url, app, database_url)
+    finally:
+        uvicorn_server.should_exit = True
+        await serving

@@ -1,0 +1,151 @@
+"""Cache-aside on Redis: coalesced reads, generation-guarded fills, pipelined invalidation.
+
+Read: the keys asked for during one event-loop tick go to Redis as one MGET (each key with
+its generation), so a hit costs a share of one round trip. Miss: the caller reads
+PostgreSQL and calls `fill`, which stores the value only if the key's generation is still
+the one the read saw: a write that committed in between bumped it, so a slow miss cannot
+put back the row it read before the write (DESIGN §6). Write: `invalidate` bumps the
+generations and DELs the keys, in one pipeline, after the commit.
+
+Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is
+dropped, and `healthy` turns False until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+import cachekeys
+
+log = logging.getLogger("travel.cache")
+
+# KEYS[1] the value, KEYS[2] its generation; ARGV: generation seen by the read, TTL, value.
+_FILL_IF_GENERATION_UNCHANGED = """
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+
+class Lookup:
+    """What a read found: the stored bytes (None on a miss) and the generation it saw."""
+
+    __slots__ = ("value", "generation", "started")
+
+    def __init__(self, value: bytes | None, generation: bytes) -> None:
+        self.value = value
+        self.generation = generation
+        self.started = time.monotonic()
+
+
+def connect(url: str, *, timeout: float = 0.1, max_connections: int = 32) -> aioredis.Redis:
+    """A client with a bounded, blocking pool and short timeouts: Redis is an optimisation,
+    so waiting long for it is never worth it."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,  # wait for a free connection at most this long
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
+        health_check_interval=5,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Cache:
+    """The service's view of Redis."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.healthy = True
+        self._fill_script = client.register_script(_FILL_IF_GENERATION_UNCHANGED)
+        self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
+        self._flush_scheduled = False
+        self._fetches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    # ------------------------------------------------------------------ reads
+    def lookup(self, key: bytes) -> asyncio.Future[Lookup]:
+        """Look `key` up in the next batch. Concurrent lookups of one key share one answer."""
+        future = self._pending.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[key] = future
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        self._flush_scheduled = False
+        task = asyncio.ensure_future(self._fetch(batch))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
+        names: list[bytes] = []
+        for key in batch:
+            names += (key, cachekeys.generation(key))
+        try:
+            values = await self.client.mget(names)
+            self.healthy = True
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            self._unhealthy("read", error)
+            values = [None] * len(names)
+        for index, future in enumerate(batch.values()):
+            if not future.done():
+                future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b""))
+
+    # ------------------------------------------------------------------ fills and writes
+    async def fill(self, key: bytes, lookup: Lookup, ttl: int, value: bytes) -> None:
+        """Store what a miss read, unless a write bumped the key's generation meanwhile."""
+        if not self.healthy or time.monotonic() - lookup.started > cachekeys.MAX_FILL_AGE:
+            return
+        try:
+            await self._fill_script(keys=[key, cachekeys.generation(key)],
+                                    args=[lookup.generation, ttl, value])
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            self._unhealthy("fill", error)
+
+    async def invalidate(self, keys: Sequence[bytes]) -> bool:
+        """Bump the generations of `keys` and delete them, in one round trip.
+
+        Returns False when Redis could not be reached (the caller decides what that costs).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            generation = cachekeys.generation(key)
+            pipe.incr(generation)
+            pipe.expire(generation, cachekeys.GENERATION_TTL)
+        pipe.delete(*keys)
+        try:
+            await pipe.execute()
+            self.healthy = True
+            return True
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            self._unhealthy("invalidate", error)
+            return False
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.ping()
+            self.healthy = True
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            self._unhealthy("ping", error)
+        return self.healthy
+
+    def _unhealthy(self, operation: str, error: BaseException) -> None:
+        if self.healthy:
+            log.warning("redis %s failed: %s", operation, error.__class__.__name__)
+        self.healthy = False

@@ -1,0 +1,139 @@
+"""RFC 9457 problem details: the one shape of every error the API answers.
+
+A `Problem` carries an HTTP status and a stable `code`. PostgreSQL refusals arrive as
+asyncpg errors and are mapped by SQLSTATE (our own "TR..." codes from sql/functions.sql,
+and the standard ones), never by parsing messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("travel.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+# SQLSTATE -> (HTTP status, code); the SQL side lists the same codes in functions.sql.
+SQLSTATE_PROBLEMS: dict[str, tuple[int, str]] = {
+    "TRN01": (404, "CARD_NOT_FOUND"),
+    "TRN02": (404, "TRIP_NOT_FOUND"),
+    "TRN03": (404, "USER_NOT_FOUND"),
+    "TRN04": (404, "ROUTE_NOT_FOUND"),
+    "TRN05": (404, "STATION_NOT_FOUND"),
+    "TRN06": (404, "RECHARGE_POINT_NOT_FOUND"),
+    "TRC01": (409, "CARD_NOT_ACTIVE"),
+    "TRC02": (409, "TRIP_ALREADY_ENDED"),
+    "TRC03": (409, "ROUTE_NOT_ACTIVE"),
+    "TRP01": (402, "INSUFFICIENT_BALANCE"),
+    "TRI01": (422, "IDEMPOTENCY_KEY_REUSED"),
+    "TRF01": (503, "FARE_NOT_CONFIGURED"),
+    "23505": (409, "ALREADY_EXISTS"),  # unique_violation
+}
+
+TITLES = {
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+    415: "Unsupported Media Type", 422: "Unprocessable Content", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+# The connection to PostgreSQL failed or timed out (as opposed to PostgreSQL refusing).
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout / command_timeout
+)
+
+
+class ProblemBody(msgspec.Struct):
+    """An error answer (RFC 9457): `code` is stable, `detail` is for people; some problems
+    add members (`field`, `balance` and `fare`, the id that was not found ...)."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+
+
+class Problem(Exception):
+    """Raise to answer with a problem; `extra` members go into the body beside `code`."""
+
+    def __init__(self, status: int, code: str, detail: str = "", /, *,
+                 headers: dict[str, str] | None = None, **extra: object) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self) -> Response:
+        body: dict[str, object] = {
+            "type": "about:blank" if not self.code else f"/problems/{self.code.lower().replace('_', '-')}",
+            "title": TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "code": self.code,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        body.update((name, value) for name, value in self.extra.items() if name not in body)
+        return Response(msgspec.json.encode(body), self.status, self.headers, media_type=PROBLEM_JSON)
+
+
+def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
+    """The problem a PostgreSQL refusal stands for, or None if it is not a domain refusal."""
+    mapped = SQLSTATE_PROBLEMS.get(error.sqlstate or "")
+    if mapped is None:
+        return None
+    status, code = mapped
+    extra: dict[str, object] = {}
+    detail = getattr(error, "detail", None)
+    if detail and error.sqlstate.startswith("TR"):
+        extra = msgspec.json.decode(detail)
+    elif error.sqlstate == "23505":
+        extra = {"constraint": getattr(error, "constraint_name", None) or ""}
+        detail = "a unique field is already taken"
+    return Problem(status, code, error.args[0] if error.sqlstate.startswith("TR") else detail or "", **extra)
+
+
+def database_unavailable() -> Problem:
+    return Problem(503, "DATABASE_UNAVAILABLE", "the database cannot be reached; retry shortly",
+                   headers={"Retry-After": "2"})
+
+
+async def handle_problem(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
+async def handle_postgres(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, asyncpg.PostgresError)
+    problem = from_postgres(exc)
+    if problem is None:
+        log.error("unmapped PostgreSQL error %s: %s", exc.sqlstate, exc.__class__.__name__)
+        problem = Problem(500, "INTERNAL_ERROR", "the request could not be completed")
+    return problem.response()
+
+
+async def handle_unavailable(_: Request, exc: Exception) -> Response:
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    return database_unavailable().response()
+
+
+async def handle_unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unexpected error")
+    return Problem(500, "INTERNAL_ERROR", "the request could not be completed").response()

@@ -1,0 +1,217 @@
+"""Request and response bodies as msgspec Structs: decoding is validation, encoding is fast.
+
+Response Structs list their fields in the order of the columns their query selects, so a
+row becomes a Struct positionally (`Card(*row)`), with no dict in between; a test holds
+every query to that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+BIGINT_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
+
+BigId = Annotated[int, Meta(ge=1, le=BIGINT_MAX, description="a positive bigint id")]
+IntId = Annotated[int, Meta(ge=1, le=INT_MAX, description="a positive integer id")]
+Pesos = Annotated[int, Meta(description="Colombian pesos, an exact integer")]
+RechargeAmount = Annotated[int, Meta(ge=1, le=1_000_000, description="pesos, 1..1,000,000")]
+
+
+def text(max_length: int, *, min_length: int = 1, pattern: str = r"^[^\x00-\x1f\x7f]*$") -> type:
+    """A string without control characters (PostgreSQL cannot store NUL) and of bounded length."""
+    return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=pattern)]  # type: ignore[return-value]
+
+
+Name = text(100)
+Email = text(254, pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
+IdNumber = text(20, min_length=4, pattern=r"^[0-9A-Za-z-]+$")
+Phone = text(20, pattern=r"^\+?[0-9 ()-]+$")
+CardNumber = text(20, min_length=8, pattern=r"^[0-9]+$")
+CardStatus = Literal["active", "blocked", "lost", "inactive"]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of request bodies: unknown members are refused rather than silently dropped."""
+
+
+# ---------------------------------------------------------------- requests
+class RechargeRequest(Body):
+    card_id: BigId
+    amount: RechargeAmount
+    recharge_point_id: IntId | None = None
+
+
+class BoardRequest(Body):
+    card_id: BigId
+    route_id: IntId
+    boarding_station_id: IntId
+
+
+class EndTripRequest(Body):
+    disembarking_station_id: IntId
+
+
+class UserRequest(Body):
+    first_name: Name
+    last_name: Name
+    email: Email
+    id_number: IdNumber
+    contact_number: Phone | None = None
+    gender: Literal["M", "F", "O"] | None = None
+    date_of_birth: dt.date | None = None
+    residential_address: text(255) | None = None  # type: ignore[valid-type]
+    city_of_birth: Name | None = None
+
+
+class CardRequest(Body):
+    user_id: BigId
+    card_number: CardNumber | None = None
+
+
+class CardStatusRequest(Body):
+    status: CardStatus
+
+
+# ---------------------------------------------------------------- responses
+class Health(msgspec.Struct):
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "down"]
+    cache: Literal["ok", "down"]
+
+
+class Trip(msgspec.Struct):
+    trip_id: int
+    card_id: int
+    vehicle_id: int | None
+    route_id: int
+    boarding_station_id: int
+    disembarking_station_id: int | None
+    boarding_time: dt.datetime
+    disembarking_time: dt.datetime | None
+    fare_id: int
+    fare_charged: Pesos
+    is_transfer: bool
+    transfer_group_id: int | None
+    driver_id: int | None
+
+
+class Boarding(msgspec.Struct):
+    trip_id: int
+    card_id: int
+    route_id: int
+    boarding_station_id: int
+    boarding_time: dt.datetime
+    fare_id: int
+    fare_charged: Pesos
+    is_transfer: bool
+    transfer_group_id: int | None
+    balance: Pesos
+
+
+class TripsTotal(msgspec.Struct):
+    total_trips: int
+    completed_trips: int
+    active_trips: int
+    total_revenue: Pesos
+
+
+class LocalityTrips(msgspec.Struct):
+    location_id: int
+    locality: str
+    total_trips: int
+    completed_trips: int
+    active_trips: int
+
+
+class Revenue(msgspec.Struct):
+    total_revenue: Pesos
+    currency: Literal["COP"] = "COP"
+
+
+class LocalityRevenue(msgspec.Struct):
+    location_id: int
+    locality: str
+    total_revenue: Pesos
+    currency: Literal["COP"] = "COP"
+
+
+class CardBalance(msgspec.Struct):
+    card_id: int
+    balance: Pesos
+    status: CardStatus
+    last_used_date: dt.datetime | None
+
+
+class Recharge(msgspec.Struct):
+    recharge_id: int
+    card_id: int
+    amount: Pesos
+    balance: Pesos
+    recharge_timestamp: dt.datetime
+    recharge_point_id: int | None
+
+
+class UserRecharge(msgspec.Struct):
+    recharge_id: int
+    card_id: int
+    card_number: str
+    amount: Pesos
+    recharge_timestamp: dt.datetime
+    recharge_point_id: int | None
+    transaction_id: str
+
+
+class Count(msgspec.Struct):
+    count: int
+
+
+class User(msgspec.Struct):
+    user_id: int
+    first_name: str
+    last_name: str
+    contact_number: str | None
+    email: str
+    gender: str | None
+    date_of_birth: dt.date | None
+    residential_address: str | None
+    id_number: str
+    city_of_birth: str | None
+    registration_date: dt.datetime
+
+
+class Card(msgspec.Struct):
+    card_id: int
+    card_number: str
+    user_id: int
+    acquisition_date: dt.datetime
+    status: CardStatus
+    balance: Pesos
+    last_used_date: dt.datetime | None
+    update_date: dt.datetime
+
+
+class Route(msgspec.Struct):
+    route_id: int
+    route_code: str
+    route_name: str
+    route_type: str
+    origin_station_id: int | None
+    destination_station_id: int | None
+    is_active: bool
+
+
+class Station(msgspec.Struct):
+    station_id: int
+    name: str
+    station_code: str
+    station_type: str
+    location_id: int | None
+    locality: str | None
+    latitude: float | None
+    longitude: float | None
+    is_active: bool

@@ -1,0 +1,584 @@
+"""Travel Recharge API: Starlette routes over hand-written SQL (asyncpg) and a Redis cache.
+
+`python server.py` serves. Without DATABASE_URL / REDIS_URL it first starts the embedded
+default (a private PostgreSQL and Redis under ./.data), applies sql/, loads demo data on
+first start and prints a write token. The route table is at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+import cachekeys
+import db
+import docs
+import metrics
+import models
+from cache import Cache, Lookup, connect
+from db import QUERIES, Database, Overloaded
+from docs import Operation
+from errors import (
+    DATABASE_UNAVAILABLE_ERRORS, Problem, handle_postgres, handle_problem,
+    handle_unavailable, handle_unexpected,
+)
+
+log = logging.getLogger("travel.api")
+BodyT = TypeVar("BodyT", bound=models.Body)
+
+MAX_BODY = 64 * 1024
+TOKEN_CACHE_SECONDS = 30.0  # a revoked token stops working within this long
+API = "/api/v1"
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class Settings:
+    """Configuration from the environment (DESIGN §3)."""
+
+    database_url: str
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    demo_scale: int | None = None
+    admin_token: str | None = None
+    log_level: str = "info"
+    pool_min: int = 4
+    pool_max: int = 16
+    max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        values: dict[str, Any] = {
+            "database_url": env.get("DATABASE_URL", ""),
+            "redis_url": env.get("REDIS_URL", ""),
+            "host": env.get("HOST", "127.0.0.1"),
+            "port": int(env.get("PORT", "8000")),
+            "workers": int(env.get("WORKERS", "1")),
+            "demo_scale": int(env["DEMO_SCALE"]) if env.get("DEMO_SCALE") else None,
+            "admin_token": env.get("ADMIN_TOKEN") or None,
+            "log_level": env.get("LOG_LEVEL", "info").lower(),
+            "pool_min": int(env.get("POOL_MIN", "4")),
+            "pool_max": int(env.get("POOL_MAX", "16")),
+            "max_waiting": int(env.get("MAX_WAITING", "256")),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- responses
+JSON = b"application/json"
+
+
+class JSONBytes(Response):
+    """Already-encoded JSON with pre-built headers: a cache hit returns stored bytes as is."""
+
+    def __init__(self, body: bytes, status_code: int = 200, cache: bytes | None = None) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+        if cache is not None:
+            self.raw_headers.append((b"x-cache", cache))
+
+
+def encode(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+# ---------------------------------------------------------------- request parsing
+def path_id(request: Request, name: str, maximum: int = models.BIGINT_MAX) -> int:
+    """A positive integer path parameter within `maximum`, or 422 before any I/O."""
+    raw: str = request.path_params[name]
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+        if 1 <= value <= maximum:
+            return value
+    raise Problem(422, "VALIDATION_ERROR", f"{name} must be a positive integer up to {maximum}",
+                  field=name)
+
+
+async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
+    """Decode and validate a JSON body: 415 unless JSON, 413 past 64 KiB, 400 if not JSON,
+    422 if the JSON does not fit `body_type`."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        raise Problem(413, "BODY_TOO_LARGE", f"the body may hold at most {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Problem(413, "BODY_TOO_LARGE", f"the body may hold at most {MAX_BODY} bytes")
+        chunks.append(chunk)
+    try:
+        return msgspec.json.decode(b"".join(chunks), type=body_type)
+    except msgspec.ValidationError as error:
+        raise Problem(422, "VALIDATION_ERROR", str(error)) from None
+    except msgspec.DecodeError as error:
+        raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {error}") from None
+
+
+# ---------------------------------------------------------------- write tokens
+@dataclass(frozen=True, slots=True)
+class Caller:
+    token_id: int
+    role: str
+    recharge_point_id: int | None
+
+
+@dataclass
+class TokenCache:
+    """Known tokens by sha256, kept briefly so that a write costs one database round trip."""
+
+    entries: dict[bytes, tuple[float, Caller | None]] = field(default_factory=dict)
+
+    async def caller(self, database: Database, token: str) -> Caller | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self.entries.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await database.run(QUERIES["token-by-hash"], digest)
+        found = None if row is None else Caller(row["token_id"], row["role"], row["recharge_point_id"])
+        if len(self.entries) > 10_000:  # unknown tokens are cached too: bound the memory
+            self.entries.clear()
+        self.entries[digest] = (now + TOKEN_CACHE_SECONDS, found)
+        return found
+
+
+async def authorize(request: Request, *roles: str) -> Caller:
+    """The caller behind `Authorization: Bearer`, if its role is one of `roles` (admin always)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token.strip():
+        raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
+                      headers={"WWW-Authenticate": "Bearer"})
+    state = request.state
+    caller = await state.tokens.caller(state.db, token.strip())
+    if caller is None:
+        raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
+                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    if caller.role != "admin" and caller.role not in roles:
+        raise Problem(403, "FORBIDDEN", f"a {caller.role} token cannot do this")
+    return caller
+
+
+# ---------------------------------------------------------------- cache-aside
+async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
+    """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (DESIGN §6)."""
+    cache: Cache = request.state.cache
+    lookup: Lookup = await cache.lookup(key)
+    if lookup.value is not None:
+        metrics.CACHE_HITS.inc()
+        return JSONBytes(lookup.value, cache=b"HIT")
+    metrics.CACHE_MISSES.inc()
+    body = await load()
+    await cache.fill(key, lookup, ttl, body)
+    return JSONBytes(body, cache=b"MISS")
+
+
+async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
+    """DEL what a committed write made stale, before its answer goes out."""
+    if not await request.state.cache.invalidate(keys):
+        metrics.CACHE_ERRORS.inc()
+
+
+# ---------------------------------------------------------------- reads
+async def health(request: Request) -> Response:
+    state = request.state
+    try:
+        await asyncio.wait_for(state.db.run(QUERIES["ping"]), timeout=1.0)
+        database = "ok"
+    except (Overloaded, *DATABASE_UNAVAILABLE_ERRORS):
+        database = "down"
+    cache = "ok" if await state.cache.ping() else "down"
+    status = "ok" if database == cache == "ok" else "degraded"
+    answer = models.Health(status=status, database=database, cache=cache)  # type: ignore[arg-type]
+    return JSONBytes(encode(answer), 200 if database == "ok" else 503)
+
+
+async def get_trip(request: Request) -> Response:
+    trip_id = path_id(request, "trip_id")
+
+    async def load() -> bytes:
+        row = await request.state.db.run(QUERIES["trip"], trip_id)
+        if row is None:
+            raise Problem(404, "TRIP_NOT_FOUND", "no trip with this id", trip_id=trip_id)
+        return encode(models.Trip(*row))
+
+    return await cached(request, cachekeys.trip(trip_id), cachekeys.TRIP_TTL, load)
+
+
+async def trips_total(request: Request) -> Response:
+    async def load() -> bytes:
+        return encode(models.TripsTotal(*await request.state.db.run(QUERIES["trips-total"])))
+
+    return await cached(request, cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, load)
+
+
+async def trips_by_locality(request: Request) -> Response:
+    async def load() -> bytes:
+        rows = await request.state.db.run(QUERIES["trips-by-locality"])
+        return encode([models.LocalityTrips(*row) for row in rows])
+
+    return await cached(request, cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL, load)
+
+
+async def card_trips(request: Request) -> Response:
+    card_id = path_id(request, "card_id")
+
+    async def load() -> bytes:
+        rows = await request.state.db.run(QUERIES["card-trips"], card_id)
+        if not rows:
+            raise Problem(404, "CARD_NOT_FOUND", "no card with this id", card_id=card_id)
+        return encode([models.Trip(*row) for row in rows if row[0] is not None])
+
+    return await cached(request, cachekeys.card_trips(card_id), cachekeys.CARD_TRIPS_TTL, load)
+
+
+async def revenue_total(request: Request) -> Response:
+    async def load() -> bytes:
+        return encode(models.Revenue(await request.state.db.run(QUERIES["revenue-total"])))
+
+    return await cached(request, cachekeys.REVENUE_TOTAL, cachekeys.REVENUE_TTL, load)
+
+
+async def revenue_by_locality(request: Request) -> Response:
+    async def load() -> bytes:
+        rows = await request.state.db.run(QUERIES["revenue-by-locality"])
+        return encode([models.LocalityRevenue(*row) for row in rows])
+
+    return await cached(request, cachekeys.REVENUE_BY_LOCALITY, cachekeys.REVENUE_TTL, load)
+
+
+async def card_balance(request: Request) -> Response:
+    card_id = path_id(request, "card_id")
+
+    async def load() -> bytes:
+        row = await request.state.db.run(QUERIES["card-balance"], card_id)
+        if row is None:
+            raise Problem(404, "CARD_NOT_FOUND", "no card with this id", card_id=card_id)
+        return encode(models.CardBalance(*row))
+
+    return await cached(request, cachekeys.card_balance(card_id), cachekeys.CARD_BALANCE_TTL, load)
+
+
+async def user_recharges(request: Request) -> Response:
+    user_id = path_id(request, "user_id")
+
+    async def load() -> bytes:
+        rows = await request.state.db.run(QUERIES["user-recharges"], user_id)
+        if not rows:
+            raise Problem(404, "USER_NOT_FOUND", "no user with this id", user_id=user_id)
+        return encode([models.UserRecharge(*row) for row in rows if row[0] is not None])
+
+    return await cached(request, cachekeys.user_recharges(user_id), cachekeys.USER_RECHARGES_TTL, load)
+
+
+async def routes_all(request: Request) -> Response:
+    async def load() -> bytes:
+        return encode([models.Route(*row) for row in await request.state.db.run(QUERIES["routes-all"])])
+
+    return await cached(request, cachekeys.ROUTES_ALL, cachekeys.REFERENCE_TTL, load)
+
+
+async def stations_all(request: Request) -> Response:
+    async def load() -> bytes:
+        return encode([models.Station(*row) for row in await request.state.db.run(QUERIES["stations-all"])])
+
+    return await cached(request, cachekeys.STATIONS_ALL, cachekeys.REFERENCE_TTL, load)
+
+
+async def users_count(request: Request) -> Response:
+    return JSONBytes(encode(models.Count(await request.state.db.run(QUERIES["users-count"]))))
+
+
+async def users_active_count(request: Request) -> Response:
+    return JSONBytes(encode(models.Count(await request.state.db.run(QUERIES["users-active-count"]))))
+
+
+async def users_latest(request: Request) -> Response:
+    rows = await request.state.db.run(QUERIES["users-latest"])
+    return JSONBytes(encode([models.User(*row) for row in rows]))
+
+
+# ---------------------------------------------------------------- writes
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
+        raise Problem(422, "VALIDATION_ERROR",
+                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+                      field="Idempotency-Key")
+    return key
+
+
+async def create_recharge(request: Request) -> Response:
+    caller = await authorize(request, "recharge_point")
+    body = await read_body(request, models.RechargeRequest)
+    key = idempotency_key(request)
+    point = body.recharge_point_id
+    if caller.role == "recharge_point":
+        if point is not None and point != caller.recharge_point_id:
+            raise Problem(403, "FORBIDDEN", "a recharge point token recharges at its own point only")
+        point = caller.recharge_point_id
+    row = await request.state.db.run(QUERIES["recharge"], body.card_id, body.amount, point,
+                                     caller.token_id, key)
+    *answer, user_id, replayed = row
+    if not replayed:
+        await invalidated(request, cachekeys.after_recharge(body.card_id, user_id))
+    response = JSONBytes(encode(models.Recharge(*answer)), 201)
+    if replayed:
+        response.raw_headers.append((b"idempotent-replayed", b"true"))
+    return response
+
+
+async def board(request: Request) -> Response:
+    await authorize(request, "validator")
+    body = await read_body(request, models.BoardRequest)
+    row = await request.state.db.run(QUERIES["board"], body.card_id, body.route_id, body.boarding_station_id)
+    await invalidated(request, cachekeys.after_boarding(body.card_id))
+    return JSONBytes(encode(models.Boarding(*row[:-1])), 201)
+
+
+async def end_trip(request: Request) -> Response:
+    await authorize(request, "validator")
+    trip_id = path_id(request, "trip_id")
+    body = await read_body(request, models.EndTripRequest)
+    row = await request.state.db.run(QUERIES["end-trip"], trip_id, body.disembarking_station_id)
+    trip = models.Trip(*row)
+    await invalidated(request, cachekeys.after_trip_end(trip_id, trip.card_id))
+    return JSONBytes(encode(trip))
+
+
+async def create_user(request: Request) -> Response:
+    await authorize(request)
+    body = await read_body(request, models.UserRequest)
+    row = await request.state.db.run(
+        QUERIES["create-user"], body.first_name, body.last_name, body.email, body.id_number,
+        body.contact_number, body.gender, body.date_of_birth, body.residential_address, body.city_of_birth)
+    return JSONBytes(encode(models.User(*row)), 201)
+
+
+async def issue_card(request: Request) -> Response:
+    await authorize(request)
+    body = await read_body(request, models.CardRequest)
+    row = await request.state.db.run(QUERIES["issue-card"], body.user_id, body.card_number)
+    return JSONBytes(encode(models.Card(*row)), 201)
+
+
+async def set_card_status(request: Request) -> Response:
+    await authorize(request)
+    card_id = path_id(request, "card_id")
+    body = await read_body(request, models.CardStatusRequest)
+    row = await request.state.db.run(QUERIES["set-card-status"], card_id, body.status)
+    await invalidated(request, cachekeys.after_card_change(card_id))
+    return JSONBytes(encode(models.Card(*row)))
+
+
+# ---------------------------------------------------------------- errors
+async def handle_http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    return Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+
+async def handle_overloaded(_: Request, exc: Exception) -> Response:
+    metrics.OVERLOADED.inc()
+    return Problem(503, "OVERLOADED", "too many requests wait for the database; retry shortly",
+                   headers={"Retry-After": "1"}).response()
+
+
+# ---------------------------------------------------------------- lifespan and app
+async def prepare_database(settings: Settings) -> None:
+    """Apply sql/ (a no-op when current) and register ADMIN_TOKEN, on one connection."""
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        await db.apply_schema(conn)
+        if settings.admin_token:
+            await QUERIES["register-token"](conn, hashlib.sha256(settings.admin_token.encode()).digest(),
+                                            "admin", "ADMIN_TOKEN", None)
+    finally:
+        await conn.close()
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app. Pools open in the lifespan, never at import."""
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await prepare_database(settings)
+        pool = await db.create_pool(settings.database_url, min_size=settings.pool_min,
+                                    max_size=settings.pool_max)
+        redis = connect(settings.redis_url)
+        database = Database(pool, settings.max_waiting)
+        metrics.watch_pool(database)
+        try:
+            yield {"db": database, "cache": Cache(redis), "tokens": TokenCache(), "settings": settings}
+        finally:
+            # Requests have drained by now; closing must finish even if we are cancelled.
+            await asyncio.shield(asyncio.gather(pool.close(), redis.aclose()))
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        middleware=[metrics.middleware()],
+        exception_handlers={
+            Problem: handle_problem,
+            HTTPException: handle_http,
+            Overloaded: handle_overloaded,
+            asyncpg.PostgresError: handle_postgres,
+            **{error: handle_unavailable for error in DATABASE_UNAVAILABLE_ERRORS},
+            Exception: handle_unexpected,
+        },
+    )
+
+
+PUBLIC = None  # Operation.roles for reads anyone may make
+ADMIN: tuple[str, ...] = ()
+NOT_FOUND = (404,)
+OPERATIONS = [
+    Operation("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
+              models.Health, errors=(503,)),
+    Operation("GET", f"{API}/trips/total", trips_total, "Trip totals and revenue",
+              models.TripsTotal, cache="trips:total · 300 s"),
+    Operation("GET", f"{API}/trips/total/localities", trips_by_locality, "Trips per locality",
+              list[models.LocalityTrips], cache="trips:total:localities · 300 s"),
+    Operation("GET", f"{API}/trips/card/{{card_id}}", card_trips, "A card's 20 latest trips",
+              list[models.Trip], errors=NOT_FOUND, cache="trips:card:{id} · 300 s"),
+    Operation("GET", f"{API}/trips/{{trip_id}}", get_trip, "One trip",
+              models.Trip, errors=NOT_FOUND, cache="trip:{id} · 300 s"),
+    Operation("POST", f"{API}/trips", board, "Board: debit the fare (or the transfer fare)",
+              models.Boarding, 201, models.BoardRequest, (402, 404, 409), ("validator",)),
+    Operation("POST", f"{API}/trips/{{trip_id}}/end", end_trip, "Alight: close an open trip",
+              models.Trip, 200, models.EndTripRequest, (404, 409), ("validator",)),
+    Operation("GET", f"{API}/finance/revenue", revenue_total, "Revenue: the fares boardings debited",
+              models.Revenue, cache="finance:total_revenue · 60 s"),
+    Operation("GET", f"{API}/finance/revenue/localities", revenue_by_locality, "Revenue per locality",
+              list[models.LocalityRevenue], cache="finance:revenue:by_localities · 60 s"),
+    Operation("POST", f"{API}/cards", issue_card, "Issue a card (balance 0, active)",
+              models.Card, 201, models.CardRequest, (404, 409), ADMIN),
+    Operation("PATCH", f"{API}/cards/{{card_id}}", set_card_status, "Set a card's status (block a lost card)",
+              models.Card, 200, models.CardStatusRequest, NOT_FOUND, ADMIN),
+    Operation("GET", f"{API}/cards/{{card_id}}/balance", card_balance, "A card's balance and status",
+              models.CardBalance, errors=NOT_FOUND, cache="card:{id}:balance · 300 s"),
+    Operation("POST", f"{API}/recharges", create_recharge, "Recharge a card (Idempotency-Key replays)",
+              models.Recharge, 201, models.RechargeRequest, (404, 409), ("recharge_point",),
+              headers=("Idempotency-Key",)),
+    Operation("POST", f"{API}/users", create_user, "Register a user",
+              models.User, 201, models.UserRequest, (409,), ADMIN),
+    Operation("GET", f"{API}/users/count", users_count, "How many users", models.Count),
+    Operation("GET", f"{API}/users/active/count", users_active_count,
+              "How many users hold an active card", models.Count),
+    Operation("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User]),
+    Operation("GET", f"{API}/users/{{user_id}}/recharges", user_recharges, "A user's 20 latest recharges",
+              list[models.UserRecharge], errors=NOT_FOUND, cache="user:{id}:recharges · 300 s"),
+    Operation("GET", f"{API}/routes", routes_all, "Every route", list[models.Route], cache="routes:all · 300 s"),
+    Operation("GET", f"{API}/stations", stations_all, "Every station", list[models.Station],
+              cache="stations:all · 300 s"),
+]
+ROUTES: list[BaseRoute] = [
+    *(operation.route() for operation in OPERATIONS),
+    Route("/metrics", metrics.endpoint, methods=["GET"]),
+    *docs.routes(OPERATIONS, "Travel Recharge API", "1.0.0"),
+]
+
+
+# ---------------------------------------------------------------- python server.py
+DATA_DIR = Path(__file__).resolve().parent / ".data"
+DEFAULT_DEMO_SCALE = 1
+
+
+def demo_admin_token(data_dir: Path) -> str:
+    """The embedded default's admin token, made once and kept beside its data (mode 0600)."""
+    path = data_dir / "admin.token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def load_demo_data(database_url: str, scale: int) -> None:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await db.apply_schema(conn)
+        started = time.monotonic()
+        if await db.load_demo_data(conn, scale):
+            print(f"loaded demo data at scale {scale} in {time.monotonic() - started:.1f} s", flush=True)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stack = None
+    if not (settings.database_url and settings.redis_url):
+        from localstack import LocalStack
+
+        stack = LocalStack(DATA_DIR)
+        database_url, redis_url = stack.start()
+        settings = Settings.from_env(
+            database_url=settings.database_url or database_url,
+            redis_url=settings.redis_url or redis_url,
+            demo_scale=DEFAULT_DEMO_SCALE if settings.demo_scale is None else settings.demo_scale,
+            admin_token=settings.admin_token or demo_admin_token(DATA_DIR),
+        )
+    try:
+        if settings.demo_scale:
+            asyncio.run(load_demo_data(settings.database_url, settings.demo_scale))
+        asyncio.run(prepare_database(settings))
+        os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+        if settings.admin_token:
+            os.environ["ADMIN_TOKEN"] = settings.admin_token
+        print(f"serving on http://{settings.host}:{settings.port}{API}/health"
+              f"  (docs: http://{settings.host}:{settings.port}/docs)", flush=True)
+        if stack is not None:
+            print(f"demo admin token: {settings.admin_token}", flush=True)
+        uvicorn.run(
+            "server:create_app", factory=True, host=settings.host, port=settings.port,
+            workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
+            log_level=settings.log_level, timeout_graceful_shutdown=10,
+        )
+    finally:
+        if stack is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the servers
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+-- name: revenue-total$
+-- Revenue is what boardings debited (trips.fare_charged), from the maintained counters.
+SELECT coalesce(sum(revenue), 0)::bigint FROM trip_counters;

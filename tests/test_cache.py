@@ -1,0 +1,193 @@
+"""The cache-aside protocol of DESIGN §6, against the real server, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+import cachekeys
+import db
+from cache import Cache
+from conftest import Api
+
+pytestmark = pytest.mark.asyncio
+
+
+async def command_calls(client: aioredis.Redis) -> dict[str, int]:
+    """Calls per Redis command so far (INFO commandstats), without INFO itself."""
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()
+            if name not in ("cmdstat_info",)}
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: calls - before.get(name, 0) for name, calls in after.items()
+            if calls != before.get(name, 0)}
+
+
+@pytest.fixture
+def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the queries the server runs, in order."""
+    calls: list[str] = []
+    original = db.Database.run
+
+    async def counting(self: db.Database, query: db.Query, *args: Any) -> Any:
+        calls.append(query.name)
+        return await original(self, query, *args)
+
+    monkeypatch.setattr(db.Database, "run", counting)
+    return calls
+
+
+async def new_card(api: Api, balance: int = 0) -> int:
+    user = await api.http.post("/users", headers=api.auth("admin"), json={
+        "first_name": "Camila", "last_name": "Rojas", "email": f"c{time.monotonic_ns()}@example.co",
+        "id_number": str(time.monotonic_ns())[-12:]})
+    card = await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
+    card_id: int = card.json()["card_id"]
+    if balance:
+        await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": balance})
+    return card_id
+
+
+async def test_a_hit_is_one_redis_round_trip_and_no_database_query(
+        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    card_id = await new_card(api, 5000)
+    await api.http.get("/trips/total")  # loads the fill script, so the counts below are the steady state
+    miss = await api.http.get(f"/cards/{card_id}/balance")
+    assert miss.headers["x-cache"] == "MISS"
+
+    database_calls.clear()
+    before = await command_calls(redis_client)
+    hit = await api.http.get(f"/cards/{card_id}/balance")
+    after = await command_calls(redis_client)
+
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.content == miss.content
+    assert delta(before, after) == {"mget": 1}
+    assert database_calls == []
+
+
+async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
+        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    await api.http.get("/trips/total")  # loads the fill script
+    database_calls.clear()
+    before = await command_calls(redis_client)
+    miss = await api.http.get("/finance/revenue")
+    after = await command_calls(redis_client)
+
+    assert miss.headers["x-cache"] == "MISS"
+    assert miss.json() == {"total_revenue": 0, "currency": "COP"}
+    # Two round trips (MGET, EVALSHA); the script's GET and SET run inside Redis.
+    assert delta(before, after) == {"mget": 1, "evalsha": 1, "get": 1, "set": 1}
+    assert database_calls == ["revenue-total"]
+    assert await redis_client.ttl(cachekeys.REVENUE_TOTAL) == pytest.approx(cachekeys.REVENUE_TTL, abs=2)
+
+
+async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
+        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    card_id = await new_card(api, 5000)
+    # new_card's writes left the admin token in the server's token cache: no lookup below.
+    database_calls.clear()
+    before = await command_calls(redis_client)
+    answer = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 100})
+    after = await command_calls(redis_client)
+
+    assert answer.status_code == 201
+    assert database_calls == ["recharge"]
+    keys = cachekeys.after_recharge(card_id, 1)
+    # One pipeline: INCR and EXPIRE per generation, one DEL for all keys.
+    assert delta(before, after) == {"incrby": len(keys), "expire": len(keys), "del": 1}
+
+
+async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Redis) -> None:
+    cache = Cache(redis_client)
+    await redis_client.set(b"card:1:balance", b'{"balance":1}')
+    before = await command_calls(redis_client)
+    lookups = await asyncio.gather(*(cache.lookup(b"card:%d:balance" % n) for n in range(1, 51)),
+                                   cache.lookup(b"card:1:balance"))
+    after = await command_calls(redis_client)
+
+    assert delta(before, after) == {"mget": 1}
+    assert lookups[0].value == b'{"balance":1}'
+    assert lookups[-1] is lookups[0]  # the same key asked twice: one answer
+    assert all(lookup.value is None for lookup in lookups[1:-1])
+
+
+async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
+        api: Api, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN §6's race: a miss reads the old row, a write commits and DELs, then the miss
+    fills. The miss is paused between its read and its fill, so the order is certain."""
+    card_id = await new_card(api, 5000)
+    key = cachekeys.card_balance(card_id)
+    miss_has_read = asyncio.Event()
+    write_is_done = asyncio.Event()
+    real_fill = Cache.fill
+
+    async def fill_after_the_write(self: Cache, fill_key: bytes, *args: Any) -> None:
+        if fill_key == key and not write_is_done.is_set():
+            miss_has_read.set()
+            await write_is_done.wait()
+        await real_fill(self, fill_key, *args)
+
+    monkeypatch.setattr(Cache, "fill", fill_after_the_write)
+    slow_read = asyncio.create_task(api.http.get(f"/cards/{card_id}/balance"))
+    await miss_has_read.wait()
+    recharge = await api.http.post("/recharges", headers=api.auth("admin"),
+                                   json={"card_id": card_id, "amount": 1000})
+    assert recharge.status_code == 201
+    write_is_done.set()
+    stale = await slow_read
+
+    assert stale.json()["balance"] == 5000  # it did read before the write...
+    assert await redis_client.get(key) is None  # ...and its fill was refused
+    fresh = await api.http.get(f"/cards/{card_id}/balance")
+    assert (fresh.headers["x-cache"], fresh.json()["balance"]) == ("MISS", 6000)
+
+
+async def test_without_the_generation_guard_the_race_would_leave_a_stale_value(
+        redis_client: aioredis.Redis) -> None:
+    """The guard is what closes the race: the same interleaving with the generation the
+    read saw unchanged (no write in between) does fill."""
+    cache = Cache(redis_client)
+    before_write = await cache.lookup(b"card:7:balance")
+    await cache.invalidate([b"card:7:balance"])  # the write
+    await cache.fill(b"card:7:balance", before_write, 60, b"old")
+    assert await redis_client.get(b"card:7:balance") is None
+
+    after_write = await cache.lookup(b"card:7:balance")
+    await cache.fill(b"card:7:balance", after_write, 60, b"new")
+    assert await redis_client.get(b"card:7:balance") == b"new"
+
+
+@pytest.fixture
+async def api_without_redis(api: Api, stack: Any) -> AsyncIterator[Api]:
+    """The API whose Redis stops answering (SIGSTOP: a hung host, the worst case)."""
+    stack.redis.pause()
+    try:
+        yield api
+    finally:
+        stack.redis.resume()
+
+
+async def test_redis_down_reads_and_writes_go_on_from_postgresql(api_without_redis: Api) -> None:
+    api = api_without_redis
+    started = time.monotonic()
+    health = await api.http.get("/health")
+    assert (health.status_code, health.json()) == (200, {"status": "degraded", "database": "ok", "cache": "down"})
+    user = await api.http.post("/users", headers=api.auth("admin"), json={
+        "first_name": "Luis", "last_name": "Pérez", "email": "luis@example.co", "id_number": "80123456"})
+    card = await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
+    card_id = card.json()["card_id"]
+    recharge = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 3000})
+    balance = await api.http.get(f"/cards/{card_id}/balance")
+    elapsed = time.monotonic() - started
+
+    assert recharge.status_code == 201
+    assert (balance.status_code, balance.headers["x-cache"], balance.json()["balance"]) == (200, "MISS", 3000)
+    assert elapsed < 3.0  # six requests, each bounded by the 100 ms Redis timeouts
