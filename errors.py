@@ -34,6 +34,7 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str]] = {
     "TRI01": (422, "IDEMPOTENCY_KEY_REUSED"),
     "TRF01": (503, "FARE_NOT_CONFIGURED"),
     "23505": (409, "ALREADY_EXISTS"),  # unique_violation
+    "23514": (422, "VALIDATION_ERROR"),  # check_violation: input the API's own checks let by
 }
 
 TITLES = {
@@ -104,9 +105,9 @@ def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
     detail = getattr(error, "detail", None)
     if detail and error.sqlstate.startswith("TR"):
         extra = msgspec.json.decode(detail)
-    elif error.sqlstate == "23505":
+    elif error.sqlstate in ("23505", "23514"):
         extra = {"constraint": getattr(error, "constraint_name", None) or ""}
-        detail = "a unique field is already taken"
+        detail = "a unique field is already taken" if error.sqlstate == "23505" else "a value is out of range"
     return Problem(status, code, error.args[0] if error.sqlstate.startswith("TR") else detail or "", **extra)
 
 

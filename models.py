@@ -22,16 +22,20 @@ Pesos = Annotated[int, Meta(description="Colombian pesos, an exact integer")]
 RechargeAmount = Annotated[int, Meta(ge=1, le=1_000_000, description="pesos, 1..1,000,000")]
 
 
-def text(max_length: int, *, min_length: int = 1, pattern: str = r"^[^\x00-\x1f\x7f]*$") -> type:
-    """A string without control characters (PostgreSQL cannot store NUL) and of bounded length."""
-    return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=pattern)]  # type: ignore[return-value]
+def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f]*") -> type:
+    """A string of bounded length matching `pattern` whole; by default, without control
+    characters (PostgreSQL cannot store NUL)."""
+    # `$(?!\n)`: a bare `$` also matches before a final newline, in Python as in ECMA regexes.
+    whole = f"^(?:{pattern})$(?!\n)"
+    return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=whole)]  # type: ignore[return-value]
 
 
 Name = text(100)
-Email = text(254, pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
-IdNumber = text(20, min_length=4, pattern=r"^[0-9A-Za-z-]+$")
-Phone = text(20, pattern=r"^\+?[0-9 ()-]+$")
-CardNumber = text(20, min_length=8, pattern=r"^[0-9]+$")
+Email = text(254, pattern=r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+")
+IdNumber = text(20, min_length=4, pattern=r"[0-9A-Za-z-]+")
+Phone = text(20, pattern=r"\+?[0-9 ()-]+")
+CardNumber = text(20, min_length=8, pattern=r"[0-9]+")
+EARLIEST_BIRTH = dt.date(1900, 1, 2)  # schema.sql: CHECK (date_of_birth > '1900-01-01')
 CardStatus = Literal["active", "blocked", "lost", "inactive"]
 
 
@@ -66,6 +70,11 @@ class UserRequest(Body):
     date_of_birth: dt.date | None = None
     residential_address: text(255) | None = None  # type: ignore[valid-type]
     city_of_birth: Name | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec reports a ValueError raised here as a ValidationError (422).
+        if self.date_of_birth is not None and not EARLIEST_BIRTH <= self.date_of_birth <= dt.date.today():
+            raise ValueError(f"date_of_birth must be between {EARLIEST_BIRTH} and today")
 
 
 class CardRequest(Body):

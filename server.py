@@ -136,9 +136,15 @@ async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
         if size > MAX_BODY:
             raise Problem(413, "BODY_TOO_LARGE", f"the body may hold at most {MAX_BODY} bytes")
         chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        return msgspec.json.decode(b"".join(chunks), type=body_type)
+        return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as error:
+        # The typed decoder stops at the first misfit; JSON broken further on is still 400.
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as malformed:
+            raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {malformed}") from None
         raise Problem(422, "VALIDATION_ERROR", str(error)) from None
     except msgspec.DecodeError as error:
         raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {error}") from None
@@ -515,7 +521,7 @@ ROUTES: list[BaseRoute] = [
 
 
 # ---------------------------------------------------------------- python server.py
-DATA_DIR = Path(__file__).resolve().parent / ".data"
+DATA_DIR = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent / ".data")
 DEFAULT_DEMO_SCALE = 1
 
 
@@ -538,6 +544,10 @@ async def load_demo_data(database_url: str, scale: int) -> None:
             print(f"loaded demo data at scale {scale} in {time.monotonic() - started:.1f} s", flush=True)
     finally:
         await conn.close()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -569,6 +579,9 @@ def main() -> None:
               f"  (docs: http://{settings.host}:{settings.port}/docs)", flush=True)
         if stack is not None:
             print(f"demo admin token: {settings.admin_token}", flush=True)
+        # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, _exit_cleanly)
         uvicorn.run(
             "server:create_app", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers, loop="uvloop", http="httptools", access_log=False,

@@ -164,6 +164,17 @@ DROP TRIGGER IF EXISTS cards_counted ON cards;
 CREATE TRIGGER cards_counted AFTER INSERT OR DELETE OR UPDATE OF status, user_id ON cards
     FOR EACH ROW EXECUTE FUNCTION cards_counted();
 
+-- A database that held trips or users before the counters existed (an upgrade of an older
+-- one) has them counted once, here; the trigger DDL above holds off writers until commit.
+DO $count_history$
+BEGIN
+    IF (EXISTS (SELECT FROM trips) AND NOT EXISTS (SELECT FROM trip_counters))
+       OR (EXISTS (SELECT FROM users) AND NOT EXISTS (SELECT FROM user_counters)) THEN
+        PERFORM refresh_counters();
+    END IF;
+END
+$count_history$;
+
 -- ---------------------------------------------------------------- helpers
 CREATE OR REPLACE FUNCTION refuse(p_sqlstate text, p_message text, p_detail jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $$
@@ -354,16 +365,24 @@ RETURNS SETOF users LANGUAGE sql AS $$
     RETURNING *
 $$;
 
--- Issue a card with balance 0; without a number, the next from card_number_seq.
+-- Issue a card with balance 0; without a number, the next from card_number_seq that no card
+-- issued by hand (a migrated card, say) already holds.
 CREATE OR REPLACE FUNCTION issue_card(p_user_id bigint, p_card_number text)
 RETURNS SETOF cards LANGUAGE plpgsql AS $$
+DECLARE
+    v_card_number text := p_card_number;
 BEGIN
     IF NOT EXISTS (SELECT FROM users u WHERE u.user_id = p_user_id) THEN
         PERFORM refuse('TRN03', 'user not found', jsonb_build_object('user_id', p_user_id));
     END IF;
+    WHILE v_card_number IS NULL LOOP
+        v_card_number := nextval('card_number_seq')::text;
+        IF EXISTS (SELECT FROM cards c WHERE c.card_number = v_card_number) THEN
+            v_card_number := NULL;
+        END IF;
+    END LOOP;
     RETURN QUERY
-    INSERT INTO cards (card_number, user_id)
-    VALUES (coalesce(p_card_number, nextval('card_number_seq')::text), p_user_id)
+    INSERT INTO cards (card_number, user_id) VALUES (v_card_number, p_user_id)
     RETURNING *;
 END $$;
 
