@@ -18,7 +18,8 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,7 +8,10 @@ put back the row it read before the write (DESIGN §6). Write: `invalidate` bump
 generations and DELs the keys, in one pipeline, after the commit.
 
 Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is
-dropped, and `healthy` turns False until Redis answers again.
+dropped, and `healthy` turns False until Redis answers again. A write whose invalidation
+failed must not leave a stale value for when Redis returns: the caller then moves the cache
+to a new epoch (a key namespace, kept in PostgreSQL and announced to every instance), and
+what was cached before is never read again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import cachekeys
@@ -35,6 +39,9 @@ if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
 end
 return 0
 """
+
+
+BYPASS_SECONDS = 0.5
 
 
 class Lookup:
@@ -57,7 +64,10 @@ def connect(url: str, *, timeout: float = 0.1, max_connections: int = 32) -> aio
         timeout=timeout,  # wait for a free connection at most this long
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
+        # A dropped connection (Redis restarted) is retried once; a timeout is not: the
+        # request would wait twice as long for an optional answer.
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1,
+                    supported_errors=(RedisConnectionError,)),
         health_check_interval=5,
     )
     return aioredis.Redis(connection_pool=pool)
@@ -66,9 +76,11 @@ def connect(url: str, *, timeout: float = 0.1, max_connections: int = 32) -> aio
 class Cache:
     """The service's view of Redis."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, epoch: int = 0) -> None:
         self.client = client
+        self.epoch = epoch
         self.healthy = True
+        self._bypass_until = 0.0  # after a failure, reads skip Redis until then
         self._fill_script = client.register_script(_FILL_IF_GENERATION_UNCHANGED)
         self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
         self._flush_scheduled = False
@@ -76,7 +88,12 @@ class Cache:
 
     # ------------------------------------------------------------------ reads
     def lookup(self, key: bytes) -> asyncio.Future[Lookup]:
-        """Look `key` up in the next batch. Concurrent lookups of one key share one answer."""
+        """Look `key` up in the next batch. Concurrent lookups of one key share one answer.
+        Shortly after a failure the answer is a miss at once, without asking Redis."""
+        if not self.healthy and time.monotonic() < self._bypass_until:
+            bypassed = asyncio.get_running_loop().create_future()
+            bypassed.set_result(Lookup(None, b""))
+            return bypassed
         future = self._pending.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -96,7 +113,7 @@ class Cache:
     async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
         names: list[bytes] = []
         for key in batch:
-            names += (key, cachekeys.generation(key))
+            names += self._names(key)
         try:
             values = await self.client.mget(names)
             self.healthy = True
@@ -113,8 +130,7 @@ class Cache:
         if not self.healthy or time.monotonic() - lookup.started > cachekeys.MAX_FILL_AGE:
             return
         try:
-            await self._fill_script(keys=[key, cachekeys.generation(key)],
-                                    args=[lookup.generation, ttl, value])
+            await self._fill_script(keys=self._names(key), args=[lookup.generation, ttl, value])
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._unhealthy("fill", error)
 
@@ -124,11 +140,13 @@ class Cache:
         Returns False when Redis could not be reached (the caller decides what that costs).
         """
         pipe = self.client.pipeline(transaction=False)
+        stale = []
         for key in keys:
-            generation = cachekeys.generation(key)
+            name, generation = self._names(key)
             pipe.incr(generation)
             pipe.expire(generation, cachekeys.GENERATION_TTL)
-        pipe.delete(*keys)
+            stale.append(name)
+        pipe.delete(*stale)
         try:
             await pipe.execute()
             self.healthy = True
@@ -136,6 +154,11 @@ class Cache:
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._unhealthy("invalidate", error)
             return False
+
+    def _names(self, key: bytes) -> tuple[bytes, bytes]:
+        """The Redis names of `key` and of its generation, in the current epoch."""
+        name = cachekeys.in_epoch(self.epoch, key)
+        return name, cachekeys.generation(name)
 
     async def ping(self) -> bool:
         try:
@@ -149,3 +172,4 @@ class Cache:
         if self.healthy:
             log.warning("redis %s failed: %s", operation, error.__class__.__name__)
         self.healthy = False
+        self._bypass_until = time.monotonic() + BYPASS_SECONDS

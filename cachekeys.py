@@ -48,6 +48,11 @@ def generation(key: bytes) -> bytes:
     return b"gen:" + key
 
 
+def in_epoch(epoch: int, key: bytes) -> bytes:
+    """`key` in the cache epoch `epoch` (see cache.py); epoch 0 keeps the plain names."""
+    return key if epoch == 0 else b"e%d:%s" % (epoch, key)
+
+
 def after_recharge(card_id: int, user_id: int) -> tuple[bytes, ...]:
     """Keys a recharge makes stale."""
     return card_balance(card_id), user_recharges(user_id)

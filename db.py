@@ -8,17 +8,22 @@ statement once per connection and keeps it in its statement cache.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+log = logging.getLogger("travel.db")
+
 SQL_DIR = Path(__file__).parent / "sql"
 # Files applied at every start, in order; each is idempotent.
-SCHEMA_FILES = ("schema.sql", "functions.sql", "reference.sql")
+SCHEMA_FILES = ("schema.sql", "functions.sql", "reference.sql", "demo_data.sql")
 _HEADER = re.compile(r"^--\s*name:\s*([a-z0-9-]+)([\^$*!])\s*$", re.MULTILINE)
 # Any constant serialises concurrent starts (several workers, several hosts) on the schema.
 _SCHEMA_LOCK = 0x7472_6176_656C
@@ -95,17 +100,32 @@ async def apply_schema(conn: asyncpg.Connection) -> bool:
         return True
 
 
+async def load_demo_data(conn: asyncpg.Connection, scale: int) -> bool:
+    """Load demo data at `scale` (sql/demo_data.sql) into an empty database; return whether
+    it loaded. A database holding any user (cards need users) is left as it is.
+
+    One transaction, under the schema lock so that concurrent starts load it once. Scale 100
+    runs for minutes: `conn` must not carry a short command_timeout.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        if await conn.fetchval("SELECT EXISTS (SELECT FROM users)"):
+            return False
+        await conn.execute("SELECT load_demo_data($1)", scale)
+        return True
+
+
 async def create_pool(dsn: str, *, min_size: int = 4, max_size: int = 16,
-                      command_timeout: float = 5.0) -> asyncpg.Pool:
-    """The API's pool: bounded statement time (a dead socket must not hang a request for
-    minutes), connections recycled after idling (they may point at a failed-over server),
-    JIT off (it only slows statements this short)."""
+                      command_timeout: float = 2.0) -> asyncpg.Pool:
+    """The API's pool: bounded statement and connect time (a dead socket must not hang a
+    request for minutes), connections recycled after idling (they may point at a
+    failed-over server), JIT off (it only slows statements this short)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
-        timeout=command_timeout,  # connect timeout
+        timeout=1.0,  # connect timeout
         max_inactive_connection_lifetime=60.0,
         server_settings={"jit": "off", "application_name": "travel-recharge-api"},
     )
@@ -129,10 +149,55 @@ class Database:
             raise Overloaded(self.in_flight)
         self.in_flight += 1
         try:
-            return await query(self.pool, *args)
+            async with self.pool.acquire() as conn:
+                try:
+                    return await query(conn, *args)
+                except asyncio.TimeoutError:
+                    # The server stopped answering: drop the connection now, or releasing
+                    # it would wait out another command_timeout trying to reset it.
+                    conn.terminate()
+                    raise
         finally:
             self.in_flight -= 1
 
 
 class Overloaded(Exception):
     """More requests wait for a database connection than the bound allows."""
+
+
+class Listener:
+    """One connection LISTENing on `channel`, kept open for the life of the app.
+
+    `on_connect(conn)` runs on every (re)connection, to read what notifications sent while
+    the connection was down would have said; `on_notify(payload)` runs on each notification.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, dsn: str, channel: str, on_notify: Callable[[str], None],
+                 on_connect: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.on_notify = on_notify
+        self.on_connect = on_connect
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting after each loss."""
+        while True:
+            lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=2.0)
+                conn.add_termination_listener(lambda _: lost.set())
+                await conn.add_listener(self.channel, lambda *notification: self.on_notify(notification[3]))
+                await self.on_connect(conn)
+                self.connected.set()
+                await lost.wait()
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("listener on %s: %s", self.channel, error.__class__.__name__)
+            finally:
+                self.connected.clear()
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(self.RETRY_SECONDS)

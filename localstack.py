@@ -184,8 +184,8 @@ class LocalPostgres:
             "unix_socket_directories": str(self.data_dir / "run"),
             "max_connections": "200",
             "shared_buffers": "256MB",
+            # Not durable = not safe from an OS crash; a PostgreSQL crash still loses no commit.
             "fsync": "on" if self.durable else "off",
-            "synchronous_commit": "on" if self.durable else "off",
             "full_page_writes": "on" if self.durable else "off",
             "max_wal_size": "4GB",
             "logging_collector": "off",
@@ -247,8 +247,9 @@ class LocalRedis:
         self.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
+        """SIGCONT after `pause` (nothing if the server is not running)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Terminate and reap the server."""
@@ -294,8 +295,12 @@ class LocalStack:
 
 if __name__ == "__main__":  # `python localstack.py DIR`: start a stack by hand, Ctrl-C stops it
     stack = LocalStack(Path(sys.argv[1] if len(sys.argv) > 1 else ".data"))
-    print("DATABASE_URL=%s\nREDIS_URL=%s" % stack.start(), flush=True)
+    urls = stack.start()
+    # Blocked only now, or the servers started above would inherit the mask.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait takes them, not the default action
+    print("DATABASE_URL=%s\nREDIS_URL=%s" % urls, flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         stack.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import hmac
 import logging
@@ -48,6 +49,9 @@ BodyT = TypeVar("BodyT", bound=models.Body)
 
 MAX_BODY = 64 * 1024
 TOKEN_CACHE_SECONDS = 30.0  # a revoked token stops working within this long
+# A retry of a recharge is answered from its first answer for this long (Stripe keeps 24 h).
+IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
+PRUNE_EVERY_SECONDS = 600.0
 API = "/api/v1"
 
 
@@ -209,9 +213,17 @@ async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awai
 
 
 async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
-    """DEL what a committed write made stale, before its answer goes out."""
-    if not await request.state.cache.invalidate(keys):
-        metrics.CACHE_ERRORS.inc()
+    """DEL what a committed write made stale, before its answer goes out. If Redis did not
+    take it, move every instance's cache to a new epoch, so that what Redis still holds is
+    never read again. The write has committed: its answer goes out whatever happens here."""
+    cache: Cache = request.state.cache
+    if await cache.invalidate(keys):
+        return
+    metrics.CACHE_ERRORS.inc()
+    try:
+        cache.epoch = max(cache.epoch, await request.state.db.run(QUERIES["bump-cache-epoch"]))
+    except (Overloaded, asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS) as error:
+        log.error("cache epoch not bumped after a failed invalidation: %s", error.__class__.__name__)
 
 
 # ---------------------------------------------------------------- reads
@@ -425,6 +437,18 @@ async def handle_overloaded(_: Request, exc: Exception) -> Response:
 
 
 # ---------------------------------------------------------------- lifespan and app
+async def prune_idempotency_keys(database: Database) -> None:
+    """Forget idempotency records past their retention: at start, then periodically."""
+    while True:
+        try:
+            pruned = await database.run(QUERIES["prune-idempotency-keys"], IDEMPOTENCY_RETENTION)
+            log.info("pruned %d idempotency records", pruned)
+        except (Overloaded, asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS) as error:
+            log.warning("idempotency pruning failed: %s", error.__class__.__name__)
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+
+
 async def prepare_database(settings: Settings) -> None:
     """Apply sql/ (a no-op when current) and register ADMIN_TOKEN, on one connection."""
     conn = await asyncpg.connect(settings.database_url, timeout=10)
@@ -448,12 +472,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                     max_size=settings.pool_max)
         redis = connect(settings.redis_url)
         database = Database(pool, settings.max_waiting)
+        cache = Cache(redis, await database.run(QUERIES["cache-epoch"]))
         metrics.watch_pool(database)
+
+        def on_epoch(payload: str) -> None:
+            cache.epoch = max(cache.epoch, int(payload))
+
+        async def read_epoch(conn: asyncpg.Connection) -> None:
+            on_epoch(str(await QUERIES["cache-epoch"](conn)))
+
+        epochs = db.Listener(settings.database_url, "cache_epoch", on_epoch, read_epoch)
+        background = [asyncio.create_task(epochs.run()),
+                      asyncio.create_task(prune_idempotency_keys(database))]
         try:
-            yield {"db": database, "cache": Cache(redis), "tokens": TokenCache(), "settings": settings}
+            yield {"db": database, "cache": cache, "tokens": TokenCache(), "settings": settings,
+                   "epochs": epochs}
         finally:
+            for task in background:
+                task.cancel()
             # Requests have drained by now; closing must finish even if we are cancelled.
-            await asyncio.shield(asyncio.gather(pool.close(), redis.aclose()))
+            await asyncio.shield(asyncio.gather(pool.close(), redis.aclose(), return_exceptions=True))
 
     return Starlette(
         routes=ROUTES,

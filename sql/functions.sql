@@ -411,6 +411,16 @@ RETURNS integer LANGUAGE sql AS $$
     RETURNING w.token_id
 $$;
 
+-- Move the cache to a new namespace and tell every API instance (LISTEN cache_epoch).
+CREATE OR REPLACE FUNCTION bump_cache_epoch() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    UPDATE cache_state SET epoch = epoch + 1 RETURNING epoch INTO v_epoch;
+    PERFORM pg_notify('cache_epoch', v_epoch::text);
+    RETURN v_epoch;
+END $$;
+
 -- Idempotency records older than the retention period are forgotten.
 CREATE OR REPLACE FUNCTION prune_idempotency_keys(p_retention interval) RETURNS bigint
 LANGUAGE sql AS $$

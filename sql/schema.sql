@@ -239,3 +239,13 @@ CREATE TABLE IF NOT EXISTS user_active_cards (
     user_id      bigint PRIMARY KEY REFERENCES users ON DELETE CASCADE,
     active_cards integer NOT NULL CHECK (active_cards >= 0)
 );
+
+-- ---------------------------------------------------------------- ours: the cache's namespace
+-- Every Redis key lives under the current epoch. When a write cannot invalidate its keys
+-- (Redis unreachable), the API bumps the epoch: every instance hears it (NOTIFY) and no
+-- value cached before that write is ever read again, whenever Redis comes back.
+CREATE TABLE IF NOT EXISTS cache_state (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch     bigint NOT NULL DEFAULT 0
+);
+INSERT INTO cache_state (singleton) VALUES (true) ON CONFLICT DO NOTHING;

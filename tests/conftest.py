@@ -7,12 +7,14 @@ that holds the applied schema and a small transit network (fast: CREATE DATABASE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -76,13 +78,18 @@ async def template_url(stack: LocalStack) -> str:
     finally:
         await admin.close()
     url = with_database(stack.postgres.url, TEMPLATE)
+    await prepare_network_database(url)
+    return url
+
+
+async def prepare_network_database(url: str) -> None:
+    """Apply the schema and the small network to the (empty) database at `url`."""
     conn = await asyncpg.connect(url)
     try:
         await db.apply_schema(conn)
         await conn.execute(NETWORK_SQL)
     finally:
         await conn.close()
-    return url
 
 
 @pytest.fixture
@@ -131,6 +138,7 @@ class Api:
     url: str
     app: object
     database_url: str
+    state: dict[str, Any]  # what the lifespan yielded: db, cache, tokens ...
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKENS[role]}"}
@@ -146,13 +154,12 @@ async def register_test_tokens(database_url: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
-    """The real server on this test's database and the session's (emptied) Redis."""
+@contextlib.asynccontextmanager
+async def serve_api(database_url: str, redis_url: str, **settings: object) -> AsyncIterator[Api]:
+    """Run the real server (uvicorn on a free port, in this event loop) until the block ends."""
     await register_test_tokens(database_url)
-    settings = server.Settings(database_url=database_url, redis_url=stack.redis.url,
-                               pool_min=2, pool_max=20)
-    app = server.create_app(settings)
+    app = server.create_app(server.Settings(**{"database_url": database_url, "redis_url": redis_url,
+                                               "pool_min": 2, "pool_max": 20, **settings}))
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                                    log_level="warning", access_log=False))
@@ -164,7 +171,14 @@ async def api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10) as http:
-            yield Api(http, url, app, database_url)
+            yield Api(http, url, app, database_url, uvicorn_server.lifespan.state)
     finally:
         uvicorn_server.should_exit = True
         await serving
+
+
+@pytest.fixture
+async def api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
+    """The real server on this test's database and the session's (emptied) Redis."""
+    async with serve_api(database_url, stack.redis.url) as running:
+        yield running

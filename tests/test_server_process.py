@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -117,3 +120,86 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
     status, output = second.stop()
     assert status == 0, output
     assert live_processes_mentioning(str(data_dir)) == []
+
+
+async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(
+        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    await register_test_tokens(database_url)
+    server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
+    run_server.append(server)
+    server.wait_healthy()
+    admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=admin, timeout=30) as http:
+        user = await http.post("/users", json={"first_name": "Eva", "last_name": "Ruiz",
+                                               "email": "eva@example.co", "id_number": "3012345"})
+        card = (await http.post("/cards", json={"user_id": user.json()["user_id"]})).json()
+
+        holder = await asyncpg.connect(database_url)
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT FROM cards WHERE card_id = $1 FOR UPDATE", card["card_id"])
+        in_flight = asyncio.ensure_future(http.post("/recharges", json={"card_id": card["card_id"], "amount": 900}))
+        waiting_on_lock = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        deadline = time.monotonic() + 10
+        while await holder.fetchval(waiting_on_lock) == 0:  # the recharge is inside its function, blocked
+            assert time.monotonic() < deadline
+        server.process.send_signal(signal.SIGTERM)
+        while port_open(server.port):  # uvicorn stops accepting first...
+            assert time.monotonic() < deadline
+        await lock.rollback()  # ...then the recharge may finish
+        answer = await in_flight
+        await holder.close()
+
+    assert (answer.status_code, answer.json()["balance"]) == (201, 900)
+    assert server.process.wait(timeout=15) == 0
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
+
+
+async def test_saturation_soak_answers_only_200_or_overloaded_with_flat_memory(
+        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    """More clients than the pool and its waiting bound: the excess is refused at once with
+    503 OVERLOADED, nothing else goes wrong, and the worker's memory stays flat."""
+    server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, POOL_MIN="2",
+                           POOL_MAX="2", MAX_WAITING="6", LOG_LEVEL="error")
+    run_server.append(server)
+    server.wait_healthy()
+    statuses: dict[tuple[int, str], int] = {}
+    memory: list[int] = []
+    stop_at = time.monotonic() + SOAK_SECONDS
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop_at:
+            response = await http.get("/users/count")
+            outcome = (response.status_code, response.json().get("code", "") if response.status_code != 200 else "")
+            statuses[outcome] = statuses.get(outcome, 0) + 1
+
+    async def sample_memory() -> None:
+        while time.monotonic() < stop_at:
+            memory.append(rss_kib(server.process.pid))
+            await asyncio.sleep(1)  # a sampling period, not a synchronisation
+
+    limits = httpx.Limits(max_connections=48)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10) as http:
+        await asyncio.gather(sample_memory(), *(client(http) for _ in range(48)))
+    status, output = server.stop()
+
+    assert status == 0, output
+    assert set(statuses) <= {(200, ""), (503, "OVERLOADED")}, statuses
+    assert statuses.get((503, "OVERLOADED"), 0) > 0 and statuses.get((200, ""), 0) > 0, statuses
+    settled = memory[len(memory) // 4]  # after warm-up
+    assert memory[-1] - settled < 8 * 1024, memory  # KiB: flat, not growing with requests
+    print(f"soak {SOAK_SECONDS:.0f} s: {statuses}, RSS {settled} -> {memory[-1]} KiB")

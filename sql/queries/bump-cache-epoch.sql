@@ -1,0 +1,2 @@
+-- name: bump-cache-epoch$
+SELECT bump_cache_epoch();

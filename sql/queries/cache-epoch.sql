@@ -1,0 +1,2 @@
+-- name: cache-epoch$
+SELECT epoch FROM cache_state;

@@ -1,0 +1,259 @@
+"""Faults for real: Redis and PostgreSQL stopped, paused (SIGSTOP), slowed and restarted.
+
+These tests have servers of their own (this module's stack), so that what they break does
+not reach other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+import cachekeys
+from api_helpers import make_user_with_card
+from conftest import Api, prepare_network_database, serve_api, with_database
+from dbhelpers import assert_balances_reconcile
+from faultproxy import FaultProxy
+from localstack import LocalStack
+
+REDIS_BOUND = 0.5  # seconds a request may take while Redis is away (100 ms timeouts + PostgreSQL)
+DATABASE_BOUND = 2.5  # seconds to a 503 while PostgreSQL is away (2 s command/connect timeout)
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("faults"), durable=False)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+async def fault_api(fault_stack: LocalStack) -> AsyncIterator[Api]:
+    """The API on a fresh database of the fault stack, its Redis emptied; servers restored after."""
+    name = f"fault_{time.monotonic_ns()}"
+    admin = await asyncpg.connect(fault_stack.postgres.url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    url = with_database(fault_stack.postgres.url, name)
+    await prepare_network_database(url)
+    client = aioredis.Redis.from_url(fault_stack.redis.url)
+    await client.flushall()
+    await client.aclose()
+    async with serve_api(url, fault_stack.redis.url) as running:
+        try:
+            yield running
+        finally:
+            fault_stack.redis.resume()
+            resume_postgres(fault_stack)
+            if fault_stack.redis.process is None:
+                fault_stack.redis.start()
+            if not (fault_stack.postgres.data_dir / "postmaster.pid").exists():
+                fault_stack.postgres.start()
+
+
+def postgres_pids(stack: LocalStack) -> list[int]:
+    """Every process of the stack's PostgreSQL (postmaster and backends)."""
+    postmaster = int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *map(int, children)]
+
+
+def pause_postgres(stack: LocalStack) -> None:
+    for pid in postgres_pids(stack):
+        os.kill(pid, signal.SIGSTOP)
+
+
+def resume_postgres(stack: LocalStack) -> None:
+    if (stack.postgres.data_dir / "postmaster.pid").exists():
+        for pid in postgres_pids(stack):
+            os.kill(pid, signal.SIGCONT)
+
+
+async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await request  # type: ignore[misc]
+    return response, time.monotonic() - started
+
+
+# ---------------------------------------------------------------- Redis
+@pytest.mark.parametrize("fault", ["paused", "stopped", "slow"])
+async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_time(
+        fault_api: Api, fault_stack: LocalStack, fault: str) -> None:
+    api = fault_api
+    _, card = await make_user_with_card(api, balance=10_000)
+    await api.http.get(f"/cards/{card['card_id']}/balance")  # cached before the fault
+    if fault == "paused":
+        fault_stack.redis.pause()
+    elif fault == "stopped":
+        fault_stack.redis.stop()
+    else:  # every command waits 1 s: a server too slow to be worth waiting for
+        client = aioredis.Redis.from_url(fault_stack.redis.url)
+        await client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        await client.aclose()
+
+    answers = [
+        await timed(api.http.get("/health")),
+        await timed(api.http.post("/recharges", headers=api.auth("admin"),
+                                  json={"card_id": card["card_id"], "amount": 2000})),
+        await timed(api.http.post("/trips", headers=api.auth("admin"),
+                                  json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1})),
+        await timed(api.http.get(f"/cards/{card['card_id']}/balance")),
+        await timed(api.http.get("/trips/total")),
+    ]
+    statuses = [response.status_code for response, _ in answers]
+    assert statuses == [200, 201, 201, 200, 200]
+    assert answers[0][0].json()["cache"] == "down"
+    assert answers[3][0].json()["balance"] == 10_000 + 2000 - 2950
+    assert max(elapsed for _, elapsed in answers) < REDIS_BOUND
+    print(f"Redis {fault}: slowest answer {max(elapsed for _, elapsed in answers) * 1000:.0f} ms")
+
+
+async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_it_heals(
+        fault_api: Api, fault_stack: LocalStack) -> None:
+    """The link to Redis is cut (its packets vanish, so the write's DEL never lands) while
+    Redis keeps the balance cached before: after the partition heals, neither this instance
+    nor another one ever serves that balance."""
+    redis_port = fault_stack.redis.port
+    async with FaultProxy(redis_port) as link:
+        through_link = fault_stack.redis.url.replace(f":{redis_port}/", f":{link.port}/")
+        async with serve_api(fault_api.database_url, through_link) as api, \
+                serve_api(fault_api.database_url, through_link) as other:
+            _, card = await make_user_with_card(api, balance=5000)
+            path = f"/cards/{card['card_id']}/balance"
+            for instance in (api, other):
+                await instance.http.get(path)
+                assert (await instance.http.get(path)).headers["x-cache"] == "HIT"
+            other_cache = other.state["cache"]
+            epoch_before = other_cache.epoch
+
+            link.cut = True
+            recharge = await api.http.post("/recharges", headers=api.auth("admin"),
+                                           json={"card_id": card["card_id"], "amount": 700})
+            assert recharge.status_code == 201
+            # The other instance hears of the new epoch by NOTIFY: wait for it, bounded.
+            deadline = time.monotonic() + 5
+            while other_cache.epoch == epoch_before:
+                assert time.monotonic() < deadline, "the other instance never heard of the new epoch"
+                await asyncio.sleep(0.01)
+            link.cut = False
+
+            direct = aioredis.Redis.from_url(fault_stack.redis.url)
+            assert await direct.get(cachekeys.card_balance(card["card_id"])) is not None  # still in Redis...
+            await direct.aclose()
+            for instance in (api, other):
+                instance.state["cache"]._bypass_until = 0.0  # ask Redis again now, not in 0.5 s
+                answer = await instance.http.get(path)
+                assert answer.json()["balance"] == 5700, instance.url  # ...and never served
+
+
+async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, fault_stack: LocalStack) -> None:
+    api = fault_api
+    _, card = await make_user_with_card(api, balance=3000)
+    path = f"/cards/{card['card_id']}/balance"
+    await api.http.get(path)
+    fault_stack.redis.stop()
+    fault_stack.redis.start()  # same port, nothing kept
+
+    first = await api.http.get(path)
+    second = await api.http.get(path)
+    health = await api.http.get("/health")
+    assert (first.status_code, first.json()["balance"]) == (200, 3000)
+    assert second.headers["x-cache"] in ("MISS", "HIT")
+    assert health.json()["cache"] == "ok"
+
+
+# ---------------------------------------------------------------- PostgreSQL
+@pytest.mark.parametrize("fault", ["stopped", "paused"])
+async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers(
+        fault_api: Api, fault_stack: LocalStack, fault: str) -> None:
+    api = fault_api
+    _, card = await make_user_with_card(api, balance=3000)
+    await api.http.get("/trips/total")  # cached: stays readable from Redis
+    (fault_stack.postgres.stop if fault == "stopped" else lambda: pause_postgres(fault_stack))()
+
+    answers = await asyncio.gather(
+        timed(api.http.get("/users/count")),
+        timed(api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card["card_id"], "amount": 500})),
+        timed(api.http.get(f"/cards/{card['card_id']}/balance")),
+        timed(api.http.get("/health")),
+    )
+    for response, elapsed in answers:
+        assert response.status_code == 503, response.text
+        assert elapsed < DATABASE_BOUND
+        assert response.headers["content-type"] == "application/problem+json" or response.json()["database"] == "down"
+    print(f"PostgreSQL {fault}: slowest 503 after {max(elapsed for _, elapsed in answers) * 1000:.0f} ms")
+    assert answers[0][0].json()["code"] == "DATABASE_UNAVAILABLE"
+    assert answers[0][0].headers["retry-after"]
+    cached = await api.http.get("/trips/total")
+    assert (cached.status_code, cached.headers["x-cache"]) == (200, "HIT")
+
+    if fault == "stopped":
+        fault_stack.postgres.start()
+    else:
+        resume_postgres(fault_stack)
+    back = time.monotonic()
+    deadline = back + 10
+    while (await api.http.get("/users/count")).status_code != 200:
+        assert time.monotonic() < deadline, "the pool did not recover"
+    recovered_after = time.monotonic() - back
+    balance = await api.http.get(f"/cards/{card['card_id']}/balance")
+    assert balance.json()["balance"] == 3000  # the refused recharge was not applied
+    print(f"recovered {recovered_after:.3f} s after PostgreSQL returned ({fault})")
+
+
+async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half(
+        fault_api: Api, fault_stack: LocalStack) -> None:
+    api = fault_api
+    _, card = await make_user_with_card(api, balance=0)
+
+    async def recharge(n: int) -> httpx.Response:
+        return await api.http.post("/recharges", headers={**api.auth("admin"), "Idempotency-Key": f"crash-{n}"},
+                                   json={"card_id": card["card_id"], "amount": 100})
+
+    writes = [asyncio.ensure_future(recharge(n)) for n in range(60)]
+    await asyncio.sleep(0)  # let the burst start, then crash PostgreSQL under it
+    fault_stack.postgres.kill()
+    answers = await asyncio.gather(*writes)
+    fault_stack.postgres.start()
+
+    answered = [response.json()["recharge_id"] for response in answers if response.status_code == 201]
+    assert {response.status_code for response in answers} <= {201, 503}
+    conn = await asyncpg.connect(api.database_url)
+    try:
+        stored = {row["recharge_id"] for row in await conn.fetch(
+            "SELECT recharge_id FROM recharges WHERE card_id = $1", card["card_id"])}
+        balance = await conn.fetchval("SELECT balance FROM cards WHERE card_id = $1", card["card_id"])
+        await assert_balances_reconcile(conn)
+    finally:
+        await conn.close()
+    assert set(answered) <= stored  # nothing answered 201 was lost
+    assert balance == 100 * len(stored)  # every stored recharge moved the balance, none half
+
+
+# ---------------------------------------------------------------- overload
+async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
+        fault_stack: LocalStack, fault_api: Api) -> None:
+    async with serve_api(fault_api.database_url, fault_stack.redis.url, pool_min=1, pool_max=2,
+                         max_waiting=3) as api:
+        await api.http.get("/users/count")
+        pause_postgres(fault_stack)  # every database call now waits out its timeout
+        answers = await asyncio.gather(*(timed(api.http.get("/users/count")) for _ in range(20)))
+        resume_postgres(fault_stack)
+
+    overloaded = [(response, elapsed) for response, elapsed in answers if response.status_code == 503
+                  and response.json()["code"] == "OVERLOADED"]
+    assert len(overloaded) == 20 - 5  # pool_max + max_waiting got in, the rest were refused
+    assert all(response.headers["retry-after"] == "1" for response, _ in overloaded)
+    assert max(elapsed for _, elapsed in overloaded) < 0.5
