@@ -1,0 +1,172 @@
+"""The bench's report: Markdown for stdout and a PNG chart, both drawn from the JSON report
+that bench/run.py saves (so what is printed is exactly what is kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+AGGREGATE_MISS_P50_MS = 2.0
+AGGREGATE_GROWTH = 1.5
+BIG_DATA_TRIPS = 10_000_000
+
+
+def ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+    facts, settings = report["machine"], report["settings"]
+    servers = ", ".join(f"{label} = {url}" for label, url in report["servers"].items())
+    stack = report.get("stack", {})
+    lines = [
+        f"- command: `{report['command']}`",
+        f"- started: {report['started']}",
+        f"- machine: {facts['cores']} cores ({facts['cpu_model']}), {facts['memory_gib']} GiB; load average "
+        f"{' / '.join(map(str, facts['load_average']))} before, {' / '.join(map(str, report['load_average_after']))}"
+        f" after; Python {facts['python']}, Linux {facts['kernel']}",
+        f"- servers: {servers or 'none (scale only)'}"
+        + (f"; PostgreSQL {stack['postgres']} (fsync {stack['fsync']}, synchronous_commit "
+           f"{stack['synchronous_commit']}), {stack['redis']}" if "postgres" in stack and "redis" in stack else "")
+        + (f"; {stack['trips']:,} trips, {stack['cards']:,} cards" if "trips" in stack else ""),
+        f"- load: {report['generator']}, {settings['duration']:g} s per point after {settings['warmup']:g} s of "
+        f"warm-up, {settings['rounds']} interleaved round(s), figures from the median round; {report['pinning']}",
+        "- note: the load generator, the API, PostgreSQL and Redis share this machine's cores, so every figure "
+        "includes their contention; compare ratios measured in the same run rather than absolute figures "
+        "across machines.",
+    ]
+    if report.get("api_rss_mib_after"):
+        lines.append(f"- API resident memory after the run: {report['api_rss_mib_after']:.0f} MiB")
+    return lines
+
+
+def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
+    if "B" not in latency:
+        rows = [[r["endpoint"], r["case"], str(r["n"]), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
+                 ms(r["max_ms"]), str(r["errors"])] for r in latency["A"]]
+        return markdown_table(["endpoint", "case", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"], rows)
+    b_rows = {(r["endpoint"], r["case"]): r for r in latency["B"]}  # B has no MISS rows without its Redis
+    rows = []
+    for a in latency["A"]:
+        cells = [a["endpoint"], a["case"], ms(a["p50_ms"]), ms(a["p99_ms"])]
+        b = b_rows.get((a["endpoint"], a["case"]))
+        if b is None:
+            rows.append(cells + ["", "", "", str(a["errors"])])
+        else:
+            rows.append(cells + [ms(b["p50_ms"]), ms(b["p99_ms"]), f"{b['p50_ms'] / a['p50_ms']:.2f}",
+                                 str(a["errors"] + b["errors"])])
+    return markdown_table(["endpoint", "case", "A p50 ms", "A p99 ms", "B p50 ms", "B p99 ms", "B/A p50",
+                           "errors"], rows)
+
+
+def throughput_table(points: list[dict[str, Any]]) -> str:
+    b_points = {(p["scenario"], p["connections"]): p for p in points if p["server"] == "B"}
+    header = ["scenario", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "of ceiling"]
+    if b_points:
+        header += ["B req/s", "B p99 ms", "B errors", "B/A req/s"]
+    rows = []
+    for point in points:
+        if point["server"] == "B":
+            continue
+        m = point["median"]
+        name = point["scenario"]
+        if "miss_share" in m["extra"]:
+            name += f" ({m['extra']['miss_share']:.0%} misses)"
+        fraction = f"{point['of_ceiling']:.2f}× {point['ceiling']}" if point.get("of_ceiling") else ""
+        cells = [name, str(point["connections"]), f"{m['rps']:,.0f}", ms(m["p50_ms"]), ms(m["p90_ms"]),
+                 ms(m["p99_ms"]), ms(m["max_ms"]), str(m["errors"]), fraction]
+        if b_points:
+            b = b_points.get((point["scenario"], point["connections"]))
+            cells += ([f"{b['median']['rps']:,.0f}", ms(b["median"]["p99_ms"]), str(b["median"]["errors"]),
+                       f"{b['ratio_to_a']:.2f}"] if b else [""] * 4)
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def goals_table(goals: list[dict[str, Any]]) -> str:
+    verdict = {True: "PASS", False: "FAIL", None: "n/a"}
+    return markdown_table(["goal (issue 4)", "measured", "target", "result"],
+                          [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals])
+
+
+def scale_table(points: list[dict[str, Any]]) -> str:
+    header = ["endpoint (miss p50 ms)"] + [f"{p['trips']:,} trips (scale {p['scale']})" for p in points]
+    header += ["largest / smallest", "goal"]
+    rows = []
+    for path in points[0]["costs"]:
+        costs = [p["costs"][path]["p50_ms"] for p in points]
+        growth = costs[-1] / costs[0] if costs[0] else float("nan")
+        if points[-1]["trips"] < BIG_DATA_TRIPS:
+            verdict = "n/a (< 10M trips)"
+        else:
+            passed = costs[-1] <= AGGREGATE_MISS_P50_MS and (len(points) < 2 or growth <= AGGREGATE_GROWTH)
+            verdict = "PASS" if passed else "FAIL"
+        rows.append([path, *(ms(c) for c in costs), f"{growth:.2f}×", verdict])
+    return markdown_table(header, rows) + (
+        f"\n\nGoal: p50 ≤ {AGGREGATE_MISS_P50_MS:g} ms at ≥ 10M trips, and ≤ {AGGREGATE_GROWTH}× its cost at the "
+        "smallest scale. /users/count and /users/active/count are uncached: every request reads PostgreSQL.")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    parts = ["# Travel Recharge API — bench", "\n".join(header_lines(report))]
+    if report.get("latency"):
+        parts += ["## Latency: sequential requests on one keep-alive connection",
+                  "MISS: the first request after its Redis key was deleted (n times over); HIT: the requests "
+                  "that follow; uncached: read from PostgreSQL every time.",
+                  latency_table(report["latency"])]
+    if report.get("throughput"):
+        parts += ["## Throughput", throughput_table(report["throughput"])]
+    if report.get("goals"):
+        parts += ["## Goals", goals_table(report["goals"])]
+    if report.get("scale"):
+        parts += ["## Aggregate cache-miss cost against data size", scale_table(report["scale"])]
+    return "\n\n".join(parts)
+
+
+def save_chart(report: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles per scenario (ceilings included), one panel per concurrency level;
+    with --vs, B's bars (hatched) stand beside A's. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = report["throughput"]
+    levels = sorted({p["connections"] for p in points})
+    labels = [label for label in ("A", "B") if any(p["server"] == label for p in points)]
+    percentiles = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
+    width = 0.8 / (len(percentiles) * len(labels))
+    figure, axes = plt.subplots(len(levels), 1, figsize=(12, 4.2 * len(levels)), squeeze=False)
+    for axis, level in zip(axes[:, 0], levels):
+        at_level = [p for p in points if p["connections"] == level]
+        names = list(dict.fromkeys(p["scenario"] for p in at_level))
+        for t_index, label in enumerate(labels):
+            for p_index, (percent, attribute) in enumerate(percentiles):
+                xs, heights = [], []
+                for x, name in enumerate(names):
+                    # A ceiling is its own server and is drawn once, in A's place.
+                    server = name if name.startswith("ceiling:") else label
+                    point = next((p for p in at_level if p["server"] == server and p["scenario"] == name), None)
+                    if point is None or (t_index and server != label):
+                        continue
+                    xs.append(x - 0.4 + width * (t_index * len(percentiles) + p_index + 0.5))
+                    heights.append(point["median"][attribute])
+                axis.bar(xs, heights, width, color=f"C{p_index}", hatch="//" if t_index else "",
+                         alpha=0.6 if t_index else 1.0, label=f"{label} {percent}" if len(labels) > 1 else percent)
+        axis.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        axis.set_yscale("log")
+        axis.set_ylabel("latency, ms (log scale)")
+        axis.set_title(f"{level} connections (median round)")
+        axis.legend(ncol=len(labels), fontsize="small")
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
