@@ -1,11 +1,11 @@
-"""Cache-aside on Redis: coalesced reads, generation-guarded fills, pipelined invalidation.
+"""Cache-aside on Redis: coalesced reads, generation-guarded fills, one-trip invalidation.
 
 Read: the keys asked for during one event-loop tick go to Redis as one MGET (each key with
 its generation), so a hit costs a share of one round trip. Miss: the caller reads
 PostgreSQL and calls `fill`, which stores the value only if the key's generation is still
 the one the read saw: a write that committed in between bumped it, so a slow miss cannot
 put back the row it read before the write (DESIGN §6). Write: `invalidate` bumps the
-generations and DELs the keys, in one pipeline, after the commit.
+generations and DELs the keys, in one round trip, after the commit.
 
 Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is
 dropped, and `healthy` turns False until Redis answers again. A write whose invalidation
@@ -30,6 +30,16 @@ from redis.exceptions import RedisError
 import cachekeys
 
 log = logging.getLogger("travel.cache")
+
+# KEYS: pairs of (value, its generation); ARGV[1]: how long a generation is remembered.
+_BUMP_AND_DELETE = """
+for i = 1, #KEYS, 2 do
+    redis.call('INCR', KEYS[i + 1])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+    redis.call('DEL', KEYS[i])
+end
+return #KEYS / 2
+"""
 
 # KEYS[1] the value, KEYS[2] its generation; ARGV: generation seen by the read, TTL, value.
 _FILL_IF_GENERATION_UNCHANGED = """
@@ -82,6 +92,7 @@ class Cache:
         self.healthy = True
         self._bypass_until = 0.0  # after a failure, reads skip Redis until then
         self._fill_script = client.register_script(_FILL_IF_GENERATION_UNCHANGED)
+        self._invalidate_script = client.register_script(_BUMP_AND_DELETE)
         self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
         self._flush_scheduled = False
         self._fetches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
@@ -135,20 +146,14 @@ class Cache:
             self._unhealthy("fill", error)
 
     async def invalidate(self, keys: Sequence[bytes]) -> bool:
-        """Bump the generations of `keys` and delete them, in one round trip.
+        """Bump the generations of `keys` and delete them: one script, one round trip
+        (cheaper for the client than a five-command pipeline, and atomic).
 
         Returns False when Redis could not be reached (the caller decides what that costs).
         """
-        pipe = self.client.pipeline(transaction=False)
-        stale = []
-        for key in keys:
-            name, generation = self._names(key)
-            pipe.incr(generation)
-            pipe.expire(generation, cachekeys.GENERATION_TTL)
-            stale.append(name)
-        pipe.delete(*stale)
+        names = [name for key in keys for name in self._names(key)]
         try:
-            await pipe.execute()
+            await self._invalidate_script(keys=names, args=[cachekeys.GENERATION_TTL])
             self.healthy = True
             return True
         except (RedisError, OSError, asyncio.TimeoutError) as error:
