@@ -20,8 +20,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -65,21 +67,32 @@ class Lookup:
         self.started = time.monotonic()
 
 
-def connect(url: str, *, timeout: float = 0.1, max_connections: int = 32) -> aioredis.Redis:
-    """A client with a bounded, blocking pool and short timeouts: Redis is an optimisation,
-    so waiting long for it is never worth it."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,  # wait for a free connection at most this long
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float = 0.1,
+            max_connections: int = 32) -> aioredis.Redis:
+    """A client with a bounded pool and short timeouts: Redis is an optimisation, so waiting
+    long for it is never worth it. With `sentinels` ("host:port,..."), the primary of
+    `service` is found through Sentinel and found again after a failover; `url` then gives
+    only the password and database."""
+    options = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         # A dropped connection (Redis restarted) is retried once; a timeout is not: the
         # request would wait twice as long for an optional answer.
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1,
-                    supported_errors=(RedisConnectionError,)),
-        health_check_interval=5,
-    )
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1,
+                       supported_errors=(RedisConnectionError,)),
+        "health_check_interval": 5,
+    }
+    if sentinels:
+        parsed = urlsplit(url)
+        addresses = [(host, int(port)) for host, port in
+                     (address.rsplit(":", 1) for address in sentinels.split(","))]
+        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout},
+                            password=parsed.password, db=int(parsed.path.lstrip("/") or 0), **options)
+        return sentinel.master_for(service, max_connections=max_connections)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections,
+        timeout=timeout,  # wait for a free connection at most this long
+        **options)
     return aioredis.Redis(connection_pool=pool)
 
 

@@ -82,6 +82,11 @@ async def apply_schema(conn: asyncpg.Connection) -> bool:
     nothing changed; the advisory lock makes concurrent starts apply it once.
     """
     digest = schema_digest()
+    # Checked first without taking locks or creating anything, so that the least-privilege
+    # runtime role (no CREATE on the schema) starts on a database its owner migrated.
+    if await conn.fetchval("SELECT to_regclass('schema_state') IS NOT NULL") and \
+            await conn.fetchval("SELECT digest FROM schema_state") == digest:
+        return False
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
         await conn.execute(

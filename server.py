@@ -68,6 +68,9 @@ class Settings:
     demo_scale: int | None = None
     admin_token: str | None = None
     log_level: str = "info"
+    read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
+    redis_sentinels: str = ""  # host:port,host:port: find the Redis primary through Sentinel
+    redis_sentinel_service: str = "travel"
     pool_min: int = 4
     pool_max: int = 16
     max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
@@ -84,6 +87,9 @@ class Settings:
             "demo_scale": int(env["DEMO_SCALE"]) if env.get("DEMO_SCALE") else None,
             "admin_token": env.get("ADMIN_TOKEN") or None,
             "log_level": env.get("LOG_LEVEL", "info").lower(),
+            "read_database_url": env.get("READ_DATABASE_URL", ""),
+            "redis_sentinels": env.get("REDIS_SENTINELS", ""),
+            "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE", "travel"),
             "pool_min": int(env.get("POOL_MIN", "4")),
             "pool_max": int(env.get("POOL_MAX", "16")),
             "max_waiting": int(env.get("MAX_WAITING", "256")),
@@ -254,14 +260,14 @@ async def get_trip(request: Request) -> Response:
 
 async def trips_total(request: Request) -> Response:
     async def load() -> bytes:
-        return encode(models.TripsTotal(*await request.state.db.run(QUERIES["trips-total"])))
+        return encode(models.TripsTotal(*await request.state.lagging_db.run(QUERIES["trips-total"])))
 
     return await cached(request, cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, load)
 
 
 async def trips_by_locality(request: Request) -> Response:
     async def load() -> bytes:
-        rows = await request.state.db.run(QUERIES["trips-by-locality"])
+        rows = await request.state.lagging_db.run(QUERIES["trips-by-locality"])
         return encode([models.LocalityTrips(*row) for row in rows])
 
     return await cached(request, cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL, load)
@@ -281,14 +287,14 @@ async def card_trips(request: Request) -> Response:
 
 async def revenue_total(request: Request) -> Response:
     async def load() -> bytes:
-        return encode(models.Revenue(await request.state.db.run(QUERIES["revenue-total"])))
+        return encode(models.Revenue(await request.state.lagging_db.run(QUERIES["revenue-total"])))
 
     return await cached(request, cachekeys.REVENUE_TOTAL, cachekeys.REVENUE_TTL, load)
 
 
 async def revenue_by_locality(request: Request) -> Response:
     async def load() -> bytes:
-        rows = await request.state.db.run(QUERIES["revenue-by-locality"])
+        rows = await request.state.lagging_db.run(QUERIES["revenue-by-locality"])
         return encode([models.LocalityRevenue(*row) for row in rows])
 
     return await cached(request, cachekeys.REVENUE_BY_LOCALITY, cachekeys.REVENUE_TTL, load)
@@ -320,28 +326,28 @@ async def user_recharges(request: Request) -> Response:
 
 async def routes_all(request: Request) -> Response:
     async def load() -> bytes:
-        return encode([models.Route(*row) for row in await request.state.db.run(QUERIES["routes-all"])])
+        return encode([models.Route(*row) for row in await request.state.lagging_db.run(QUERIES["routes-all"])])
 
     return await cached(request, cachekeys.ROUTES_ALL, cachekeys.REFERENCE_TTL, load)
 
 
 async def stations_all(request: Request) -> Response:
     async def load() -> bytes:
-        return encode([models.Station(*row) for row in await request.state.db.run(QUERIES["stations-all"])])
+        return encode([models.Station(*row) for row in await request.state.lagging_db.run(QUERIES["stations-all"])])
 
     return await cached(request, cachekeys.STATIONS_ALL, cachekeys.REFERENCE_TTL, load)
 
 
 async def users_count(request: Request) -> Response:
-    return JSONBytes(encode(models.Count(await request.state.db.run(QUERIES["users-count"]))))
+    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(QUERIES["users-count"]))))
 
 
 async def users_active_count(request: Request) -> Response:
-    return JSONBytes(encode(models.Count(await request.state.db.run(QUERIES["users-active-count"]))))
+    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(QUERIES["users-active-count"]))))
 
 
 async def users_latest(request: Request) -> Response:
-    rows = await request.state.db.run(QUERIES["users-latest"])
+    rows = await request.state.lagging_db.run(QUERIES["users-latest"])
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
 
@@ -468,10 +474,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         await prepare_database(settings)
-        pool = await db.create_pool(settings.database_url, min_size=settings.pool_min,
-                                    max_size=settings.pool_max)
-        redis = connect(settings.redis_url)
-        database = Database(pool, settings.max_waiting)
+        pools = [await db.create_pool(url, min_size=settings.pool_min, max_size=settings.pool_max)
+                 for url in (settings.database_url, settings.read_database_url) if url]
+        redis = connect(settings.redis_url, sentinels=settings.redis_sentinels,
+                        service=settings.redis_sentinel_service)
+        database = Database(pools[0], settings.max_waiting)
+        # Aggregates, counts and reference data may come from a replica; balances, trips,
+        # recharges and every write stay on the primary.
+        lagging_database = Database(pools[-1], settings.max_waiting)
         cache = Cache(redis, await database.run(QUERIES["cache-epoch"]))
         metrics.watch_pool(database)
 
@@ -485,13 +495,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         background = [asyncio.create_task(epochs.run()),
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
-            yield {"db": database, "cache": cache, "tokens": TokenCache(), "settings": settings,
-                   "epochs": epochs}
+            yield {"db": database, "lagging_db": lagging_database, "cache": cache,
+                   "tokens": TokenCache(), "settings": settings, "epochs": epochs}
         finally:
             for task in background:
                 task.cancel()
             # Requests have drained by now; closing must finish even if we are cancelled.
-            await asyncio.shield(asyncio.gather(pool.close(), redis.aclose(), return_exceptions=True))
+            await asyncio.shield(asyncio.gather(*(pool.close() for pool in pools), redis.aclose(),
+                                                return_exceptions=True))
 
     return Starlette(
         routes=ROUTES,
