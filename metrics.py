@@ -1,14 +1,20 @@
-"""Prometheus metrics: requests and latency per route, cache hits/misses/errors, pool use.
+"""Observability: Prometheus metrics and one structured log line per request.
 
-Uses the official client (prometheus_client) rather than hand-written exposition. The
-middleware labels a request by its route template (`/api/v1/cards/{card_id}/balance`),
-never by its raw path, so the label set stays bounded.
+Metrics use the official client (prometheus_client) rather than hand-written exposition. A
+request is labelled by its route template (`/api/v1/cards/{card_id}/balance`), never its raw
+path, so the label set stays bounded. The request log line (logger `travel.access`, level
+INFO) carries method, path, status, duration, cache HIT/MISS and a request id, and never a
+header value or a body, so no token and no personal data reach the logs.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.middleware import Middleware
@@ -19,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from db import Database
 
+ACCESS = logging.getLogger("travel.access")
 REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
     "travel_request_seconds", "Time from request to the end of the answer", ["route"],
@@ -44,7 +51,17 @@ async def endpoint(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-class _Measure:
+def request_id(scope: Scope) -> bytes:
+    """The caller's X-Request-ID when it is a short plain token, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 0 < len(value) <= 64 and value.isascii() and value.replace(b"-", b"").isalnum():
+                return value
+            break
+    return uuid.uuid4().hex.encode()
+
+
+class _Observe:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -53,21 +70,62 @@ class _Measure:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        cache = b""
+        rid = request_id(scope)
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, cache
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = message.setdefault("headers", [])
+                cache = next((value for name, value in headers if name == b"x-cache"), b"")
+                message["headers"] = [*headers, (b"x-request-id", rid)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            template = getattr(scope.get("route"), "path", "unmatched")
             REQUESTS.labels(template, scope["method"], status).inc()
-            LATENCY.labels(template).observe(time.perf_counter() - started)
+            LATENCY.labels(template).observe(elapsed)
+            if ACCESS.isEnabledFor(logging.INFO):
+                ACCESS.info("request", extra={"request": {
+                    "id": rid.decode(), "method": scope["method"], "path": scope["path"],
+                    "route": template, "status": status, "ms": round(elapsed * 1000, 3),
+                    "cache": cache.decode() or None}})
 
 
 def middleware() -> Middleware:
-    return Middleware(_Measure)
+    return Middleware(_Observe)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, a record's `request`."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+        }
+        request = getattr(record, "request", None)
+        if request is not None:
+            line["request"] = request
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(line).decode()
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """dictConfig for JSON lines on stderr at `level` (LOG_LEVEL), ours and uvicorn's alike;
+    uvicorn applies it in every worker process too."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JSONFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+    }

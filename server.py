@@ -13,10 +13,10 @@ import datetime
 import hashlib
 import hmac
 import logging
+import logging.config
 import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -603,8 +603,8 @@ def main() -> None:
     import uvicorn
 
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_config = metrics.logging_config(settings.log_level)
+    logging.config.dictConfig(log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):
         from localstack import LocalStack
@@ -634,7 +634,7 @@ def main() -> None:
         uvicorn.run(
             "server:create_app", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
-            log_level=settings.log_level, timeout_graceful_shutdown=10,
+            log_level=settings.log_level, log_config=log_config, timeout_graceful_shutdown=10,
         )
     finally:
         if stack is not None:
