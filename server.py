@@ -246,96 +246,72 @@ async def health(request: Request) -> Response:
     return JSONBytes(encode(answer), 200 if database == "ok" else 503)
 
 
-async def get_trip(request: Request) -> Response:
-    trip_id = path_id(request, "trip_id")
-
-    async def load() -> bytes:
-        row = await request.state.db.run(QUERIES["trip"], trip_id)
-        if row is None:
-            raise Problem(404, "TRIP_NOT_FOUND", "no trip with this id", trip_id=trip_id)
-        return encode(models.Trip(*row))
-
-    return await cached(request, cachekeys.trip(trip_id), cachekeys.TRIP_TTL, load)
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def trips_total(request: Request) -> Response:
-    async def load() -> bytes:
-        return encode(models.TripsTotal(*await request.state.lagging_db.run(QUERIES["trips-total"])))
+def cached_read_by_id(name: str, param: str, key: Callable[[int], bytes], ttl: int, query: str,
+                      answer: Callable[[Any], Any], missing: str) -> Handler:
+    """A cached read of what `query` finds for the id in the path; nothing found is 404 `missing`.
+    These read the primary: they must show a write as soon as it has returned."""
 
-    return await cached(request, cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, load)
+    async def read(request: Request) -> Response:
+        item_id = path_id(request, param)
 
+        async def load() -> bytes:
+            found = await request.state.db.run(QUERIES[query], item_id)
+            if not found:
+                raise Problem(404, missing, f"no {param.removesuffix('_id')} with this id", **{param: item_id})
+            return encode(answer(found))
 
-async def trips_by_locality(request: Request) -> Response:
-    async def load() -> bytes:
-        rows = await request.state.lagging_db.run(QUERIES["trips-by-locality"])
-        return encode([models.LocalityTrips(*row) for row in rows])
+        return await cached(request, key(item_id), ttl, load)
 
-    return await cached(request, cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL, load)
-
-
-async def card_trips(request: Request) -> Response:
-    card_id = path_id(request, "card_id")
-
-    async def load() -> bytes:
-        rows = await request.state.db.run(QUERIES["card-trips"], card_id)
-        if not rows:
-            raise Problem(404, "CARD_NOT_FOUND", "no card with this id", card_id=card_id)
-        return encode([models.Trip(*row) for row in rows if row[0] is not None])
-
-    return await cached(request, cachekeys.card_trips(card_id), cachekeys.CARD_TRIPS_TTL, load)
+    read.__name__ = name
+    return read
 
 
-async def revenue_total(request: Request) -> Response:
-    async def load() -> bytes:
-        return encode(models.Revenue(await request.state.lagging_db.run(QUERIES["revenue-total"])))
+def cached_read(name: str, key: bytes, ttl: int, query: str, answer: Callable[[Any], Any]) -> Handler:
+    """A cached read of an aggregate or of reference data: it may come from a replica."""
 
-    return await cached(request, cachekeys.REVENUE_TOTAL, cachekeys.REVENUE_TTL, load)
+    async def read(request: Request) -> Response:
+        async def load() -> bytes:
+            return encode(answer(await request.state.lagging_db.run(QUERIES[query])))
 
+        return await cached(request, key, ttl, load)
 
-async def revenue_by_locality(request: Request) -> Response:
-    async def load() -> bytes:
-        rows = await request.state.lagging_db.run(QUERIES["revenue-by-locality"])
-        return encode([models.LocalityRevenue(*row) for row in rows])
-
-    return await cached(request, cachekeys.REVENUE_BY_LOCALITY, cachekeys.REVENUE_TTL, load)
+    read.__name__ = name
+    return read
 
 
-async def card_balance(request: Request) -> Response:
-    card_id = path_id(request, "card_id")
-
-    async def load() -> bytes:
-        row = await request.state.db.run(QUERIES["card-balance"], card_id)
-        if row is None:
-            raise Problem(404, "CARD_NOT_FOUND", "no card with this id", card_id=card_id)
-        return encode(models.CardBalance(*row))
-
-    return await cached(request, cachekeys.card_balance(card_id), cachekeys.CARD_BALANCE_TTL, load)
+def each(struct: type) -> Callable[[Any], list[Any]]:
+    """Rows to Structs, skipping the all-NULL row of a LEFT JOIN that found nothing."""
+    return lambda rows: [struct(*row) for row in rows if row[0] is not None]
 
 
-async def user_recharges(request: Request) -> Response:
-    user_id = path_id(request, "user_id")
-
-    async def load() -> bytes:
-        rows = await request.state.db.run(QUERIES["user-recharges"], user_id)
-        if not rows:
-            raise Problem(404, "USER_NOT_FOUND", "no user with this id", user_id=user_id)
-        return encode([models.UserRecharge(*row) for row in rows if row[0] is not None])
-
-    return await cached(request, cachekeys.user_recharges(user_id), cachekeys.USER_RECHARGES_TTL, load)
+def one(struct: type) -> Callable[[Any], Any]:
+    return lambda row: struct(*row)
 
 
-async def routes_all(request: Request) -> Response:
-    async def load() -> bytes:
-        return encode([models.Route(*row) for row in await request.state.lagging_db.run(QUERIES["routes-all"])])
-
-    return await cached(request, cachekeys.ROUTES_ALL, cachekeys.REFERENCE_TTL, load)
-
-
-async def stations_all(request: Request) -> Response:
-    async def load() -> bytes:
-        return encode([models.Station(*row) for row in await request.state.lagging_db.run(QUERIES["stations-all"])])
-
-    return await cached(request, cachekeys.STATIONS_ALL, cachekeys.REFERENCE_TTL, load)
+get_trip = cached_read_by_id("get_trip", "trip_id", cachekeys.trip, cachekeys.TRIP_TTL, "trip",
+                             one(models.Trip), "TRIP_NOT_FOUND")
+card_trips = cached_read_by_id("card_trips", "card_id", cachekeys.card_trips, cachekeys.CARD_TRIPS_TTL,
+                               "card-trips", each(models.Trip), "CARD_NOT_FOUND")
+card_balance = cached_read_by_id("card_balance", "card_id", cachekeys.card_balance, cachekeys.CARD_BALANCE_TTL,
+                                 "card-balance", one(models.CardBalance), "CARD_NOT_FOUND")
+user_recharges = cached_read_by_id("user_recharges", "user_id", cachekeys.user_recharges,
+                                   cachekeys.USER_RECHARGES_TTL, "user-recharges", each(models.UserRecharge),
+                                   "USER_NOT_FOUND")
+trips_total = cached_read("trips_total", cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, "trips-total",
+                          one(models.TripsTotal))
+trips_by_locality = cached_read("trips_by_locality", cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL,
+                                "trips-by-locality", each(models.LocalityTrips))
+revenue_total = cached_read("revenue_total", cachekeys.REVENUE_TOTAL, cachekeys.REVENUE_TTL, "revenue-total",
+                            one(models.Revenue))
+revenue_by_locality = cached_read("revenue_by_locality", cachekeys.REVENUE_BY_LOCALITY, cachekeys.REVENUE_TTL,
+                                  "revenue-by-locality", each(models.LocalityRevenue))
+routes_all = cached_read("routes_all", cachekeys.ROUTES_ALL, cachekeys.REFERENCE_TTL, "routes-all",
+                         each(models.Route))
+stations_all = cached_read("stations_all", cachekeys.STATIONS_ALL, cachekeys.REFERENCE_TTL, "stations-all",
+                           each(models.Station))
 
 
 async def users_count(request: Request) -> Response:

@@ -182,6 +182,28 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail::text;
 END $$;
 
+-- Lock a card for a balance change (FOR NO KEY UPDATE: concurrent writes on one card
+-- serialise here); refuse an unknown card.
+CREATE OR REPLACE FUNCTION lock_card(p_card_id bigint, OUT status text, OUT balance bigint,
+                                     OUT user_id bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.status, c.balance, c.user_id INTO status, balance, user_id
+    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION require_active_card(p_card_id bigint, p_status text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_status <> 'active' THEN
+        PERFORM refuse('TRC01', format('card is %s', p_status),
+                       jsonb_build_object('card_id', p_card_id, 'card_status', p_status));
+    END IF;
+END $$;
+
 -- The fare of a type in force today (fares change by date, never by overwriting).
 CREATE OR REPLACE FUNCTION fare_in_force(p_fare_type text, OUT fare_id integer, OUT value bigint)
 LANGUAGE plpgsql STABLE AS $$
@@ -211,13 +233,9 @@ DECLARE
     v_status text;
     v_balance bigint;
 BEGIN
-    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
-    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
-    END IF;
+    SELECT l.status, l.balance, l.user_id INTO v_status, v_balance, user_id FROM lock_card(p_card_id) l;
 
-    recharge_id := nextval(pg_get_serial_sequence('recharges', 'recharge_id'));
+    recharge_id := nextval('recharges_recharge_id_seq');
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO idempotency_keys (token_id, idempotency_key, recharge_id, balance_after)
         VALUES (p_token_id, p_idempotency_key, recharge_id, v_balance + p_amount)
@@ -239,10 +257,7 @@ BEGIN
         END IF;
     END IF;
 
-    IF v_status <> 'active' THEN
-        PERFORM refuse('TRC01', format('card is %s', v_status),
-                       jsonb_build_object('card_id', p_card_id, 'card_status', v_status));
-    END IF;
+    PERFORM require_active_card(p_card_id, v_status);
     IF p_recharge_point_id IS NOT NULL
        AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
         PERFORM refuse('TRN06', 'recharge point not found',
@@ -276,15 +291,8 @@ DECLARE
     v_previous record;
     v_fare_type text;
 BEGIN
-    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
-    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
-    END IF;
-    IF v_status <> 'active' THEN
-        PERFORM refuse('TRC01', format('card is %s', v_status),
-                       jsonb_build_object('card_id', p_card_id, 'card_status', v_status));
-    END IF;
+    SELECT l.status, l.balance, l.user_id INTO v_status, v_balance, user_id FROM lock_card(p_card_id) l;
+    PERFORM require_active_card(p_card_id, v_status);
     SELECT r.route_type, r.is_active INTO v_route_type, v_route_active
     FROM routes r WHERE r.route_id = p_route_id;
     IF NOT FOUND THEN
