@@ -22,16 +22,16 @@ Pesos = Annotated[int, Meta(description="Colombian pesos, an exact integer")]
 RechargeAmount = Annotated[int, Meta(ge=1, le=1_000_000, description="pesos, 1..1,000,000")]
 
 
-def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f]*") -> type:
-    """A string of bounded length matching `pattern` whole; by default, without control
-    characters (PostgreSQL cannot store NUL)."""
+def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f-\x9f]*") -> type:
+    """A string of bounded length matching `pattern` whole; by default, without C0 or C1
+    control characters (PostgreSQL cannot store NUL; the others are never a name)."""
     # `$(?!\n)`: a bare `$` also matches before a final newline, in Python as in ECMA regexes.
     whole = f"^(?:{pattern})$(?!\n)"
     return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=whole)]  # type: ignore[return-value]
 
 
 Name = text(100)
-Email = text(254, pattern=r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+")
+Email = text(254, pattern=r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+")
 IdNumber = text(20, min_length=4, pattern=r"[0-9A-Za-z-]+")
 Phone = text(20, pattern=r"\+?[0-9 ()-]+")
 CardNumber = text(20, min_length=8, pattern=r"[0-9]+")

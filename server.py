@@ -153,11 +153,16 @@ async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
         # The typed decoder stops at the first misfit; JSON broken further on is still 400.
         try:
             msgspec.json.decode(body)
-        except msgspec.DecodeError as malformed:
+        except MALFORMED as malformed:
             raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {malformed}") from None
         raise Problem(422, "VALIDATION_ERROR", str(error)) from None
-    except msgspec.DecodeError as error:
+    except MALFORMED as error:
         raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {error}") from None
+
+
+# What decoding JSON raises for a body that is not JSON: invalid UTF-8 inside a string is a
+# UnicodeDecodeError, and the untyped decoder gives up on absurd nesting with RecursionError.
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 # ---------------------------------------------------------------- write tokens
@@ -587,6 +592,10 @@ def main() -> None:
 
         stack = LocalStack(DATA_DIR)
         database_url, redis_url = stack.start()
+        # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
+        urls = DATA_DIR / "urls.env"
+        urls.write_text(f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
+        urls.chmod(0o600)
         settings = Settings.from_env(
             database_url=settings.database_url or database_url,
             redis_url=settings.redis_url or redis_url,

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from db import QUERIES
+
 Executor = asyncpg.Pool | asyncpg.Connection
 
 
@@ -60,11 +62,7 @@ async def assert_counters_exact(db: Executor) -> None:
 
 
 async def assert_balances_reconcile(db: Executor) -> None:
-    """Every card's balance is its opening balance plus its recharges minus its fares charged."""
-    mismatched = await db.fetch("""
-        SELECT c.card_id, c.balance, c.opening_balance + coalesce(r.total, 0) - coalesce(t.total, 0) AS expected
-        FROM cards c
-        LEFT JOIN (SELECT card_id, sum(amount) AS total FROM recharges GROUP BY card_id) r USING (card_id)
-        LEFT JOIN (SELECT card_id, sum(fare_charged) AS total FROM trips GROUP BY card_id) t USING (card_id)
-        WHERE c.balance <> c.opening_balance + coalesce(r.total, 0) - coalesce(t.total, 0)""")
+    """Every card's balance is its opening balance plus its recharges minus its fares
+    charged, and none is negative (sql/queries/unreconciled-cards.sql)."""
+    mismatched = await QUERIES["unreconciled-cards"](db)
     assert not mismatched, f"balances off: {[dict(row) for row in mismatched]}"

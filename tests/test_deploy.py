@@ -429,6 +429,7 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         await conn.add_listener("cache_epoch", lambda *_: None)  # the API's LISTEN connection
         assert await run(conn, "bump-cache-epoch") == epoch + 1  # type: ignore[operator]
         assert await run(conn, "prune-idempotency-keys", datetime.timedelta(hours=24)) == 0
+        assert await run(conn, "unreconciled-cards") == []
     finally:
         await conn.close()
     assert ran == set(queries), f"not exercised here: {set(queries) - ran}"

@@ -1,0 +1,105 @@
+"""Shared by the hostile-input, token, fuzz and money-under-load tests: one server for a whole
+module (hundreds of parametrised cases on a server started once), valid bodies of every
+operation built from its Struct, and a cheap snapshot of what a refused request must leave."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import redis.asyncio as aioredis
+
+import server
+from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
+from conftest import Api, serve_api, with_database
+from docs import Operation
+from localstack import LocalStack
+
+WRITES = [op for op in server.OPERATIONS if op.roles is not None]
+ROLES = ("admin", "recharge_point", "validator")
+
+
+async def check_answer(response: httpx.Response) -> None:
+    """What checked_answers checks, for servers that live longer than one test."""
+    await response.aread()
+    assert b"Traceback" not in response.content, response.content[:2000]
+    assert response.status_code != 500, (response.request.method, response.request.url, response.content[:2000])
+
+
+@contextlib.asynccontextmanager
+async def module_api(stack: LocalStack, template_url: str, prefix: str, **settings: object) -> AsyncIterator[Api]:
+    """A server on a database of its own (copied from the template) and an emptied Redis."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stack.postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE travel_template")
+    finally:
+        await admin.close()
+    redis = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        await redis.flushdb()  # the cache keys do not name the database: start empty
+    finally:
+        await redis.aclose()
+    async with serve_api(with_database(stack.postgres.url, name), stack.redis.url, **settings) as running:
+        running.http.event_hooks["response"].append(check_answer)
+        yield running
+
+
+class Snapshots:
+    """api_helpers.snapshot on one kept connection: hundreds of cases stay fast."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def take(self) -> dict[str, Any]:
+        return dict(await self.conn.fetchrow(SNAPSHOT_SQL))
+
+    @contextlib.asynccontextmanager
+    async def unchanged(self) -> AsyncIterator[None]:
+        before = await self.take()
+        yield
+        assert await self.take() == before
+
+
+def op_label(op: Operation) -> str:
+    return f"{op.method} {op.path.removeprefix(server.API)}"
+
+
+def is_problem(response: httpx.Response) -> dict[str, Any]:
+    """A 4xx/5xx answer is problem+json with a string `code` and `status` equal to the HTTP status."""
+    assert response.headers.get("content-type", "").split(";")[0] == PROBLEM_JSON, (
+        response.status_code, response.headers.get("content-type"), response.content[:300])
+    body = msgspec.json.decode(response.content)
+    assert isinstance(body, dict), body
+    assert isinstance(body.get("code"), str) and body["code"], body
+    assert body.get("status") == response.status_code, body
+    return body
+
+
+def valid_body(op: Operation, ids: dict[str, int]) -> dict[str, Any]:
+    """A body of `op` that succeeds given the existing `ids` (card_id, user_id ...), built from
+    the names of its Struct's fields: a new operation fails here until it is taught its fields."""
+    assert op.body is not None
+    known: dict[str, Any] = {
+        "amount": 700, "route_id": 1, "boarding_station_id": 1, "disembarking_station_id": 2,
+        "status": "blocked", **user_fields(), **ids,
+    }
+    body = {}
+    for field in msgspec.structs.fields(op.body):
+        if field.required:
+            assert field.name in known, f"teach valid_body the field {op.body.__name__}.{field.name}"
+            body[field.name] = known[field.name]
+    return body
+
+
+def fill_path(op: Operation, ids: dict[str, Any]) -> str:
+    """`op`'s path below /api/v1 with its {names} replaced by `ids` (already URL-safe)."""
+    path = op.path.removeprefix(server.API)
+    for name in op.path_ids():
+        path = path.replace("{" + name + "}", str(ids[name]))
+    return path
