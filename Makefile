@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench clean
+.PHONY: run test bench topology topology-bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ run: $(STAMP)
 	$(PY) server.py
 
 test: $(STAMP)
+	bash .ci/system-packages
 	$(PY) -m pytest
+
+# The three-VM topology (network namespaces, root) and two instances behind a load balancer;
+# both are part of `make test` too.
+topology: $(STAMP)
+	bash .ci/system-packages
+	$(PY) -m pytest tests/test_topology.py tests/test_two_instances.py
+
+topology-bench: $(STAMP)
+	$(PY) deploy/topology/topology.py bench --output deploy/topology/latency-with-network.md
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt

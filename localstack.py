@@ -86,10 +86,10 @@ def _user_namespaces_work() -> bool:
 
 @dataclass(frozen=True)
 class Unprivileged:
-    """How to run a PostgreSQL tool when we are root: a command prefix, or a user to become."""
+    """How to run a PostgreSQL tool when we are root: the command prefix that drops root."""
 
     prefix: tuple[str, ...] = ()
-    owner: pwd.struct_passwd | None = None
+    owner: pwd.struct_passwd | None = None  # set when files must be handed to `nobody`
 
     @classmethod
     def for_this_process(cls) -> Unprivileged:
@@ -97,10 +97,9 @@ class Unprivileged:
             return cls()
         if _user_namespaces_work():
             return cls(prefix=tuple(_USERNS_PREFIX))
-        return cls(owner=pwd.getpwnam(UNPRIVILEGED_USER))
-
-    def popen_kwargs(self) -> dict[str, int]:
-        return {} if self.owner is None else {"user": self.owner.pw_uid, "group": self.owner.pw_gid}
+        owner = pwd.getpwnam(UNPRIVILEGED_USER)
+        return cls(prefix=("setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"),
+                   owner=owner)
 
     def hand_over(self, path: Path) -> None:
         """Give `path` to the user PostgreSQL runs as (a no-op unless that is `nobody`)."""
@@ -128,6 +127,9 @@ class LocalPostgres:
     data_dir: Path
     durable: bool = True  # tests turn fsync off: their data is thrown away anyway
     port: int = 0
+    host: str = "127.0.0.1"  # where it listens (another host's address in the topology tests)
+    hba_lines: tuple[str, ...] = ()  # pg_hba.conf lines beyond initdb's (loopback only)
+    enter: tuple[str, ...] = ()  # a prefix that runs each tool elsewhere (`ip netns exec NS`)
 
     @property
     def _as(self) -> Unprivileged:
@@ -140,12 +142,12 @@ class LocalPostgres:
     @property
     def url(self) -> str:
         password = self.password_file.read_text().strip()
-        return f"postgresql://travel:{password}@127.0.0.1:{self.port}/travel"
+        return f"postgresql://travel:{password}@{self.host}:{self.port}/travel"
 
     def _pg(self, tool: str, *args: str, env: dict[str, str] | None = None) -> None:
-        command = [*self._as.prefix, str(postgres_bin_dir() / tool), *args]
+        command = [*self.enter, *self._as.prefix, str(postgres_bin_dir() / tool), *args]
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, env=env, **self._as.popen_kwargs())
+                              stdin=subprocess.DEVNULL, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout.decode(errors='replace')}")
 
@@ -169,6 +171,9 @@ class LocalPostgres:
         run_dir = self.data_dir / "run"
         run_dir.mkdir()
         self._as.hand_over(run_dir)
+        if self.hba_lines:
+            with open(self.data_dir / "pg_hba.conf", "a") as hba:
+                hba.write("\n".join(("", *self.hba_lines, "")))
 
     def start(self) -> str:
         """Start the server (creating the cluster first if needed) and return its URL."""
@@ -179,7 +184,7 @@ class LocalPostgres:
             created = False
         self.port = self.port or free_port()
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.data_dir / "run"),
             "max_connections": "200",

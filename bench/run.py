@@ -825,7 +825,7 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
     run_id = "b" + secrets.token_hex(4)
     pinning = Pinning.choose(not args.no_pin)
     report: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]), "started": dt.datetime.now().astimezone().isoformat(),
+        "command": shlex.join([sys.executable, *masked(sys.argv)]), "started": dt.datetime.now().astimezone().isoformat(),
         "machine": machine_facts(), "settings": asdict(settings), "pinning": pinning.describe(),
         "generator": (wrk_version() or "wrk") if uses_wrk(settings.generator) else "built-in asyncio client",
         "servers": {}}
@@ -934,6 +934,23 @@ async def main_async(args: argparse.Namespace) -> int:
     failed = any(goal["passed"] is False for goal in report.get("goals", []))
     return 1 if failed and args.strict else 0
 
+
+
+SECRET_OPTIONS = ("--token", "--vs-token", "--redis", "--vs-redis", "--database-url")
+
+
+def masked(argv: list[str]) -> list[str]:
+    """The command line with the values of secret-bearing options replaced, for the report."""
+    shown: list[str] = []
+    for word in argv:
+        name, equals, _ = word.partition("=")
+        if equals and name in SECRET_OPTIONS:
+            shown.append(f"{name}=***")
+        elif shown and shown[-1] in SECRET_OPTIONS:
+            shown.append("***")
+        else:
+            shown.append(word)
+    return shown
 
 def main(argv: list[str] | None = None) -> int:
     return uvloop.run(main_async(parse_args(sys.argv[1:] if argv is None else argv)))

@@ -1,0 +1,256 @@
+"""Two API instances behind one real load balancer (deploy/loadbalancer/), sharing Redis and PostgreSQL.
+
+Two `python server.py` processes on free ports of 127.0.0.1 use this test's database and the
+session's Redis; HAProxy and/or nginx (whichever is installed: CI installs `haproxy`) run the
+shipped configuration, with only its addresses, ports and process-level lines swapped for the
+test's. The test shows that
+
+- a write through one instance invalidates what the other has cached (one Redis; the
+  generation guard and the epochs are shared), so a read through A right after a recharge
+  through B sees the new balance;
+- the balancer alternates: both instances' request counters (/metrics) grow;
+- with one instance stopped, the balancer keeps answering through the other, reads and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from conftest import TOKENS, register_test_tokens
+from localstack import LocalStack, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LB_DIR = ROOT / "deploy" / "loadbalancer"
+API = "/api/v1"
+BALANCERS = [name for name in ("haproxy", "nginx") if shutil.which(name)]
+ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
+
+
+def test_a_load_balancer_is_installed() -> None:
+    assert BALANCERS, "neither haproxy nor nginx is on PATH: apt-get install -y haproxy (CI installs it)"
+
+
+# ---------------------------------------------------------------- the shipped configurations, localised
+def haproxy_config(lb_port: int, api_ports: tuple[int, int]) -> str:
+    text = (LB_DIR / "haproxy.cfg").read_text()
+    # Process-level lines of `global` that need the packaged system (its user, chroot, syslog).
+    text = re.sub(r"(?m)^\s*(log /dev/log|chroot|user|group|daemon|stats socket)\b.*\n", "", text)
+    text = replace_once(text, "maxconn 20000", "maxconn 1000")  # 20000 needs LimitNOFILE of its systemd unit
+    text = replace_once(text, "bind 192.168.100.5:80", f"bind 127.0.0.1:{lb_port}")
+    text = replace_once(text, "192.168.100.10:8000", f"127.0.0.1:{api_ports[0]}")
+    return replace_once(text, "192.168.100.11:8000", f"127.0.0.1:{api_ports[1]}")
+
+
+def nginx_config(lb_port: int, api_ports: tuple[int, int], work: Path) -> str:
+    text = (LB_DIR / "nginx.conf").read_text()
+    text = re.sub(r"(?m)^user .*\n", "", text)
+    text = replace_once(text, "pid /run/nginx.pid;", f"pid {work}/nginx.pid;")
+    text = replace_once(text, "error_log /var/log/nginx/error.log warn;", f"error_log {work}/error.log warn;")
+    text = replace_once(text, "listen 192.168.100.5:80;", f"listen 127.0.0.1:{lb_port};")
+    text = replace_once(text, "192.168.100.10:8000", f"127.0.0.1:{api_ports[0]}")
+    text = replace_once(text, "192.168.100.11:8000", f"127.0.0.1:{api_ports[1]}")
+    temp_paths = "\n".join(f"    {name}_temp_path {work}/{name};" for name in
+                           ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return replace_once(text, "http {\n", "http {\n" + temp_paths + "\n")
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    """Replace `old` in the one directive (not comment) line holding it."""
+    lines = text.splitlines(keepends=True)
+    found = [n for n, line in enumerate(lines) if old in line and not line.lstrip().startswith("#")]
+    if not found and old.endswith("\n"):  # a line of its own, as in "http {\n"
+        found = [n for n, line in enumerate(lines) if line == old]
+    assert len(found) == 1, f"the shipped configuration changed: {old!r} is not in exactly one directive"
+    lines[found[0]] = lines[found[0]].replace(old, new)
+    return "".join(lines)
+
+
+def test_the_shipped_configurations_are_valid(tmp_path: Path) -> None:
+    ports = (free_port(), free_port())
+    if "haproxy" in BALANCERS:
+        path = tmp_path / "haproxy.cfg"
+        path.write_text(haproxy_config(free_port(), ports))
+        checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    if "nginx" in BALANCERS:
+        path = tmp_path / "nginx.conf"
+        path.write_text(nginx_config(free_port(), ports, tmp_path))
+        checked = subprocess.run(["nginx", "-t", "-c", str(path), "-e", str(tmp_path / "error.log")],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# ---------------------------------------------------------------- processes
+@dataclass
+class Process:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def spawn(name: str, command: list[str], env: dict[str, str], work: Path, url: str) -> Process:
+    log = work / f"{name}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return Process(name, process, log, url)
+
+
+async def wait_healthy(http: httpx.AsyncClient, process: Process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            pytest.fail(f"{process.name} exited ({process.process.returncode}):\n{process.output()}")
+        try:
+            if (await http.get(process.url + API + "/health", timeout=2)).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{process.name} did not answer /health within {timeout:.0f} s:\n{process.output()}")
+
+
+@pytest.fixture
+async def instances(database_url: str, stack: LocalStack, redis_client: aioredis.Redis,
+                    tmp_path: Path) -> AsyncIterator[tuple[Process, Process]]:
+    """Two `python server.py` on this test's database and the session's (emptied) Redis."""
+    await register_test_tokens(database_url)
+    started: list[Process] = []
+    try:
+        for name in ("api1", "api2"):
+            port = free_port()
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": database_url,
+                   "REDIS_URL": stack.redis.url, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": "1",
+                   "LOG_LEVEL": "warning", "POOL_MIN": "1", "POOL_MAX": "8"}
+            started.append(spawn(name, [sys.executable, str(ROOT / "server.py")], env, tmp_path,
+                                 f"http://127.0.0.1:{port}"))
+        async with httpx.AsyncClient() as http:
+            for process in started:
+                await wait_healthy(http, process)
+        yield started[0], started[1]
+    finally:
+        for process in started:
+            process.stop()
+
+
+def start_balancer(kind: str, api_ports: tuple[int, int], work: Path) -> Process:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    if kind == "haproxy":
+        config = work / "haproxy.cfg"
+        config.write_text(haproxy_config(port, api_ports))
+        return spawn(kind, ["haproxy", "-db", "-f", str(config)], dict(os.environ), work, url)
+    config = work / "nginx.conf"
+    config.write_text(nginx_config(port, api_ports, work))
+    return spawn(kind, ["nginx", "-c", str(config), "-e", str(work / "error.log"), "-g", "daemon off;"],
+                 dict(os.environ), work, url)
+
+
+@pytest.fixture(params=BALANCERS or ["none"])
+def balancer_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "none":
+        pytest.fail("neither haproxy nor nginx is on PATH: apt-get install -y haproxy", pytrace=False)
+    return str(request.param)
+
+
+def port_of(process: Process) -> int:
+    return int(process.url.rsplit(":", 1)[1])
+
+
+def requests_served(metrics: str, route: str) -> float:
+    """travel_requests_total summed over methods and statuses, for one route template."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("travel_requests_total{") and f'route="{route}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ---------------------------------------------------------------- the test
+async def test_two_instances_behind_a_load_balancer(balancer_kind: str, instances: tuple[Process, Process],
+                                                    tmp_path: Path) -> None:
+    a, b = instances
+    lb = start_balancer(balancer_kind, (port_of(a), port_of(b)), tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await wait_healthy(http, lb)
+
+            # Set-up through the balancer.
+            user = await http.post(lb.url + API + "/users", headers=ADMIN, json={
+                "first_name": "Lb", "last_name": "User", "email": f"lb-{balancer_kind}@two.example",
+                "id_number": f"LB-{balancer_kind}"})
+            assert user.status_code == 201, user.text
+            card = await http.post(lb.url + API + "/cards", headers=ADMIN, json={"user_id": user.json()["user_id"]})
+            assert card.status_code == 201, card.text
+            card_id = card.json()["card_id"]
+            balance_path = f"{API}/cards/{card_id}/balance"
+            assert (await http.post(a.url + API + "/recharges", headers=ADMIN,
+                                    json={"card_id": card_id, "amount": 5000})).status_code == 201
+
+            # Cached in Redis through A ...
+            first, second = await http.get(a.url + balance_path), await http.get(a.url + balance_path)
+            assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+            assert second.json()["balance"] == 5000
+            # ... a recharge through B ...
+            recharged = await http.post(b.url + API + "/recharges", headers=ADMIN,
+                                        json={"card_id": card_id, "amount": 1000})
+            assert recharged.status_code == 201, recharged.text
+            # ... and A reads the new balance at once.
+            after = await http.get(a.url + balance_path)
+            assert after.status_code == 200 and after.json()["balance"] == 6000
+            assert after.headers["x-cache"] == "MISS"
+            assert (await http.get(a.url + balance_path)).headers["x-cache"] == "HIT"
+
+            # The balancer alternates between the two instances.
+            route = "/api/v1/cards/{card_id}/balance"
+            before = [requests_served((await http.get(p.url + "/metrics")).text, route) for p in (a, b)]
+            for _ in range(20):
+                answer = await http.get(lb.url + balance_path)
+                assert answer.status_code == 200 and answer.json()["balance"] == 6000
+            grown = [requests_served((await http.get(p.url + "/metrics")).text, route) - was
+                     for p, was in zip((a, b), before)]
+            assert sum(grown) == 20 and min(grown) >= 5, f"requests per instance: {grown}"
+
+            # One instance stops: the balancer keeps answering through the other.
+            b.stop()
+            started = time.monotonic()
+            for n in range(20):
+                answer = await http.get(lb.url + balance_path)
+                assert answer.status_code == 200, (n, answer.status_code, answer.text)
+            written = await http.post(lb.url + API + "/recharges", headers=ADMIN,
+                                      json={"card_id": card_id, "amount": 500})
+            assert written.status_code == 201, written.text
+            final = await http.get(lb.url + balance_path)
+            assert final.status_code == 200 and final.json()["balance"] == 6500
+            assert time.monotonic() - started < 10
+    finally:
+        lb.stop()
+        if lb.process.returncode not in (0, -signal.SIGTERM, 143):
+            print(lb.output())
