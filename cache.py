@@ -87,7 +87,8 @@ def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float 
         addresses = [(host, int(port)) for host, port in
                      (address.rsplit(":", 1) for address in sentinels.split(","))]
         sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout},
-                            password=parsed.password, db=int(parsed.path.lstrip("/") or 0), **options)
+                            username=parsed.username or None, password=parsed.password,
+                            db=int(parsed.path.lstrip("/") or 0), **options)
         return sentinel.master_for(service, max_connections=max_connections)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections,

@@ -69,6 +69,9 @@ class Settings:
     admin_token: str | None = None
     log_level: str = "info"
     read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
+    # LISTEN needs a session of its own: behind a transaction-pooling PgBouncer, point this
+    # at PostgreSQL directly (default: database_url).
+    listen_database_url: str = ""
     redis_sentinels: str = ""  # host:port,host:port: find the Redis primary through Sentinel
     redis_sentinel_service: str = "travel"
     pool_min: int = 4
@@ -88,6 +91,7 @@ class Settings:
             "admin_token": env.get("ADMIN_TOKEN") or None,
             "log_level": env.get("LOG_LEVEL", "info").lower(),
             "read_database_url": env.get("READ_DATABASE_URL", ""),
+            "listen_database_url": env.get("LISTEN_DATABASE_URL", ""),
             "redis_sentinels": env.get("REDIS_SENTINELS", ""),
             "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE", "travel"),
             "pool_min": int(env.get("POOL_MIN", "4")),
@@ -472,7 +476,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async def read_epoch(conn: asyncpg.Connection) -> None:
             on_epoch(str(await QUERIES["cache-epoch"](conn)))
 
-        epochs = db.Listener(settings.database_url, "cache_epoch", on_epoch, read_epoch)
+        epochs = db.Listener(settings.listen_database_url or settings.database_url, "cache_epoch",
+                             on_epoch, read_epoch)
         background = [asyncio.create_task(epochs.run()),
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
