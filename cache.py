@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import cachekeys
+import metrics
 
 log = logging.getLogger("travel.cache")
 
@@ -188,6 +189,7 @@ class Cache:
         return self.healthy
 
     def _unhealthy(self, operation: str, error: BaseException) -> None:
+        metrics.REDIS_ERRORS.labels(operation).inc()
         if self.healthy:
             log.warning("redis %s failed: %s", operation, error.__class__.__name__)
         self.healthy = False

@@ -15,6 +15,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+import metrics
+
 log = logging.getLogger("travel.errors")
 
 PROBLEM_JSON = "application/problem+json"
@@ -131,6 +133,7 @@ async def handle_postgres(_: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(_: Request, exc: Exception) -> Response:
+    metrics.DATABASE_ERRORS.inc()
     log.warning("database unavailable: %s", exc.__class__.__name__)
     return database_unavailable().response()
 

@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import cachekeys
+import metrics
 from api_helpers import make_user_with_card
 from conftest import Api, prepare_network_database, serve_api, with_database
 from dbhelpers import assert_balances_reconcile
@@ -81,6 +82,12 @@ def resume_postgres(stack: LocalStack) -> None:
             os.kill(pid, signal.SIGCONT)
 
 
+def redis_errors() -> float:
+    """Failed Redis calls counted so far (travel_redis_errors_total, every operation)."""
+    return sum(sample.value for sample in metrics.REDIS_ERRORS.collect()[0].samples
+               if sample.name.endswith("_total"))
+
+
 async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     response = await request  # type: ignore[misc]
@@ -94,6 +101,7 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
     api = fault_api
     _, card = await make_user_with_card(api, balance=10_000)
     await api.http.get(f"/cards/{card['card_id']}/balance")  # cached before the fault
+    redis_errors_before = redis_errors()
     if fault == "paused":
         fault_stack.redis.pause()
     elif fault == "stopped":
@@ -115,6 +123,7 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
     statuses = [response.status_code for response, _ in answers]
     assert statuses == [200, 201, 201, 200, 200]
     assert answers[0][0].json()["cache"] == "down"
+    assert redis_errors() > redis_errors_before
     assert answers[3][0].json()["balance"] == 10_000 + 2000 - 2950
     assert max(elapsed for _, elapsed in answers) < REDIS_BOUND
     print(f"Redis {fault}: slowest answer {max(elapsed for _, elapsed in answers) * 1000:.0f} ms")
@@ -181,6 +190,7 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
     api = fault_api
     _, card = await make_user_with_card(api, balance=3000)
     await api.http.get("/trips/total")  # cached: stays readable from Redis
+    unavailable_before = metrics.DATABASE_ERRORS._value.get()
     (fault_stack.postgres.stop if fault == "stopped" else lambda: pause_postgres(fault_stack))()
 
     answers = await asyncio.gather(
@@ -195,6 +205,7 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
         assert response.headers["content-type"] == "application/problem+json" or response.json()["database"] == "down"
     print(f"PostgreSQL {fault}: slowest 503 after {max(elapsed for _, elapsed in answers) * 1000:.0f} ms")
     assert answers[0][0].json()["code"] == "DATABASE_UNAVAILABLE"
+    assert metrics.DATABASE_ERRORS._value.get() - unavailable_before >= 2  # /users/count and the recharge
     assert answers[0][0].headers["retry-after"]
     cached = await api.http.get("/trips/total")
     assert (cached.status_code, cached.headers["x-cache"]) == (200, "HIT")

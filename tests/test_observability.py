@@ -49,5 +49,5 @@ async def test_metrics_expose_requests_latency_cache_and_pool(api: Api) -> None:
     assert 'travel_requests_total{method="GET",route="/api/v1/trips/total",status="200"}' in text
     assert 'travel_request_seconds_bucket{le="0.005",route="/api/v1/trips/total"}' in text
     for name in ("travel_cache_hits_total", "travel_cache_misses_total", "travel_db_pool_size",
-                 "travel_db_pool_idle", "travel_db_in_flight"):
+                 "travel_db_pool_idle", "travel_db_in_flight", "travel_database_unavailable_total"):
         assert f"\n{name} " in text, name
