@@ -58,13 +58,15 @@ BYPASS_SECONDS = 0.5
 
 
 class Lookup:
-    """What a read found: the stored bytes (None on a miss) and the generation it saw."""
+    """What a read found: the stored bytes (None on a miss), the generation it saw, and the
+    Redis names it read (a fill writes those: an epoch bump in between makes it a no-op)."""
 
-    __slots__ = ("value", "generation", "started")
+    __slots__ = ("value", "generation", "names", "started")
 
-    def __init__(self, value: bytes | None, generation: bytes) -> None:
+    def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes]) -> None:
         self.value = value
         self.generation = generation
+        self.names = names
         self.started = time.monotonic()
 
 
@@ -118,7 +120,7 @@ class Cache:
         Shortly after a failure the answer is a miss at once, without asking Redis."""
         if not self.healthy and time.monotonic() < self._bypass_until:
             bypassed = asyncio.get_running_loop().create_future()
-            bypassed.set_result(Lookup(None, b""))
+            bypassed.set_result(Lookup(None, b"", self._names(key)))
             return bypassed
         future = self._pending.get(key)
         if future is None:
@@ -137,26 +139,26 @@ class Cache:
         task.add_done_callback(self._fetches.discard)
 
     async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
-        names: list[bytes] = []
-        for key in batch:
-            names += self._names(key)
+        pairs = [self._names(key) for key in batch]
+        values: list[bytes | None] = [None] * (2 * len(pairs))
         try:
-            values = await self.client.mget(names)
+            values = await self.client.mget([name for pair in pairs for name in pair])
             self.healthy = True
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._unhealthy("read", error)
-            values = [None] * len(names)
-        for index, future in enumerate(batch.values()):
-            if not future.done():
-                future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b""))
+        finally:  # whatever happened, every waiting request gets an answer (a miss at worst)
+            for index, future in enumerate(batch.values()):
+                if not future.done():
+                    future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index]))
 
     # ------------------------------------------------------------------ fills and writes
-    async def fill(self, key: bytes, lookup: Lookup, ttl: int, value: bytes) -> None:
-        """Store what a miss read, unless a write bumped the key's generation meanwhile."""
+    async def fill(self, lookup: Lookup, ttl: int, value: bytes) -> None:
+        """Store what a miss read, unless a write bumped the key's generation meanwhile (or
+        the epoch moved: the names the read used are then never read again)."""
         if not self.healthy or time.monotonic() - lookup.started > cachekeys.MAX_FILL_AGE:
             return
         try:
-            await self._fill_script(keys=self._names(key), args=[lookup.generation, ttl, value])
+            await self._fill_script(keys=lookup.names, args=[lookup.generation, ttl, value])
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._unhealthy("fill", error)
 

@@ -9,6 +9,7 @@ statement once per connection and keeps it in its statement cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -185,6 +186,7 @@ class Listener:
     """
 
     RETRY_SECONDS = 1.0
+    PROBE_SECONDS = 5.0
 
     def __init__(self, dsn: str, channel: str, on_notify: Callable[[str], None],
                  on_connect: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
@@ -205,7 +207,11 @@ class Listener:
                 await conn.add_listener(self.channel, lambda *notification: self.on_notify(notification[3]))
                 await self.on_connect(conn)
                 self.connected.set()
-                await lost.wait()
+                while not lost.is_set():  # a silently dead socket (no RST) is found by a probe
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), self.PROBE_SECONDS)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=self.PROBE_SECONDS)
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("listener on %s: %s", self.channel, error.__class__.__name__)
             finally:

@@ -37,6 +37,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only from the first byte on."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as secret:
+        secret.write(text)
+
+
 def _package_dir(name: str) -> Path | None:
     """Where an installed package lives, without importing it (their imports have side effects)."""
     spec = importlib.util.find_spec(name)
@@ -153,8 +160,7 @@ class LocalPostgres:
 
     def _initdb(self) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.password_file.write_text(secrets.token_urlsafe(24))
-        self.password_file.chmod(0o600)
+        write_secret(self.password_file, secrets.token_urlsafe(24))
         pwfile = self.data_dir.parent / ".initdb-password"
         shutil.copy(self.password_file, pwfile)
         self._as.hand_over(pwfile)

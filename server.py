@@ -43,6 +43,7 @@ from errors import (
     DATABASE_UNAVAILABLE_ERRORS, Problem, handle_postgres, handle_problem,
     handle_unavailable, handle_unexpected,
 )
+from localstack import LocalStack, write_secret
 
 log = logging.getLogger("travel.api")
 BodyT = TypeVar("BodyT", bound=models.Body)
@@ -52,6 +53,7 @@ TOKEN_CACHE_SECONDS = 30.0  # a revoked token stops working within this long
 # A retry of a recharge is answered from its first answer for this long (Stripe keeps 24 h).
 IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
+PRUNE_BATCH = 5000
 API = "/api/v1"
 
 
@@ -200,11 +202,12 @@ class TokenCache:
 async def authorize(request: Request, *roles: str) -> Caller:
     """The caller behind `Authorization: Bearer`, if its role is one of `roles` (admin always)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token.strip():
+    token = token.strip()
+    if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
         raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
                       headers={"WWW-Authenticate": "Bearer"})
     state = request.state
-    caller = await state.tokens.caller(state.db, token.strip())
+    caller = await state.tokens.caller(state.db, token)
     if caller is None:
         raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -217,13 +220,15 @@ async def authorize(request: Request, *roles: str) -> Caller:
 async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
     """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (DESIGN §6)."""
     cache: Cache = request.state.cache
-    lookup: Lookup = await cache.lookup(key)
+    # Shielded: the future is shared by every request for this key in this tick, and one
+    # client going away must not cancel it for the others.
+    lookup: Lookup = await asyncio.shield(cache.lookup(key))
     if lookup.value is not None:
         metrics.CACHE_HITS.inc()
         return JSONBytes(lookup.value, cache=b"HIT")
     metrics.CACHE_MISSES.inc()
     body = await load()
-    await cache.fill(key, lookup, ttl, body)
+    await cache.fill(lookup, ttl, body)
     return JSONBytes(body, cache=b"MISS")
 
 
@@ -244,10 +249,10 @@ async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
 # ---------------------------------------------------------------- reads
 async def health(request: Request) -> Response:
     state = request.state
-    try:
-        await asyncio.wait_for(state.db.run(QUERIES["ping"]), timeout=1.0)
+    try:  # straight to the pool: a busy service is not a dead database
+        await asyncio.wait_for(QUERIES["ping"](state.db.pool), timeout=1.0)
         database = "ok"
-    except (Overloaded, *DATABASE_UNAVAILABLE_ERRORS):
+    except (asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS):
         database = "down"
     cache = "ok" if await state.cache.ping() else "down"
     status = "ok" if database == cache == "ok" else "degraded"
@@ -363,8 +368,8 @@ async def create_recharge(request: Request) -> Response:
     row = await request.state.db.run(QUERIES["recharge"], body.card_id, body.amount, point,
                                      caller.token_id, key)
     *answer, user_id, replayed = row
-    if not replayed:
-        await invalidated(request, cachekeys.after_recharge(body.card_id, user_id))
+    # A replay invalidates too: it may answer before the first request's DEL has gone out.
+    await invalidated(request, cachekeys.after_recharge(body.card_id, user_id))
     response = JSONBytes(encode(models.Recharge(*answer)), 201)
     if replayed:
         response.raw_headers.append((b"idempotent-replayed", b"true"))
@@ -376,7 +381,7 @@ async def board(request: Request) -> Response:
     body = await read_body(request, models.BoardRequest)
     row = await request.state.db.run(QUERIES["board"], body.card_id, body.route_id, body.boarding_station_id)
     await invalidated(request, cachekeys.after_boarding(body.card_id))
-    return JSONBytes(encode(models.Boarding(*row[:-1])), 201)
+    return JSONBytes(encode(models.Boarding(*row)), 201)
 
 
 async def end_trip(request: Request) -> Response:
@@ -432,7 +437,12 @@ async def prune_idempotency_keys(database: Database) -> None:
     """Forget idempotency records past their retention: at start, then periodically."""
     while True:
         try:
-            pruned = await database.run(QUERIES["prune-idempotency-keys"], IDEMPOTENCY_RETENTION)
+            pruned = 0
+            while True:
+                batch = await database.run(QUERIES["prune-idempotency-keys"], IDEMPOTENCY_RETENTION, PRUNE_BATCH)
+                pruned += batch
+                if batch < PRUNE_BATCH:
+                    break
             log.info("pruned %d idempotency records", pruned)
         except (Overloaded, asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS) as error:
             log.warning("idempotency pruning failed: %s", error.__class__.__name__)
@@ -466,7 +476,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         database = Database(pools[0], settings.max_waiting)
         # Aggregates, counts and reference data may come from a replica; balances, trips,
         # recharges and every write stay on the primary.
-        lagging_database = Database(pools[-1], settings.max_waiting)
+        lagging_database = Database(pools[1], settings.max_waiting) if len(pools) > 1 else database
         cache = Cache(redis, await database.run(QUERIES["cache-epoch"]))
         metrics.watch_pool(database)
 
@@ -486,6 +496,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             for task in background:
                 task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             # Requests have drained by now; closing must finish even if we are cancelled.
             await asyncio.shield(asyncio.gather(*(pool.close() for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
@@ -505,7 +516,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-PUBLIC = None  # Operation.roles for reads anyone may make
 ADMIN: tuple[str, ...] = ()
 NOT_FOUND = (404,)
 OPERATIONS = [
@@ -565,8 +575,7 @@ def demo_admin_token(data_dir: Path) -> str:
     path = data_dir / "admin.token"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        write_secret(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 
@@ -593,14 +602,10 @@ def main() -> None:
     logging.config.dictConfig(log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):
-        from localstack import LocalStack
-
         stack = LocalStack(DATA_DIR)
         database_url, redis_url = stack.start()
         # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
-        urls = DATA_DIR / "urls.env"
-        urls.write_text(f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
-        urls.chmod(0o600)
+        write_secret(DATA_DIR / "urls.env", f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
         settings = Settings.from_env(
             database_url=settings.database_url or database_url,
             redis_url=settings.redis_url or redis_url,

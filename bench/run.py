@@ -57,10 +57,11 @@ from report import markdown, save_chart  # noqa: E402
 API = "/api/v1"
 RESULTS_DIR = ROOT / "bench" / "results"
 CEILING_KINDS = ("constant", "redis-get", "pg-select")
-# What each scenario is held against (issue 4), and the least fraction of it to reach.
+# What each scenario is held against (issue 4; the hit target is DESIGN §9's 1.5x, which
+# supersedes the issue's 1.0x), and the least fraction of it to reach.
 CEILING_OF = {"hit": "redis-get", "uncached": "pg-select", "miss": "pg-select",
               "recharge": "pg-select", "boarding": "pg-select"}
-GOAL_FRACTION = {"hit": 1.0, "uncached": 0.9, "miss": 0.9, "recharge": 0.5, "boarding": 0.5}
+GOAL_FRACTION = {"hit": 1.5, "uncached": 0.9, "miss": 0.9, "recharge": 0.5, "boarding": 0.5}
 HIT_P99_MS = 5.0
 WRITE_P99_MS = 20.0
 MIX_RPS = 8000

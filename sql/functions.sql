@@ -429,9 +429,14 @@ BEGIN
     RETURN v_epoch;
 END $$;
 
--- Idempotency records older than the retention period are forgotten.
-CREATE OR REPLACE FUNCTION prune_idempotency_keys(p_retention interval) RETURNS bigint
-LANGUAGE sql AS $$
-    WITH pruned AS (DELETE FROM idempotency_keys WHERE created_at < now() - p_retention RETURNING 1)
+-- Idempotency records older than the retention period are forgotten, at most p_batch per
+-- call (short transactions under the API's statement timeout; the caller repeats).
+DROP FUNCTION IF EXISTS prune_idempotency_keys(interval);  -- the release before batches
+CREATE OR REPLACE FUNCTION prune_idempotency_keys(p_retention interval, p_batch integer DEFAULT 5000)
+RETURNS bigint LANGUAGE sql AS $$
+    WITH pruned AS (
+        DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM idempotency_keys WHERE created_at < now() - p_retention LIMIT p_batch))
+        RETURNING 1)
     SELECT count(*) FROM pruned
 $$;

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 import cachekeys
 import db
-from cache import Cache
+from cache import Cache, Lookup
 from conftest import Api
 
 pytestmark = pytest.mark.asyncio
@@ -129,11 +129,11 @@ async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
     write_is_done = asyncio.Event()
     real_fill = Cache.fill
 
-    async def fill_after_the_write(self: Cache, fill_key: bytes, *args: Any) -> None:
-        if fill_key == key and not write_is_done.is_set():
+    async def fill_after_the_write(self: Cache, lookup: Lookup, *args: Any) -> None:
+        if lookup.names[0] == key and not write_is_done.is_set():
             miss_has_read.set()
             await write_is_done.wait()
-        await real_fill(self, fill_key, *args)
+        await real_fill(self, lookup, *args)
 
     monkeypatch.setattr(Cache, "fill", fill_after_the_write)
     slow_read = asyncio.create_task(api.http.get(f"/cards/{card_id}/balance"))
@@ -157,12 +157,22 @@ async def test_without_the_generation_guard_the_race_would_leave_a_stale_value(
     cache = Cache(redis_client)
     before_write = await cache.lookup(b"card:7:balance")
     await cache.invalidate([b"card:7:balance"])  # the write
-    await cache.fill(b"card:7:balance", before_write, 60, b"old")
+    await cache.fill(before_write, 60, b"old")
     assert await redis_client.get(b"card:7:balance") is None
 
     after_write = await cache.lookup(b"card:7:balance")
-    await cache.fill(b"card:7:balance", after_write, 60, b"new")
+    await cache.fill(after_write, 60, b"new")
     assert await redis_client.get(b"card:7:balance") == b"new"
+
+
+async def test_a_fill_begun_before_an_epoch_bump_lands_in_the_old_epoch(redis_client: aioredis.Redis) -> None:
+    """A miss that read before a write whose invalidation failed (the epoch moved on) must
+    not store what it read under the new epoch's names."""
+    cache = Cache(redis_client)
+    before_bump = await cache.lookup(b"card:8:balance")
+    cache.epoch = 1  # what invalidated() does when Redis did not take the DEL
+    await cache.fill(before_bump, 60, b"old")
+    assert (await cache.lookup(b"card:8:balance")).value is None
 
 
 @pytest.fixture

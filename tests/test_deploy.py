@@ -280,7 +280,7 @@ async def test_redis_acl_lets_the_api_cache_work_on_every_key(vm2_redis: RedisUn
             for key in every_cache_key():
                 missed = await store.lookup(key)
                 assert missed.value is None and store.healthy, key
-                await store.fill(key, missed, 60, b"value of " + key)
+                await store.fill(missed, 60, b"value of " + key)
                 assert (await store.lookup(key)).value == b"value of " + key, key
                 assert await store.invalidate([key]), key
                 assert (await store.lookup(key)).value is None, key
@@ -428,7 +428,7 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         epoch = await run(conn, "cache-epoch")
         await conn.add_listener("cache_epoch", lambda *_: None)  # the API's LISTEN connection
         assert await run(conn, "bump-cache-epoch") == epoch + 1  # type: ignore[operator]
-        assert await run(conn, "prune-idempotency-keys", datetime.timedelta(hours=24)) == 0
+        assert await run(conn, "prune-idempotency-keys", datetime.timedelta(hours=24), 5000) == 0
         assert await run(conn, "unreconciled-cards") == []
     finally:
         await conn.close()

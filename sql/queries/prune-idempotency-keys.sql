@@ -1,2 +1,2 @@
 -- name: prune-idempotency-keys$
-SELECT prune_idempotency_keys($1);
+SELECT prune_idempotency_keys($1, $2);
