@@ -34,14 +34,16 @@ import metrics
 
 log = logging.getLogger("travel.cache")
 
-# KEYS: pairs of (value, its generation); ARGV[1]: how long a generation is remembered.
+# KEYS[1]: the generation sequence, then pairs of (value, its generation); ARGV[1]: how long
+# a generation is remembered. Generations come from one sequence, so a generation that
+# expired and is set again never repeats the value a slow read saw.
 _BUMP_AND_DELETE = """
-for i = 1, #KEYS, 2 do
-    redis.call('INCR', KEYS[i + 1])
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+local generation = redis.call('INCR', KEYS[1])
+for i = 2, #KEYS, 2 do
+    redis.call('SET', KEYS[i + 1], generation, 'EX', ARGV[1])
     redis.call('DEL', KEYS[i])
 end
-return #KEYS / 2
+return generation
 """
 
 # KEYS[1] the value, KEYS[2] its generation; ARGV: generation seen by the read, TTL, value.
@@ -168,7 +170,7 @@ class Cache:
 
         Returns False when Redis could not be reached (the caller decides what that costs).
         """
-        names = [name for key in keys for name in self._names(key)]
+        names = [cachekeys.GENERATION_SEQUENCE, *(name for key in keys for name in self._names(key))]
         try:
             await self._invalidate_script(keys=names, args=[cachekeys.GENERATION_TTL])
             self.healthy = True

@@ -14,7 +14,7 @@ REVENUE_TTL = 60
 CARD_BALANCE_TTL = 300
 USER_RECHARGES_TTL = 300
 REFERENCE_TTL = 300
-# A generation outlives any fill that could race it (fills older than MAX_FILL_AGE are dropped).
+# How long a generation is kept; fills older than MAX_FILL_AGE are dropped anyway.
 GENERATION_TTL = 600
 MAX_FILL_AGE = 30.0
 
@@ -42,6 +42,10 @@ def card_balance(card_id: int) -> bytes:
 
 def user_recharges(user_id: int) -> bytes:
     return b"user:%d:recharges" % user_id
+
+
+# Where every write's generation comes from (cache.py's invalidation script).
+GENERATION_SEQUENCE = b"gen:sequence"
 
 
 def generation(key: bytes) -> bytes:

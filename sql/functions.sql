@@ -127,6 +127,8 @@ END $$;
 -- as the reference that tests compare the maintained counters with.
 CREATE OR REPLACE FUNCTION refresh_counters() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    -- Writers wait while the counters are rebuilt, or their deltas would be lost or doubled.
+    LOCK TABLE trips, cards, users IN SHARE MODE;
     DELETE FROM trip_counters;
     INSERT INTO trip_counters (location_id, shard, trips, completed_trips, revenue)
     SELECT coalesce(s.location_id, 0), 0, count(*), count(t.disembarking_time), coalesce(sum(t.fare_charged), 0)
@@ -204,13 +206,17 @@ BEGIN
     END IF;
 END $$;
 
+-- Fares change at midnight in Bogotá, whatever the server's time zone.
+CREATE OR REPLACE FUNCTION bogota_today() RETURNS date
+LANGUAGE sql STABLE AS $$ SELECT (now() AT TIME ZONE 'America/Bogota')::date $$;
+
 -- The fare of a type in force today (fares change by date, never by overwriting).
 CREATE OR REPLACE FUNCTION fare_in_force(p_fare_type text, OUT fare_id integer, OUT value bigint)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     SELECT f.fare_id, f.value INTO fare_id, value FROM fares f
-    WHERE f.fare_type = p_fare_type AND f.start_date <= current_date
-      AND (f.end_date IS NULL OR f.end_date >= current_date)
+    WHERE f.fare_type = p_fare_type AND f.start_date <= bogota_today()
+      AND (f.end_date IS NULL OR f.end_date >= bogota_today())
     ORDER BY f.start_date DESC LIMIT 1;
     IF NOT FOUND THEN
         PERFORM refuse('TRF01', format('no %s fare is in force', p_fare_type),

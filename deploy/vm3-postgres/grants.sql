@@ -52,7 +52,7 @@ GRANT EXECUTE ON FUNCTION recharge_card, board_trip, end_trip, create_user, issu
                           prune_idempotency_keys
       TO :"api_role";
 -- ... and the helpers they and the counter triggers call, which run with its rights too.
-GRANT EXECUTE ON FUNCTION refuse, lock_card, require_active_card, fare_in_force, counter_shard,
+GRANT EXECUTE ON FUNCTION refuse, lock_card, require_active_card, bogota_today, fare_in_force, counter_shard,
                           bump_trip_counters, bump_user_counters, count_active_card
       TO :"api_role";
 -- Not granted: load_demo_data, refresh_counters, drop_secondary_indexes (operator tools).
