@@ -44,6 +44,17 @@ def write_secret(path: Path, text: str) -> None:
         secret.write(text)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; always reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _package_dir(name: str) -> Path | None:
     """Where an installed package lives, without importing it (their imports have side effects)."""
     spec = importlib.util.find_spec(name)
@@ -264,14 +275,9 @@ class LocalRedis:
 
     def stop(self) -> None:
         """Terminate and reap the server."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            stop_process(self.process)
         self.process = None
 
 

@@ -29,7 +29,6 @@ import platform
 import random
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import uvloop  # noqa: E402
 import cachekeys  # noqa: E402
 import db  # noqa: E402
 from loadgen import Connection, LoadResult, Request, Scenario, run_load, summarize, uses_wrk, wrk_version  # noqa: E402
-from localstack import LocalStack, free_port  # noqa: E402
+from localstack import LocalStack, free_port, stop_process  # noqa: E402
 from report import markdown, save_chart  # noqa: E402
 
 API = "/api/v1"
@@ -250,13 +249,7 @@ class ServerProcess:
         return total_kb / 1024 if total_kb else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
 
 
 class Progress:

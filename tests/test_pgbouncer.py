@@ -29,10 +29,9 @@ import asyncpg
 import pytest
 
 import db
-import server
 from api_helpers import json_body, make_user_with_card, recharge
 from conftest import serve_api
-from localstack import LocalStack, Unprivileged, free_port
+from localstack import LocalStack, Unprivileged, free_port, stop_process
 
 MIN_VERSION = (1, 21)
 SERVER_CONNECTIONS = 3
@@ -117,13 +116,8 @@ pidfile =
         return path.read_text()[-3000:] if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @pytest.fixture(scope="module")

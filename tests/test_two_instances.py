@@ -31,7 +31,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from conftest import TOKENS, register_test_tokens
-from localstack import LocalStack, free_port
+from localstack import LocalStack, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LB_DIR = ROOT / "deploy" / "loadbalancer"
@@ -103,13 +103,7 @@ class Process:
     url: str
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout=15)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
