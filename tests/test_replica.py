@@ -10,7 +10,6 @@ counts answer from the (now lagging) replica, and catch up once replay resumes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from api_helpers import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
+from dbhelpers import connected
 from conftest import Api, prepare_network_database, serve_api
 from localstack import LocalPostgres, LocalStack
 
@@ -62,15 +62,6 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Local
             replica.stop()
     finally:
         primary.stop()
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def wait_for_replay(primary_url: str, replica_url: str) -> None:

@@ -64,12 +64,18 @@ def run_server() -> Iterator[list[ServerProcess]]:
             server.process.wait()
 
 
-async def test_server_serves_given_databases_and_stops_cleanly_on_sigterm(
-        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+@pytest.fixture
+async def served(database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> ServerProcess:
+    """`python server.py` on this test's database and the session's Redis, healthy, with the test tokens."""
     await register_test_tokens(database_url)
     server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
     run_server.append(server)
     server.wait_healthy()
+    return server
+
+
+async def test_server_serves_given_databases_and_stops_cleanly_on_sigterm(served: ServerProcess) -> None:
+    server = served
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     with httpx.Client(base_url=server.url, headers=admin) as http:
         user = http.post("/users", json={"first_name": "Ana", "last_name": "Díaz",
@@ -123,11 +129,8 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
 
 
 async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(
-        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
-    await register_test_tokens(database_url)
-    server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
-    run_server.append(server)
-    server.wait_healthy()
+        served: ServerProcess, database_url: str) -> None:
+    server = served
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     async with httpx.AsyncClient(base_url=server.url, headers=admin, timeout=30) as http:
         user = await http.post("/users", json={"first_name": "Eva", "last_name": "Ruiz",
