@@ -1,49 +1,57 @@
 """Every Redis key the service uses, and its TTL. Nothing else spells a key.
 
-Keys are bytes (what the Redis client sends). Each cached read has a key and a TTL in
-seconds; a write's invalidation lists the keys it made stale. `generation(key)` is the
-guard of the cache-aside protocol (see cache.py): a write bumps it, a fill checks it.
+A cached read's key is a `CachedKey`: its name (a fixed one, or a pattern with `{id}`) and
+its TTL in seconds, declared once; calling it gives the bytes Redis is sent. The route table
+and the OpenAPI document read both from here. A write's invalidation lists the keys it made
+stale. `generation(key)` is the guard of the cache-aside protocol (see cache.py): a write
+bumps it, a fill checks it.
 """
 
 from __future__ import annotations
 
-TRIP_TTL = 300
-TRIPS_TOTAL_TTL = 300
-CARD_TRIPS_TTL = 300
-REVENUE_TTL = 60
-CARD_BALANCE_TTL = 300
-USER_RECHARGES_TTL = 300
-REFERENCE_TTL = 300
+
+class CachedKey:
+    """A cached read's key: `pattern` ("card:{id}:balance", or a fixed name) and its TTL."""
+
+    __slots__ = ("pattern", "ttl", "_template")
+
+    def __init__(self, pattern: str, ttl: int) -> None:
+        self.pattern = pattern
+        self.ttl = ttl
+        self._template = pattern.replace("{id}", "%d").encode()
+
+    def __call__(self, *ids: int) -> bytes:
+        """The key's bytes for `ids` (none for a fixed name)."""
+        return self._template % ids if ids else self._template
+
+    @property
+    def family(self) -> str:
+        """The name without its id: what a key count groups by."""
+        return self.pattern.split(":{", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.pattern} · {self.ttl} s"
+
+
+trip = CachedKey("trip:{id}", 300)
+trips_total = CachedKey("trips:total", 300)
+trips_by_locality = CachedKey("trips:total:localities", 300)
+card_trips = CachedKey("trips:card:{id}", 300)
+revenue_total = CachedKey("finance:total_revenue", 60)
+revenue_by_locality = CachedKey("finance:revenue:by_localities", 60)
+card_balance = CachedKey("card:{id}:balance", 300)
+user_recharges = CachedKey("user:{id}:recharges", 300)
+routes_all = CachedKey("routes:all", 300)
+stations_all = CachedKey("stations:all", 300)
+CACHED_KEYS = (trip, trips_total, trips_by_locality, card_trips, revenue_total, revenue_by_locality,
+               card_balance, user_recharges, routes_all, stations_all)
+
+# Every aggregate a trip changes.
+TRIP_AGGREGATES = (trips_total(), trips_by_locality(), revenue_total(), revenue_by_locality())
+
 # How long a generation is kept; fills older than MAX_FILL_AGE are dropped anyway.
 GENERATION_TTL = 600
 MAX_FILL_AGE = 30.0
-
-TRIPS_TOTAL = b"trips:total"
-TRIPS_TOTAL_BY_LOCALITY = b"trips:total:localities"
-REVENUE_TOTAL = b"finance:total_revenue"
-REVENUE_BY_LOCALITY = b"finance:revenue:by_localities"
-ROUTES_ALL = b"routes:all"
-STATIONS_ALL = b"stations:all"
-# Every aggregate a trip changes.
-TRIP_AGGREGATES = (TRIPS_TOTAL, TRIPS_TOTAL_BY_LOCALITY, REVENUE_TOTAL, REVENUE_BY_LOCALITY)
-
-
-def trip(trip_id: int) -> bytes:
-    return b"trip:%d" % trip_id
-
-
-def card_trips(card_id: int) -> bytes:
-    return b"trips:card:%d" % card_id
-
-
-def card_balance(card_id: int) -> bytes:
-    return b"card:%d:balance" % card_id
-
-
-def user_recharges(user_id: int) -> bytes:
-    return b"user:%d:recharges" % user_id
-
-
 # Where every write's generation comes from (cache.py's invalidation script).
 GENERATION_SEQUENCE = b"gen:sequence"
 

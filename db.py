@@ -1,8 +1,8 @@
 """PostgreSQL: the named queries of `sql/queries/`, the schema applied at start, the pool.
 
 Every statement lives in a `.sql` file under a `-- name: card-balance^` header whose suffix
-says what it returns (as aiosql spells it): `^` one row, `$` one value, `*` many rows,
-`!` nothing. Python calls a query by name and never spells SQL. asyncpg prepares each
+says what it returns (as aiosql spells it): `^` one row, `$` one value, `*` many rows.
+Python resolves each query by name once, at import, and never spells SQL. asyncpg prepares each
 statement once per connection and keeps it in its statement cache.
 """
 
@@ -25,11 +25,11 @@ log = logging.getLogger("travel.db")
 SQL_DIR = Path(__file__).parent / "sql"
 # Files applied at every start, in order; each is idempotent.
 SCHEMA_FILES = ("schema.sql", "functions.sql", "reference.sql", "demo_data.sql")
-_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9-]+)([\^$*!])\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9-]+)([\^$*])\s*$", re.MULTILINE)
 # Any constant serialises concurrent starts (several workers, several hosts) on the schema.
 _SCHEMA_LOCK = 0x7472_6176_656C
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +38,14 @@ class Query:
 
     name: str
     sql: str
-    returns: str  # one of ^ $ * !
+    returns: str  # one of ^ $ *
 
     async def __call__(self, db: Executor, *args: Any) -> Any:
         if self.returns == "^":
             return await db.fetchrow(self.sql, *args)
         if self.returns == "$":
             return await db.fetchval(self.sql, *args)
-        if self.returns == "*":
-            return await db.fetch(self.sql, *args)
-        return await db.execute(self.sql, *args)
+        return await db.fetch(self.sql, *args)
 
 
 def load_queries(directory: Path = SQL_DIR / "queries") -> dict[str, Query]:
@@ -127,8 +125,14 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     still rolls back a transaction left open.)"""
 
 
-async def create_pool(dsn: str, *, min_size: int = 4, max_size: int = 16,
-                      command_timeout: float = 2.0) -> asyncpg.Pool:
+# Every wait on PostgreSQL is bounded: a statement, a connect, a wait for a pooled connection.
+COMMAND_TIMEOUT = 2.0
+ACQUIRE_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 5.0
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int,
+                      command_timeout: float = COMMAND_TIMEOUT) -> asyncpg.Pool:
     """The API's pool: bounded statement and connect time (a dead socket must not hang a
     request for minutes), connections recycled after idling (they may point at a
     failed-over server), JIT off (it only slows statements this short)."""
@@ -144,6 +148,16 @@ async def create_pool(dsn: str, *, min_size: int = 4, max_size: int = 16,
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully within CLOSE_TIMEOUT, then terminate what is left (asyncpg's
+    `close()` waits for every connection to be released, however long that takes)."""
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("pool did not close within %.0f s: terminated", CLOSE_TIMEOUT)
+        pool.terminate()
 
 
 class Database:
@@ -162,7 +176,14 @@ class Database:
             raise Overloaded(self.in_flight)
         self.in_flight += 1
         try:
-            async with self.pool.acquire() as conn:
+            try:
+                conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)
+            except asyncio.TimeoutError:
+                # Every connection busy all along: overload. Otherwise connecting timed out.
+                if self.pool.get_size() >= self.pool.get_max_size():
+                    raise Overloaded(self.in_flight) from None
+                raise
+            try:
                 try:
                     return await query(conn, *args)
                 except asyncio.TimeoutError:
@@ -170,6 +191,8 @@ class Database:
                     # it would wait out another command_timeout trying to reset it.
                     conn.terminate()
                     raise
+            finally:
+                await self.pool.release(conn)
         finally:
             self.in_flight -= 1
 

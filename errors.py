@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -47,7 +48,7 @@ TITLES = {
 }
 
 # The connection to PostgreSQL failed or timed out (as opposed to PostgreSQL refusing).
-DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.exceptions.PostgresConnectionError,
@@ -58,6 +59,8 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.QueryCanceledError,  # statement_timeout / command_timeout
 )
+# Anything PostgreSQL can do to a statement: refuse it, or not be there.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS)
 
 
 class ProblemBody(msgspec.Struct):
@@ -102,7 +105,7 @@ def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
     if mapped is None:
         return None
     status, code = mapped
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     detail = getattr(error, "detail", None)
     if detail and error.sqlstate.startswith("TR"):
         extra = msgspec.json.decode(detail)

@@ -27,32 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from processes import free_port, stop_process, write_secret
+
 UNPRIVILEGED_USER = "nobody"
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path`, readable by its owner only from the first byte on."""
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as secret:
-        secret.write(text)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout`; always reaped."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _package_dir(name: str) -> Path | None:
@@ -138,6 +115,10 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None, what: str
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
 
 
+class StackBusy(RuntimeError):
+    """Another process (a second `make run`, say) already runs the server of this directory."""
+
+
 @dataclass
 class LocalPostgres:
     """One private PostgreSQL cluster in `data_dir`; `start()` creates it on first use."""
@@ -192,8 +173,21 @@ class LocalPostgres:
             with open(self.data_dir / "pg_hba.conf", "a") as hba:
                 hba.write("\n".join(("", *self.hba_lines, "")))
 
+    def running_pid(self) -> int | None:
+        """The pid of a live server on this cluster, from its lock file (None: none runs)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
     def start(self) -> str:
         """Start the server (creating the cluster first if needed) and return its URL."""
+        pid = self.running_pid()
+        if pid is not None:
+            raise StackBusy(f"another `make run` is using {self.data_dir.parent.parent} (PostgreSQL pid {pid});"
+                            " stop it first, or set DATA_DIR to another directory")
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
             created = True

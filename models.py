@@ -22,19 +22,20 @@ Pesos = Annotated[int, Meta(description="Colombian pesos, an exact integer")]
 RechargeAmount = Annotated[int, Meta(ge=1, le=1_000_000, description="pesos, 1..1,000,000")]
 
 
-def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f-\x9f]*") -> type:
+def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f-\x9f]*") -> Meta:
     """A string of bounded length matching `pattern` whole; by default, without C0 or C1
     control characters (PostgreSQL cannot store NUL; the others are never a name)."""
     # `$(?!\n)`: a bare `$` also matches before a final newline, in Python as in ECMA regexes.
     whole = f"^(?:{pattern})$(?!\n)"
-    return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=whole)]  # type: ignore[return-value]
+    return Meta(min_length=min_length, max_length=max_length, pattern=whole)
 
 
-Name = text(100)
-Email = text(254, pattern=r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+")
-IdNumber = text(20, min_length=4, pattern=r"[0-9A-Za-z-]+")
-Phone = text(20, pattern=r"\+?[0-9 ()-]+")
-CardNumber = text(20, min_length=8, pattern=r"[0-9]+")
+Name = Annotated[str, text(100)]
+Email = Annotated[str, text(254, pattern=r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+")]
+IdNumber = Annotated[str, text(20, min_length=4, pattern=r"[0-9A-Za-z-]+")]
+Phone = Annotated[str, text(20, pattern=r"\+?[0-9 ()-]+")]
+CardNumber = Annotated[str, text(20, min_length=8, pattern=r"[0-9]+")]
+Address = Annotated[str, text(255)]
 EARLIEST_BIRTH = dt.date(1900, 1, 2)  # schema.sql: CHECK (date_of_birth > '1900-01-01')
 CardStatus = Literal["active", "blocked", "lost", "inactive"]
 
@@ -68,7 +69,7 @@ class UserRequest(Body):
     contact_number: Phone | None = None
     gender: Literal["M", "F", "O"] | None = None
     date_of_birth: dt.date | None = None
-    residential_address: text(255) | None = None  # type: ignore[valid-type]
+    residential_address: Address | None = None
     city_of_birth: Name | None = None
 
     def __post_init__(self) -> None:

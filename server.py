@@ -1,8 +1,8 @@
 """Travel Recharge API: Starlette routes over hand-written SQL (asyncpg) and a Redis cache.
 
-`python server.py` serves. Without DATABASE_URL / REDIS_URL it first starts the embedded
-default (a private PostgreSQL and Redis under ./.data), applies sql/, loads demo data on
-first start and prints a write token. The route table is at the bottom of this file.
+The handlers, the cache-aside read, the write path, the lifespan that opens the pools, and
+at the bottom the route table: one declaration per endpoint. `python server.py` serves
+(start-up, the embedded stack and signals are in startup.py).
 """
 
 from __future__ import annotations
@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import hmac
 import logging
-import logging.config
-import os
-import secrets
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -33,17 +29,18 @@ from starlette.routing import BaseRoute, Route
 
 import cachekeys
 import db
-import docs
 import metrics
 import models
+import openapi
 from cache import Cache, Lookup, connect
-from db import QUERIES, Database, Overloaded
-from docs import Operation
+from cachekeys import CachedKey
+from db import QUERIES, Database, Overloaded, Query
+from endpoints import Endpoint
 from errors import (
-    DATABASE_UNAVAILABLE_ERRORS, Problem, handle_postgres, handle_problem,
+    DATABASE_ERRORS, DATABASE_UNAVAILABLE_ERRORS, Problem, handle_postgres, handle_problem,
     handle_unavailable, handle_unexpected,
 )
-from localstack import LocalStack, write_secret
+from settings import Settings
 
 log = logging.getLogger("travel.api")
 BodyT = TypeVar("BodyT", bound=models.Body)
@@ -55,53 +52,13 @@ IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_BATCH = 5000
 API = "/api/v1"
+# What a statement outside a request's own answer may meet: logged, never answered.
+STATEMENT_ERRORS: tuple[type[Exception], ...] = (Overloaded, *DATABASE_ERRORS)
 
 
-# ---------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class Settings:
-    """Configuration from the environment (DESIGN §3)."""
-
-    database_url: str
-    redis_url: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    demo_scale: int | None = None
-    admin_token: str | None = None
-    log_level: str = "info"
-    read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
-    # LISTEN needs a session of its own: behind a transaction-pooling PgBouncer, point this
-    # at PostgreSQL directly (default: database_url).
-    listen_database_url: str = ""
-    redis_sentinels: str = ""  # host:port,host:port: find the Redis primary through Sentinel
-    redis_sentinel_service: str = "travel"
-    pool_min: int = 4
-    pool_max: int = 16
-    max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        env = os.environ
-        values: dict[str, Any] = {
-            "database_url": env.get("DATABASE_URL", ""),
-            "redis_url": env.get("REDIS_URL", ""),
-            "host": env.get("HOST", "127.0.0.1"),
-            "port": int(env.get("PORT", "8000")),
-            "workers": int(env.get("WORKERS", "1")),
-            "demo_scale": int(env["DEMO_SCALE"]) if env.get("DEMO_SCALE") else None,
-            "admin_token": env.get("ADMIN_TOKEN") or None,
-            "log_level": env.get("LOG_LEVEL", "info").lower(),
-            "read_database_url": env.get("READ_DATABASE_URL", ""),
-            "listen_database_url": env.get("LISTEN_DATABASE_URL", ""),
-            "redis_sentinels": env.get("REDIS_SENTINELS", ""),
-            "redis_sentinel_service": env.get("REDIS_SENTINEL_SERVICE", "travel"),
-            "pool_min": int(env.get("POOL_MIN", "4")),
-            "pool_max": int(env.get("POOL_MAX", "16")),
-            "max_waiting": int(env.get("MAX_WAITING", "256")),
-        }
-        values.update(overrides)
-        return cls(**values)
+def query(name: str) -> Query:
+    """The named query of sql/queries/, resolved at import: a typo fails at start."""
+    return QUERIES[name]
 
 
 # ---------------------------------------------------------------- responses
@@ -120,8 +77,7 @@ class JSONBytes(Response):
             self.raw_headers.append((b"x-cache", cache))
 
 
-def encode(value: Any) -> bytes:
-    return msgspec.json.encode(value)
+encode = msgspec.json.Encoder().encode  # one encoder, reused (msgspec's advice)
 
 
 # ---------------------------------------------------------------- request parsing
@@ -154,11 +110,12 @@ async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
         chunks.append(chunk)
     body = b"".join(chunks)
     try:
-        return msgspec.json.decode(body, type=body_type)
+        decoded: BodyT = decoder(body_type).decode(body)
+        return decoded
     except msgspec.ValidationError as error:
         # The typed decoder stops at the first misfit; JSON broken further on is still 400.
         try:
-            msgspec.json.decode(body)
+            ANY_JSON.decode(body)
         except MALFORMED as malformed:
             raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {malformed}") from None
         raise Problem(422, "VALIDATION_ERROR", str(error)) from None
@@ -166,6 +123,13 @@ async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
         raise Problem(400, "MALFORMED_JSON", f"the body is not valid JSON: {error}") from None
 
 
+@functools.cache
+def decoder(body_type: type[BodyT]) -> msgspec.json.Decoder[BodyT]:
+    """The typed decoder of `body_type`, built once: decoding is validation."""
+    return msgspec.json.Decoder(body_type)
+
+
+ANY_JSON = msgspec.json.Decoder()
 # What decoding JSON raises for a body that is not JSON: invalid UTF-8 inside a string is a
 # UnicodeDecodeError, and the untyped decoder gives up on absurd nesting with RecursionError.
 MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -177,6 +141,9 @@ class Caller:
     token_id: int
     role: str
     recharge_point_id: int | None
+
+
+TOKEN_BY_HASH = query("token-by-hash")
 
 
 @dataclass
@@ -191,7 +158,7 @@ class TokenCache:
         cached = self.entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await database.run(QUERIES["token-by-hash"], digest)
+        row = await database.run(TOKEN_BY_HASH, digest)
         found = None if row is None else Caller(row["token_id"], row["role"], row["recharge_point_id"])
         if len(self.entries) > 10_000:  # unknown tokens are cached too: bound the memory
             self.entries.clear()
@@ -207,7 +174,8 @@ async def authorize(request: Request, *roles: str) -> Caller:
         raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
                       headers={"WWW-Authenticate": "Bearer"})
     state = request.state
-    caller = await state.tokens.caller(state.db, token)
+    tokens: TokenCache = state.tokens
+    caller = await tokens.caller(state.db, token)
     if caller is None:
         raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -232,6 +200,9 @@ async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awai
     return JSONBytes(body, cache=b"MISS")
 
 
+BUMP_CACHE_EPOCH = query("bump-cache-epoch")
+
+
 async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
     """DEL what a committed write made stale, before its answer goes out. If Redis did not
     take it, move every instance's cache to a new epoch, so that what Redis still holds is
@@ -241,18 +212,21 @@ async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
         return
     metrics.CACHE_ERRORS.inc()
     try:
-        cache.epoch = max(cache.epoch, await request.state.db.run(QUERIES["bump-cache-epoch"]))
-    except (Overloaded, asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS) as error:
+        cache.epoch = max(cache.epoch, await request.state.db.run(BUMP_CACHE_EPOCH))
+    except STATEMENT_ERRORS as error:
         log.error("cache epoch not bumped after a failed invalidation: %s", error.__class__.__name__)
 
 
 # ---------------------------------------------------------------- reads
+PING = query("ping")
+
+
 async def health(request: Request) -> Response:
     state = request.state
     try:  # straight to the pool: a busy service is not a dead database
-        await asyncio.wait_for(QUERIES["ping"](state.db.pool), timeout=1.0)
+        await asyncio.wait_for(PING(state.db.pool), timeout=1.0)
         database = "ok"
-    except (asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS):
+    except DATABASE_ERRORS:
         database = "down"
     cache = "ok" if await state.cache.ping() else "down"
     status = "ok" if database == cache == "ok" else "degraded"
@@ -260,89 +234,73 @@ async def health(request: Request) -> Response:
     return JSONBytes(encode(answer), 200 if database == "ok" else 503)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct: type, *,
+                many: bool = False, missing: str = "") -> Endpoint:
+    """The declaration of a cached GET of what a named query finds, answered as `struct`
+    (a list of them when `many`). With an id in the path it reads the primary (it must show
+    a write as soon as that returned) and finding nothing is 404 `missing`; without one
+    (aggregates, reference data) it may read a replica."""
+    statement = query(query_name)
+    if many:  # LEFT JOINs give one all-NULL row when nothing matched: not an item
+        def answer(found: Any) -> Any:
+            return [struct(*row) for row in found if row[0] is not None]
+    else:
+        def answer(found: Any) -> Any:
+            return struct(*found)
+
+    param = next((part[1:-1] for part in path.split("/") if part.startswith("{")), "")
+    if param:
+        async def read(request: Request) -> Response:
+            item_id = path_id(request, param)
+
+            async def load() -> bytes:
+                found = await request.state.db.run(statement, item_id)
+                if not found:
+                    which: dict[str, Any] = {param: item_id}
+                    raise Problem(404, missing, f"no {param.removesuffix('_id')} with this id", **which)
+                return encode(answer(found))
+
+            return await cached(request, key(item_id), key.ttl, load)
+    else:
+        fixed_key = key()
+
+        async def read(request: Request) -> Response:
+            async def load() -> bytes:
+                return encode(answer(await request.state.lagging_db.run(statement)))
+
+            return await cached(request, fixed_key, key.ttl, load)
+
+    read.__name__ = query_name.replace("-", "_")
+    return Endpoint("GET", path, read, summary, list[struct] if many else struct,  # type: ignore[valid-type]
+                    errors=(404,) if param else (), cache=key)
 
 
-def cached_read_by_id(name: str, param: str, key: Callable[[int], bytes], ttl: int, query: str,
-                      answer: Callable[[Any], Any], missing: str) -> Handler:
-    """A cached read of what `query` finds for the id in the path; nothing found is 404 `missing`.
-    These read the primary: they must show a write as soon as it has returned."""
-
-    async def read(request: Request) -> Response:
-        item_id = path_id(request, param)
-
-        async def load() -> bytes:
-            found = await request.state.db.run(QUERIES[query], item_id)
-            if not found:
-                raise Problem(404, missing, f"no {param.removesuffix('_id')} with this id", **{param: item_id})
-            return encode(answer(found))
-
-        return await cached(request, key(item_id), ttl, load)
-
-    read.__name__ = name
-    return read
-
-
-def cached_read(name: str, key: bytes, ttl: int, query: str, answer: Callable[[Any], Any]) -> Handler:
-    """A cached read of an aggregate or of reference data: it may come from a replica."""
-
-    async def read(request: Request) -> Response:
-        async def load() -> bytes:
-            return encode(answer(await request.state.lagging_db.run(QUERIES[query])))
-
-        return await cached(request, key, ttl, load)
-
-    read.__name__ = name
-    return read
-
-
-def each(struct: type) -> Callable[[Any], list[Any]]:
-    """Rows to Structs, skipping the all-NULL row of a LEFT JOIN that found nothing."""
-    return lambda rows: [struct(*row) for row in rows if row[0] is not None]
-
-
-def one(struct: type) -> Callable[[Any], Any]:
-    return lambda row: struct(*row)
-
-
-get_trip = cached_read_by_id("get_trip", "trip_id", cachekeys.trip, cachekeys.TRIP_TTL, "trip",
-                             one(models.Trip), "TRIP_NOT_FOUND")
-card_trips = cached_read_by_id("card_trips", "card_id", cachekeys.card_trips, cachekeys.CARD_TRIPS_TTL,
-                               "card-trips", each(models.Trip), "CARD_NOT_FOUND")
-card_balance = cached_read_by_id("card_balance", "card_id", cachekeys.card_balance, cachekeys.CARD_BALANCE_TTL,
-                                 "card-balance", one(models.CardBalance), "CARD_NOT_FOUND")
-user_recharges = cached_read_by_id("user_recharges", "user_id", cachekeys.user_recharges,
-                                   cachekeys.USER_RECHARGES_TTL, "user-recharges", each(models.UserRecharge),
-                                   "USER_NOT_FOUND")
-trips_total = cached_read("trips_total", cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, "trips-total",
-                          one(models.TripsTotal))
-trips_by_locality = cached_read("trips_by_locality", cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL,
-                                "trips-by-locality", each(models.LocalityTrips))
-revenue_total = cached_read("revenue_total", cachekeys.REVENUE_TOTAL, cachekeys.REVENUE_TTL, "revenue-total",
-                            one(models.Revenue))
-revenue_by_locality = cached_read("revenue_by_locality", cachekeys.REVENUE_BY_LOCALITY, cachekeys.REVENUE_TTL,
-                                  "revenue-by-locality", each(models.LocalityRevenue))
-routes_all = cached_read("routes_all", cachekeys.ROUTES_ALL, cachekeys.REFERENCE_TTL, "routes-all",
-                         each(models.Route))
-stations_all = cached_read("stations_all", cachekeys.STATIONS_ALL, cachekeys.REFERENCE_TTL, "stations-all",
-                           each(models.Station))
+USERS_COUNT = query("users-count")
+USERS_ACTIVE_COUNT = query("users-active-count")
+USERS_LATEST = query("users-latest")
 
 
 async def users_count(request: Request) -> Response:
-    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(QUERIES["users-count"]))))
+    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(USERS_COUNT))))
 
 
 async def users_active_count(request: Request) -> Response:
-    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(QUERIES["users-active-count"]))))
+    return JSONBytes(encode(models.Count(await request.state.lagging_db.run(USERS_ACTIVE_COUNT))))
 
 
 async def users_latest(request: Request) -> Response:
-    rows = await request.state.lagging_db.run(QUERIES["users-latest"])
+    rows = await request.state.lagging_db.run(USERS_LATEST)
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
 
 # ---------------------------------------------------------------- writes
 IDEMPOTENCY_KEY_MAX = 255
+RECHARGE = query("recharge")
+BOARD = query("board")
+END_TRIP = query("end-trip")
+CREATE_USER = query("create-user")
+ISSUE_CARD = query("issue-card")
+SET_CARD_STATUS = query("set-card-status")
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -365,7 +323,7 @@ async def create_recharge(request: Request) -> Response:
         if point is not None and point != caller.recharge_point_id:
             raise Problem(403, "FORBIDDEN", "a recharge point token recharges at its own point only")
         point = caller.recharge_point_id
-    row = await request.state.db.run(QUERIES["recharge"], body.card_id, body.amount, point,
+    row = await request.state.db.run(RECHARGE, body.card_id, body.amount, point,
                                      caller.token_id, key)
     *answer, user_id, replayed = row
     # A replay invalidates too: it may answer before the first request's DEL has gone out.
@@ -379,7 +337,7 @@ async def create_recharge(request: Request) -> Response:
 async def board(request: Request) -> Response:
     await authorize(request, "validator")
     body = await read_body(request, models.BoardRequest)
-    row = await request.state.db.run(QUERIES["board"], body.card_id, body.route_id, body.boarding_station_id)
+    row = await request.state.db.run(BOARD, body.card_id, body.route_id, body.boarding_station_id)
     await invalidated(request, cachekeys.after_boarding(body.card_id))
     return JSONBytes(encode(models.Boarding(*row)), 201)
 
@@ -388,7 +346,7 @@ async def end_trip(request: Request) -> Response:
     await authorize(request, "validator")
     trip_id = path_id(request, "trip_id")
     body = await read_body(request, models.EndTripRequest)
-    row = await request.state.db.run(QUERIES["end-trip"], trip_id, body.disembarking_station_id)
+    row = await request.state.db.run(END_TRIP, trip_id, body.disembarking_station_id)
     trip = models.Trip(*row)
     await invalidated(request, cachekeys.after_trip_end(trip_id, trip.card_id))
     return JSONBytes(encode(trip))
@@ -398,7 +356,7 @@ async def create_user(request: Request) -> Response:
     await authorize(request)
     body = await read_body(request, models.UserRequest)
     row = await request.state.db.run(
-        QUERIES["create-user"], body.first_name, body.last_name, body.email, body.id_number,
+        CREATE_USER, body.first_name, body.last_name, body.email, body.id_number,
         body.contact_number, body.gender, body.date_of_birth, body.residential_address, body.city_of_birth)
     return JSONBytes(encode(models.User(*row)), 201)
 
@@ -406,7 +364,7 @@ async def create_user(request: Request) -> Response:
 async def issue_card(request: Request) -> Response:
     await authorize(request)
     body = await read_body(request, models.CardRequest)
-    row = await request.state.db.run(QUERIES["issue-card"], body.user_id, body.card_number)
+    row = await request.state.db.run(ISSUE_CARD, body.user_id, body.card_number)
     return JSONBytes(encode(models.Card(*row)), 201)
 
 
@@ -414,7 +372,7 @@ async def set_card_status(request: Request) -> Response:
     await authorize(request)
     card_id = path_id(request, "card_id")
     body = await read_body(request, models.CardStatusRequest)
-    row = await request.state.db.run(QUERIES["set-card-status"], card_id, body.status)
+    row = await request.state.db.run(SET_CARD_STATUS, card_id, body.status)
     await invalidated(request, cachekeys.after_card_change(card_id))
     return JSONBytes(encode(models.Card(*row)))
 
@@ -433,42 +391,34 @@ async def handle_overloaded(_: Request, exc: Exception) -> Response:
 
 
 # ---------------------------------------------------------------- lifespan and app
+PRUNE_IDEMPOTENCY_KEYS = query("prune-idempotency-keys")
+CACHE_EPOCH = query("cache-epoch")
+
+
 async def prune_idempotency_keys(database: Database) -> None:
     """Forget idempotency records past their retention: at start, then periodically."""
     while True:
         try:
             pruned = 0
             while True:
-                batch = await database.run(QUERIES["prune-idempotency-keys"], IDEMPOTENCY_RETENTION, PRUNE_BATCH)
+                batch = await database.run(PRUNE_IDEMPOTENCY_KEYS, IDEMPOTENCY_RETENTION, PRUNE_BATCH)
                 pruned += batch
                 if batch < PRUNE_BATCH:
                     break
             log.info("pruned %d idempotency records", pruned)
-        except (Overloaded, asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS) as error:
+        except STATEMENT_ERRORS as error:
             log.warning("idempotency pruning failed: %s", error.__class__.__name__)
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
 
 
-async def prepare_database(settings: Settings) -> None:
-    """Apply sql/ (a no-op when current) and register ADMIN_TOKEN, on one connection."""
-    conn = await asyncpg.connect(settings.database_url, timeout=10)
-    try:
-        await db.apply_schema(conn)
-        if settings.admin_token:
-            await QUERIES["register-token"](conn, hashlib.sha256(settings.admin_token.encode()).digest(),
-                                            "admin", "ADMIN_TOKEN", None)
-    finally:
-        await conn.close()
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI app. Pools open in the lifespan, never at import."""
+    """The ASGI app. Pools open in the lifespan, never at import; the schema is applied
+    before (startup.py), once per start rather than once per worker."""
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        await prepare_database(settings)
         pools = [await db.create_pool(url, min_size=settings.pool_min, max_size=settings.pool_max)
                  for url in (settings.database_url, settings.read_database_url) if url]
         redis = connect(settings.redis_url, sentinels=settings.redis_sentinels,
@@ -477,14 +427,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Aggregates, counts and reference data may come from a replica; balances, trips,
         # recharges and every write stay on the primary.
         lagging_database = Database(pools[1], settings.max_waiting) if len(pools) > 1 else database
-        cache = Cache(redis, await database.run(QUERIES["cache-epoch"]))
+        cache = Cache(redis, await database.run(CACHE_EPOCH))
         metrics.watch_pool(database)
 
         def on_epoch(payload: str) -> None:
             cache.epoch = max(cache.epoch, int(payload))
 
         async def read_epoch(conn: asyncpg.Connection) -> None:
-            on_epoch(str(await QUERIES["cache-epoch"](conn)))
+            on_epoch(str(await CACHE_EPOCH(conn)))
 
         epochs = db.Listener(settings.listen_database_url or settings.database_url, "cache_epoch",
                              on_epoch, read_epoch)
@@ -492,13 +442,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
             yield {"db": database, "lagging_db": lagging_database, "cache": cache,
-                   "tokens": TokenCache(), "settings": settings, "epochs": epochs}
+                   "tokens": TokenCache(), "epochs": epochs}
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             # Requests have drained by now; closing must finish even if we are cancelled.
-            await asyncio.shield(asyncio.gather(*(pool.close() for pool in pools), redis.aclose(),
+            await asyncio.shield(asyncio.gather(*(db.close_pool(pool) for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
 
     return Starlette(
@@ -516,126 +466,57 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
+# ---------------------------------------------------------------- the route table
 ADMIN: tuple[str, ...] = ()
-NOT_FOUND = (404,)
-OPERATIONS = [
-    Operation("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
-              models.Health, errors=(503,)),
-    Operation("GET", f"{API}/trips/total", trips_total, "Trip totals and revenue",
-              models.TripsTotal, cache="trips:total · 300 s"),
-    Operation("GET", f"{API}/trips/total/localities", trips_by_locality, "Trips per locality",
-              list[models.LocalityTrips], cache="trips:total:localities · 300 s"),
-    Operation("GET", f"{API}/trips/card/{{card_id}}", card_trips, "A card's 20 latest trips",
-              list[models.Trip], errors=NOT_FOUND, cache="trips:card:{id} · 300 s"),
-    Operation("GET", f"{API}/trips/{{trip_id}}", get_trip, "One trip",
-              models.Trip, errors=NOT_FOUND, cache="trip:{id} · 300 s"),
-    Operation("POST", f"{API}/trips", board, "Board: debit the fare (or the transfer fare)",
-              models.Boarding, 201, models.BoardRequest, (402, 404, 409), ("validator",)),
-    Operation("POST", f"{API}/trips/{{trip_id}}/end", end_trip, "Alight: close an open trip",
-              models.Trip, 200, models.EndTripRequest, (404, 409), ("validator",)),
-    Operation("GET", f"{API}/finance/revenue", revenue_total, "Revenue: the fares boardings debited",
-              models.Revenue, cache="finance:total_revenue · 60 s"),
-    Operation("GET", f"{API}/finance/revenue/localities", revenue_by_locality, "Revenue per locality",
-              list[models.LocalityRevenue], cache="finance:revenue:by_localities · 60 s"),
-    Operation("POST", f"{API}/cards", issue_card, "Issue a card (balance 0, active)",
-              models.Card, 201, models.CardRequest, (404, 409), ADMIN),
-    Operation("PATCH", f"{API}/cards/{{card_id}}", set_card_status, "Set a card's status (block a lost card)",
-              models.Card, 200, models.CardStatusRequest, NOT_FOUND, ADMIN),
-    Operation("GET", f"{API}/cards/{{card_id}}/balance", card_balance, "A card's balance and status",
-              models.CardBalance, errors=NOT_FOUND, cache="card:{id}:balance · 300 s"),
-    Operation("POST", f"{API}/recharges", create_recharge, "Recharge a card (Idempotency-Key replays)",
-              models.Recharge, 201, models.RechargeRequest, (404, 409), ("recharge_point",),
-              headers=("Idempotency-Key",)),
-    Operation("POST", f"{API}/users", create_user, "Register a user",
-              models.User, 201, models.UserRequest, (409,), ADMIN),
-    Operation("GET", f"{API}/users/count", users_count, "How many users", models.Count),
-    Operation("GET", f"{API}/users/active/count", users_active_count,
-              "How many users hold an active card", models.Count),
-    Operation("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User]),
-    Operation("GET", f"{API}/users/{{user_id}}/recharges", user_recharges, "A user's 20 latest recharges",
-              list[models.UserRecharge], errors=NOT_FOUND, cache="user:{id}:recharges · 300 s"),
-    Operation("GET", f"{API}/routes", routes_all, "Every route", list[models.Route], cache="routes:all · 300 s"),
-    Operation("GET", f"{API}/stations", stations_all, "Every station", list[models.Station],
-              cache="stations:all · 300 s"),
+ENDPOINTS = [
+    Endpoint("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
+             models.Health, errors=(503,)),
+    cached_read(f"{API}/trips/total", "Trip totals and revenue",
+                cachekeys.trips_total, "trips-total", models.TripsTotal),
+    cached_read(f"{API}/trips/total/localities", "Trips per locality",
+                cachekeys.trips_by_locality, "trips-by-locality", models.LocalityTrips, many=True),
+    cached_read(f"{API}/trips/card/{{card_id}}", "A card's 20 latest trips",
+                cachekeys.card_trips, "card-trips", models.Trip, many=True, missing="CARD_NOT_FOUND"),
+    cached_read(f"{API}/trips/{{trip_id}}", "One trip",
+                cachekeys.trip, "trip", models.Trip, missing="TRIP_NOT_FOUND"),
+    Endpoint("POST", f"{API}/trips", board, "Board: debit the fare (or the transfer fare)",
+             models.Boarding, 201, models.BoardRequest, (402, 404, 409), ("validator",)),
+    Endpoint("POST", f"{API}/trips/{{trip_id}}/end", end_trip, "Alight: close an open trip",
+             models.Trip, 200, models.EndTripRequest, (404, 409), ("validator",)),
+    cached_read(f"{API}/finance/revenue", "Revenue: the fares boardings debited",
+                cachekeys.revenue_total, "revenue-total", models.Revenue),
+    cached_read(f"{API}/finance/revenue/localities", "Revenue per locality",
+                cachekeys.revenue_by_locality, "revenue-by-locality", models.LocalityRevenue, many=True),
+    Endpoint("POST", f"{API}/cards", issue_card, "Issue a card (balance 0, active)",
+             models.Card, 201, models.CardRequest, (404, 409), ADMIN),
+    Endpoint("PATCH", f"{API}/cards/{{card_id}}", set_card_status, "Set a card's status (block a lost card)",
+             models.Card, 200, models.CardStatusRequest, (404,), ADMIN),
+    cached_read(f"{API}/cards/{{card_id}}/balance", "A card's balance and status",
+                cachekeys.card_balance, "card-balance", models.CardBalance, missing="CARD_NOT_FOUND"),
+    Endpoint("POST", f"{API}/recharges", create_recharge, "Recharge a card (Idempotency-Key replays)",
+             models.Recharge, 201, models.RechargeRequest, (404, 409), ("recharge_point",),
+             headers=("Idempotency-Key",)),
+    Endpoint("POST", f"{API}/users", create_user, "Register a user",
+             models.User, 201, models.UserRequest, (409,), ADMIN),
+    Endpoint("GET", f"{API}/users/count", users_count, "How many users", models.Count),
+    Endpoint("GET", f"{API}/users/active/count", users_active_count,
+             "How many users hold an active card", models.Count),
+    Endpoint("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User]),
+    cached_read(f"{API}/users/{{user_id}}/recharges", "A user's 20 latest recharges",
+                cachekeys.user_recharges, "user-recharges", models.UserRecharge, many=True,
+                missing="USER_NOT_FOUND"),
+    cached_read(f"{API}/routes", "Every route", cachekeys.routes_all, "routes-all", models.Route, many=True),
+    cached_read(f"{API}/stations", "Every station", cachekeys.stations_all, "stations-all", models.Station,
+                many=True),
 ]
 ROUTES: list[BaseRoute] = [
-    *(operation.route() for operation in OPERATIONS),
+    *(endpoint.route() for endpoint in ENDPOINTS),
     Route("/metrics", metrics.endpoint, methods=["GET"]),
-    *docs.routes(OPERATIONS, "Travel Recharge API", "1.0.0"),
+    *openapi.routes(ENDPOINTS, "Travel Recharge API", "1.0.0"),
 ]
-
-
-# ---------------------------------------------------------------- python server.py
-DATA_DIR = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent / ".data")
-DEFAULT_DEMO_SCALE = 1
-
-
-def demo_admin_token(data_dir: Path) -> str:
-    """The embedded default's admin token, made once and kept beside its data (mode 0600)."""
-    path = data_dir / "admin.token"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        write_secret(path, secrets.token_urlsafe(32))
-    return path.read_text().strip()
-
-
-async def load_demo_data(database_url: str, scale: int) -> None:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        await db.apply_schema(conn)
-        started = time.monotonic()
-        if await db.load_demo_data(conn, scale):
-            print(f"loaded demo data at scale {scale} in {time.monotonic() - started:.1f} s", flush=True)
-    finally:
-        await conn.close()
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
-def main() -> None:
-    import uvicorn
-
-    settings = Settings.from_env()
-    log_config = metrics.logging_config(settings.log_level)
-    logging.config.dictConfig(log_config)
-    stack = None
-    if not (settings.database_url and settings.redis_url):
-        stack = LocalStack(DATA_DIR)
-        database_url, redis_url = stack.start()
-        # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
-        write_secret(DATA_DIR / "urls.env", f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
-        settings = Settings.from_env(
-            database_url=settings.database_url or database_url,
-            redis_url=settings.redis_url or redis_url,
-            demo_scale=DEFAULT_DEMO_SCALE if settings.demo_scale is None else settings.demo_scale,
-            admin_token=settings.admin_token or demo_admin_token(DATA_DIR),
-        )
-    try:
-        if settings.demo_scale:
-            asyncio.run(load_demo_data(settings.database_url, settings.demo_scale))
-        asyncio.run(prepare_database(settings))
-        os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
-        if settings.admin_token:
-            os.environ["ADMIN_TOKEN"] = settings.admin_token
-        print(f"serving on http://{settings.host}:{settings.port}{API}/health"
-              f"  (docs: http://{settings.host}:{settings.port}/docs)", flush=True)
-        if stack is not None:
-            print(f"demo admin token: {settings.admin_token}", flush=True)
-        # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
-        for stop_signal in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(stop_signal, _exit_cleanly)
-        uvicorn.run(
-            "server:create_app", factory=True, host=settings.host, port=settings.port,
-            workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
-            log_level=settings.log_level, log_config=log_config, timeout_graceful_shutdown=10,
-        )
-    finally:
-        if stack is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the servers
-            stack.stop()
 
 
 if __name__ == "__main__":
-    main()
+    import startup
+
+    startup.main()

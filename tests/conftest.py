@@ -26,7 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import db  # noqa: E402
 import server  # noqa: E402
-from localstack import LocalStack, free_port  # noqa: E402
+import startup  # noqa: E402
+from settings import Settings  # noqa: E402
+from localstack import LocalStack  # noqa: E402
+from processes import free_port  # noqa: E402
 
 TEMPLATE = "travel_template"
 _database_numbers = itertools.count(1)
@@ -158,8 +161,10 @@ async def register_test_tokens(database_url: str) -> None:
 async def serve_api(database_url: str, redis_url: str, **settings: object) -> AsyncIterator[Api]:
     """Run the real server (uvicorn on a free port, in this event loop) until the block ends."""
     await register_test_tokens(database_url)
-    app = server.create_app(server.Settings(**{"database_url": database_url, "redis_url": redis_url,
-                                               "pool_min": 2, "pool_max": 20, **settings}))
+    configured = Settings(**{"database_url": database_url, "redis_url": redis_url,
+                             "pool_min": 2, "pool_max": 20, **settings})
+    await startup.prepare_database(configured)  # what `python server.py` does before serving
+    app = server.create_app(configured)
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                                    log_level="warning", access_log=False))

@@ -17,10 +17,10 @@ import redis.asyncio as aioredis
 import server
 from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
 from conftest import Api, serve_api, with_database
-from docs import Operation
+from endpoints import Endpoint
 from localstack import LocalStack
 
-WRITES = [op for op in server.OPERATIONS if op.roles is not None]
+WRITES = [op for op in server.ENDPOINTS if op.roles is not None]
 ROLES = ("admin", "recharge_point", "validator")
 
 
@@ -66,7 +66,7 @@ class Snapshots:
         assert await self.take() == before
 
 
-def op_label(op: Operation) -> str:
+def op_label(op: Endpoint) -> str:
     return f"{op.method} {op.path.removeprefix(server.API)}"
 
 
@@ -81,7 +81,7 @@ def is_problem(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def valid_body(op: Operation, ids: dict[str, int]) -> dict[str, Any]:
+def valid_body(op: Endpoint, ids: dict[str, int]) -> dict[str, Any]:
     """A body of `op` that succeeds given the existing `ids` (card_id, user_id ...), built from
     the names of its Struct's fields: a new operation fails here until it is taught its fields."""
     assert op.body is not None
@@ -97,7 +97,7 @@ def valid_body(op: Operation, ids: dict[str, int]) -> dict[str, Any]:
     return body
 
 
-def fill_path(op: Operation, ids: dict[str, Any]) -> str:
+def fill_path(op: Endpoint, ids: dict[str, Any]) -> str:
     """`op`'s path below /api/v1 with its {names} replaced by `ids` (already URL-safe)."""
     path = op.path.removeprefix(server.API)
     for name in op.path_ids():

@@ -72,7 +72,7 @@ async def test_openapi_lists_every_operation_with_body_schemas(api: Api) -> None
     document = json_body(await api.http.get(api.url + "/openapi.json"))
     assert document["openapi"].startswith("3.")
     schemas = document["components"]["schemas"]
-    for operation in server.OPERATIONS:
+    for operation in server.ENDPOINTS:
         entry = document["paths"].get(operation.path, {}).get(operation.method.lower())
         assert entry is not None, (operation.method, operation.path)
         assert str(operation.status) in entry["responses"]
@@ -411,10 +411,10 @@ def path_of(key: bytes, card: int, user: int, trip: int) -> str:
              cachekeys.card_trips(card): f"/trips/card/{card}",
              cachekeys.user_recharges(user): f"/users/{user}/recharges",
              cachekeys.trip(trip): f"/trips/{trip}",
-             cachekeys.TRIPS_TOTAL: "/trips/total",
-             cachekeys.TRIPS_TOTAL_BY_LOCALITY: "/trips/total/localities",
-             cachekeys.REVENUE_TOTAL: "/finance/revenue",
-             cachekeys.REVENUE_BY_LOCALITY: "/finance/revenue/localities"}
+             cachekeys.trips_total(): "/trips/total",
+             cachekeys.trips_by_locality(): "/trips/total/localities",
+             cachekeys.revenue_total(): "/finance/revenue",
+             cachekeys.revenue_by_locality(): "/finance/revenue/localities"}
     return paths[key]
 
 

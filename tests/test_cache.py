@@ -86,7 +86,7 @@ async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
     # Two round trips (MGET, EVALSHA); the script's GET and SET run inside Redis.
     assert delta(before, after) == {"mget": 1, "evalsha": 1, "get": 1, "set": 1}
     assert database_calls == ["revenue-total"]
-    assert await redis_client.ttl(cachekeys.REVENUE_TOTAL) == pytest.approx(cachekeys.REVENUE_TTL, abs=2)
+    assert await redis_client.ttl(cachekeys.revenue_total()) == pytest.approx(cachekeys.revenue_total.ttl, abs=2)
 
 
 async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(

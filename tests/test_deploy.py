@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import inspect
 import os
 import re
 import shutil
@@ -36,9 +35,11 @@ import cache
 import cachekeys
 import db
 import localstack
-import server
+import startup
+from settings import Settings
 from conftest import NETWORK_SQL, with_database
-from localstack import LocalStack, free_port
+from localstack import LocalStack
+from processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -113,8 +114,8 @@ def test_api_unit_runs_unprivileged_stops_gracefully_and_is_hardened() -> None:
     assert service["EnvironmentFile"] == "/etc/travel-recharge-api/env"
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
-    # uvicorn drains for up to 10 s (server.py's timeout_graceful_shutdown) before closing pools.
-    assert "timeout_graceful_shutdown=10" in (ROOT / "server.py").read_text()
+    # uvicorn drains for up to 10 s (startup.py's timeout_graceful_shutdown) before closing pools.
+    assert "timeout_graceful_shutdown=10" in (ROOT / "startup.py").read_text()
     assert seconds(service["TimeoutStopSec"]) > 10
     assert int(service["LimitNOFILE"]) >= 4096
     expected = {
@@ -167,7 +168,7 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = server.Settings.from_env()
+    settings = Settings.from_env()
     database = urllib.parse.urlsplit(settings.database_url)
     assert (database.username, database.hostname, database.port, database.path) == \
         ("travel_api", "192.168.100.30", 5432, "/travel")
@@ -260,14 +261,8 @@ def vm2_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisU
 
 
 def every_cache_key() -> list[bytes]:
-    """Each key cachekeys.py can spell: its constants and its key functions of one id
-    (the after_* functions list keys; they return tuples)."""
-    keys = [value for name, value in vars(cachekeys).items()
-            if name.isupper() and isinstance(value, bytes) and value != cachekeys.GENERATION_SEQUENCE]
-    for name, function in inspect.getmembers(cachekeys, inspect.isfunction):
-        parameters = list(inspect.signature(function).parameters.values())
-        if len(parameters) == 1 and parameters[0].annotation == "int" and function.__annotations__.get("return") == "bytes":
-            keys.append(function(1))
+    """Each key cachekeys.py declares (with id 1 where it takes one)."""
+    keys = [key(1) if "{id}" in key.pattern else key() for key in cachekeys.CACHED_KEYS]
     assert len(keys) >= 10
     return keys
 
@@ -437,9 +432,9 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
 
 
 async def test_runtime_role_can_start_the_api_on_a_migrated_database(vm3_database: Vm3Database) -> None:
-    # What the API's start does (server.prepare_database): a no-op when migrate.sh ran.
-    settings = server.Settings(database_url=vm3_database.api_url, redis_url="", admin_token="deploy-admin")
-    await server.prepare_database(settings)
+    # What the API's start does (startup.prepare_database): a no-op when migrate.sh ran.
+    settings = Settings(database_url=vm3_database.api_url, redis_url="", admin_token="deploy-admin")
+    await startup.prepare_database(settings)
 
 
 @pytest.mark.parametrize("statement", [

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every operation of server.OPERATIONS (issue 5), with hypothesis.
+"""Property-based fuzzing of every operation of server.ENDPOINTS (issue 5), with hypothesis.
 
 One server; the examples run in a worker thread (hypothesis is synchronous) and send their
 requests on the test's event loop, where the server runs. For each operation: arbitrary path
@@ -28,7 +28,7 @@ import server
 from api_helpers import execute, json_body, make_user_with_card
 from conftest import Api
 from dbhelpers import assert_balances_reconcile, assert_counters_exact
-from docs import Operation
+from endpoints import Endpoint
 from hostile_helpers import is_problem, op_label
 
 EXAMPLES_PER_WRITE = 450
@@ -141,7 +141,7 @@ def _nested(spec: tuple[str, int, str]) -> bytes:
 
 
 
-def requests(op: Operation) -> st.SearchStrategy[dict[str, Any]]:
+def requests(op: Endpoint) -> st.SearchStrategy[dict[str, Any]]:
     roles = ("admin", *op.roles) if op.roles is not None else (None,)
     return st.fixed_dictionaries({
         "ids": st.fixed_dictionaries({name: PATH_IDS for name in op.path_ids()}),
@@ -153,7 +153,7 @@ def requests(op: Operation) -> st.SearchStrategy[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- the run
-def build(api: Api, op: Operation, request: dict[str, Any]) -> httpx.Request:
+def build(api: Api, op: Endpoint, request: dict[str, Any]) -> httpx.Request:
     path = op.path.removeprefix(server.API)
     for name, raw in request["ids"].items():
         path = path.replace("{" + name + "}", urllib.parse.quote(raw, safe=""))
@@ -164,7 +164,7 @@ def build(api: Api, op: Operation, request: dict[str, Any]) -> httpx.Request:
     return api.http.build_request(op.method, path, headers=headers, content=request["body"])
 
 
-def check(op: Operation, response: httpx.Response) -> None:
+def check(op: Endpoint, response: httpx.Response) -> None:
     status = response.status_code
     assert b"Traceback" not in response.content
     assert status < 500, (status, response.content[:500])
@@ -188,7 +188,7 @@ async def test_fuzz_every_operation(api: Api) -> None:
     async def send(request: httpx.Request) -> httpx.Response:
         return await api.http.send(request)
 
-    def fuzzer(op: Operation, seen: set[int]) -> Any:
+    def fuzzer(op: Endpoint, seen: set[int]) -> Any:
         @settings(max_examples=EXAMPLES_PER_WRITE if op.body is not None else EXAMPLES_PER_READ,
                   deadline=None, derandomize=True, database=None, print_blob=False,
                   phases=(Phase.explicit, Phase.generate, Phase.shrink),
@@ -203,7 +203,7 @@ async def test_fuzz_every_operation(api: Api) -> None:
 
     failures: dict[str, str] = {}
     answered: dict[str, set[int]] = {}
-    for op in server.OPERATIONS:
+    for op in server.ENDPOINTS:
         await execute(api, "UPDATE cards SET status = 'active'")  # what an earlier PATCH blocked
         answered[op_label(op)] = set()
         try:
@@ -214,7 +214,7 @@ async def test_fuzz_every_operation(api: Api) -> None:
 
     report = "\n\n".join(f"{label}: {text}" for label, text in failures.items())
     # The fuzzing reached past validation: every write succeeded some of the time.
-    assert all(any(200 <= status < 300 for status in answered[op_label(op)]) for op in server.OPERATIONS
+    assert all(any(200 <= status < 300 for status in answered[op_label(op)]) for op in server.ENDPOINTS
                if op.body is not None), (answered, report)
     conn = await asyncpg.connect(api.database_url)
     try:

@@ -22,12 +22,12 @@ import pytest
 import server
 from api_helpers import assert_problem, json_body, make_user_with_card, user_fields
 from conftest import Api
-from docs import Operation
+from endpoints import Endpoint
 from hostile_helpers import Snapshots, fill_path, is_problem, module_api, op_label, valid_body
 from localstack import LocalStack
 
-PATH_OPS = [op for op in server.OPERATIONS if op.path_ids()]
-BODY_OPS = [op for op in server.OPERATIONS if op.body is not None]
+PATH_OPS = [op for op in server.ENDPOINTS if op.path_ids()]
+BODY_OPS = [op for op in server.ENDPOINTS if op.body is not None]
 
 
 # ---------------------------------------------------------------- one server for the module
@@ -66,14 +66,14 @@ async def tables(conn: asyncpg.Connection) -> list[str]:
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")]
 
 
-async def send(api: Api, op: Operation, path: str, body: Any, **headers: str) -> httpx.Response:
+async def send(api: Api, op: Endpoint, path: str, body: Any, **headers: str) -> httpx.Response:
     content = body if isinstance(body, bytes) else msgspec.json.encode(body)
     extra = {"content-type": "application/json"} if op.body is not None else {}
     return await api.http.request(op.method, path, headers={**api.auth("admin"), **extra, **headers},
                                   content=content if op.body is not None else None)
 
 
-def body_or_none(op: Operation, world: dict[str, int]) -> Any:
+def body_or_none(op: Endpoint, world: dict[str, int]) -> Any:
     return valid_body(op, world) if op.body is not None else None
 
 
@@ -91,7 +91,7 @@ ODD_PATH_IDS = [
 @pytest.mark.parametrize("raw", ODD_PATH_IDS, ids=ascii)
 @pytest.mark.parametrize("op", PATH_OPS, ids=op_label)
 async def test_odd_path_ids_are_422_and_change_nothing(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                       op: Operation, raw: str) -> None:
+                                                       op: Endpoint, raw: str) -> None:
     quoted = urllib.parse.quote(raw, safe="")
     path = fill_path(op, {name: quoted for name in op.path_ids()})
     async with snaps.unchanged():
@@ -101,7 +101,7 @@ async def test_odd_path_ids_are_422_and_change_nothing(api: Api, snaps: Snapshot
 
 
 @pytest.mark.parametrize("op", [op for op in PATH_OPS if op.method == "GET"], ids=op_label)
-async def test_leading_zeros_are_decimal_not_octal(api: Api, world: dict[str, int], op: Operation) -> None:
+async def test_leading_zeros_are_decimal_not_octal(api: Api, world: dict[str, int], op: Endpoint) -> None:
     """'01' is the id 1 written with a zero, not octal and not another resource."""
     canonical = await api.http.get(fill_path(op, world))
     padded = await api.http.get(fill_path(op, {name: f"00{value}" for name, value in world.items()}))
@@ -122,7 +122,7 @@ INT_LITERALS: list[tuple[str, int | tuple[int, ...]]] = [
 ]
 
 
-def _int_fields() -> list[tuple[Operation, str]]:
+def _int_fields() -> list[tuple[Endpoint, str]]:
     found = []
     for op in BODY_OPS:
         for field in msgspec.inspect.type_info(op.body).fields:  # type: ignore[attr-defined]
@@ -135,9 +135,9 @@ def _int_fields() -> list[tuple[Operation, str]]:
 
 @pytest.mark.parametrize(("literal", "status"), INT_LITERALS, ids=[ascii(lit[:20]) for lit, _ in INT_LITERALS])
 @pytest.mark.parametrize(("op", "field"), _int_fields(),
-                         ids=lambda value: op_label(value) if isinstance(value, Operation) else value)
+                         ids=lambda value: op_label(value) if isinstance(value, Endpoint) else value)
 async def test_integer_members_spelled_oddly_are_refused(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                         op: Operation, field: str, literal: str,
+                                                         op: Endpoint, field: str, literal: str,
                                                          status: int | tuple[int, ...]) -> None:
     body = valid_body(op, world)
     body[field] = "@@HERE@@"
@@ -299,7 +299,7 @@ async def test_sql_metacharacters_in_the_idempotency_key_are_just_a_key(
 DEEP = 10_000
 
 
-def json_edge_cases(op: Operation, world: dict[str, int]) -> list[tuple[str, bytes, tuple[int, ...]]]:
+def json_edge_cases(op: Endpoint, world: dict[str, int]) -> list[tuple[str, bytes, tuple[int, ...]]]:
     good = json.dumps(valid_body(op, world))
     first = next(iter(valid_body(op, world)))
     inner = good[1:-1]
@@ -341,7 +341,7 @@ EDGE_NAMES = [name for name, _, _ in json_edge_cases(
 @pytest.mark.parametrize("case", EDGE_NAMES)
 @pytest.mark.parametrize("op", BODY_OPS, ids=op_label)
 async def test_json_edge_cases_are_4xx_and_change_nothing(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                          op: Operation, case: str) -> None:
+                                                          op: Endpoint, case: str) -> None:
     _, raw, statuses = next(edge for edge in json_edge_cases(op, world) if edge[0] == case)
     async with snaps.unchanged():
         response = await send(api, op, fill_path(op, world), raw)

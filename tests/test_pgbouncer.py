@@ -31,7 +31,8 @@ import pytest
 import db
 from api_helpers import json_body, make_user_with_card, recharge
 from conftest import serve_api
-from localstack import LocalStack, Unprivileged, free_port, stop_process
+from localstack import LocalStack, Unprivileged
+from processes import free_port, stop_process
 
 MIN_VERSION = (1, 21)
 SERVER_CONNECTIONS = 3

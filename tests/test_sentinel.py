@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 
 from api_helpers import get_cached, json_body, make_user_with_card, recharge
 from conftest import Api, serve_api
-from localstack import free_port, redis_server_binary
+from localstack import redis_server_binary
+from processes import free_port
 
 SERVICE = "travel"
 SETTLE_SECONDS = 15.0  # every wait below is bounded by this

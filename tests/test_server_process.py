@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from conftest import TOKENS, register_test_tokens
-from localstack import LocalStack, free_port
+from localstack import LocalStack
+from processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,6 +127,46 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
     status, output = second.stop()
     assert status == 0, output
     assert live_processes_mentioning(str(data_dir)) == []
+
+
+def test_a_second_run_on_the_same_data_says_which_process_holds_it(
+        tmp_path: Path, run_server: list[ServerProcess]) -> None:
+    data_dir = tmp_path / "data"
+    first = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
+    run_server.append(first)
+    first.wait_healthy()
+    second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
+    output, _ = second.process.communicate(timeout=60)
+    assert second.process.returncode != 0
+    pid = int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    assert f"another `make run` is using {data_dir} (PostgreSQL pid {pid})" in output, output
+    assert "Traceback" not in output and "serving on" not in output
+    assert httpx.get(first.url + "/health").status_code == 200  # the first run was left alone
+    status, _ = first.stop()
+    assert status == 0
+
+
+@pytest.mark.parametrize(("port", "message"), [("99999", "PORT=99999: expected a TCP port, 1..65535"),
+                                               ("abc", "PORT='abc': expected a whole number")])
+def test_a_bad_setting_is_one_clear_line(port: str, message: str) -> None:
+    server = ServerProcess(PORT=port, DATABASE_URL="postgresql://unused", REDIS_URL="redis://unused")
+    output, _ = server.process.communicate(timeout=30)
+    assert server.process.returncode != 0
+    assert output.strip() == f"configuration: {message}"
+
+
+async def test_a_busy_port_fails_before_announcing_it_serves(
+        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, PORT=busy)
+        run_server.append(server)
+        output, _ = server.process.communicate(timeout=60)
+    assert server.process.returncode != 0
+    assert "address already in use" in output.lower(), output
+    assert "serving on" not in output and "Traceback" not in output
 
 
 async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(

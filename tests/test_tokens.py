@@ -1,5 +1,5 @@
 """Write tokens (issue 5): stored hashed, looked up by digest, roles enforced on every write of
-server.OPERATIONS, revocation effective once the token cache expires, no secret in the logs."""
+server.ENDPOINTS, revocation effective once the token cache expires, no secret in the logs."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from api_helpers import (
     user_fields,
 )
 from conftest import TOKENS, Api, serve_api
-from docs import Operation
+from endpoints import Endpoint
 from hostile_helpers import ROLES, WRITES, check_answer, fill_path, module_api, op_label, valid_body
-from localstack import LocalStack, free_port
+from localstack import LocalStack
+from processes import free_port
 
-PUBLIC_READS = [op for op in server.OPERATIONS if op.roles is None]
+PUBLIC_READS = [op for op in server.ENDPOINTS if op.roles is None]
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ async def fresh_ids(api: Api) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("op", WRITES, ids=op_label)
-async def test_every_write_admits_exactly_admin_and_its_roles(shared: Api, op: Operation) -> None:
+async def test_every_write_admits_exactly_admin_and_its_roles(shared: Api, op: Endpoint) -> None:
     api = shared
     answers: dict[str | None, tuple[int, str | None]] = {}
     for role in (None, *ROLES):
@@ -185,7 +186,7 @@ async def test_every_write_admits_exactly_admin_and_its_roles(shared: Api, op: O
 
 
 @pytest.mark.parametrize("op", PUBLIC_READS, ids=op_label)
-async def test_public_reads_need_no_token_and_ignore_a_bad_one(shared: Api, op: Operation) -> None:
+async def test_public_reads_need_no_token_and_ignore_a_bad_one(shared: Api, op: Endpoint) -> None:
     api = shared
     ids = await fresh_ids(api)
     path = fill_path(op, ids)

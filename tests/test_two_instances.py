@@ -31,7 +31,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from conftest import TOKENS, register_test_tokens
-from localstack import LocalStack, free_port, stop_process
+from localstack import LocalStack
+from processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LB_DIR = ROOT / "deploy" / "loadbalancer"

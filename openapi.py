@@ -1,15 +1,13 @@
-"""The route table's operations, and the OpenAPI document and viewers built from them.
+"""The OpenAPI document, built from the route table's endpoints, and its two viewers.
 
-Each `Operation` names its handler with what the document needs (body and answer Structs,
-status, errors, who may call it, its cache key), so the document cannot drift from the
-routes. `/docs` (Swagger UI) and `/redoc` load their assets from ./static: they work with
-no internet access.
+Each `Endpoint` (endpoints.py) carries what the document needs: body and answer Structs,
+status, errors, who may call it, its cache key and TTL. `/docs` (Swagger UI) and `/redoc`
+load their assets from ./static: they work with no internet access.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +17,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from endpoints import Endpoint
 from errors import TITLES, ProblemBody
 
 STATIC_DIR = Path(__file__).parent / "static"
 VALIDATION_ERRORS = (400, 413, 415, 422)
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One method on one path, and what the OpenAPI document says of it."""
-
-    method: str
-    path: str
-    handler: Callable[[Request], Any]
-    summary: str
-    answer: Any = None
-    status: int = 200
-    body: type | None = None
-    errors: tuple[int, ...] = ()
-    roles: tuple[str, ...] | None = None  # None: public; () admin only
-    cache: str = ""
-    headers: tuple[str, ...] = ()
-
-    def route(self) -> Route:
-        return Route(self.path, self.handler, methods=[self.method])
-
-    def path_ids(self) -> list[str]:
-        return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -53,10 +29,10 @@ def _problem_response(status: int) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}}
 
 
-def openapi_document(operations: Iterable[Operation], title: str, version: str) -> dict[str, Any]:
+def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -> dict[str, Any]:
     """OpenAPI 3.1 for `operations`, with JSON Schemas from their msgspec Structs."""
     operations = list(operations)
-    types = {ProblemBody}
+    types: set[Any] = {ProblemBody}
     for op in operations:
         types.update(t for t in (op.body, op.answer) if t is not None)
     typed = list(types)
@@ -132,7 +108,7 @@ REDOC_PAGE = """<!doctype html>
 </body></html>"""
 
 
-def routes(operations: Iterable[Operation], title: str, version: str) -> list[BaseRoute]:
+def routes(operations: Iterable[Endpoint], title: str, version: str) -> list[BaseRoute]:
     """/openapi.json, /docs, /redoc and their static assets, at the root as the seed links them."""
     document = msgspec.json.encode(openapi_document(operations, title, version))
 

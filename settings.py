@@ -1,0 +1,77 @@
+"""Configuration from the environment: one field per variable, its default written once.
+
+Each field of `Settings` is read from the variable of its name in capitals (`pool_max` from
+POOL_MAX). A value that does not parse, or lies outside its field's range, stops the start
+with one line naming the variable (`SettingsError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class SettingsError(ValueError):
+    """A variable of the environment that cannot configure the service."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration (DESIGN §3). Empty URLs: start the embedded default."""
+
+    database_url: str = ""
+    redis_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    demo_scale: int | None = None  # None: the embedded default loads scale 1, others none
+    admin_token: str = ""  # registered at start as an admin write token
+    log_level: str = "info"
+    read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
+    # LISTEN needs a session of its own: behind a transaction-pooling PgBouncer, point this
+    # at PostgreSQL directly (default: database_url).
+    listen_database_url: str = ""
+    redis_sentinels: str = ""  # host:port,host:port: find the Redis primary through Sentinel
+    redis_sentinel_service: str = "travel"
+    pool_min: int = 4
+    pool_max: int = 16
+    max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("port", 1 <= self.port <= 65535, "a TCP port, 1..65535"),
+            ("workers", 1 <= self.workers <= 64, "1..64"),
+            ("demo_scale", self.demo_scale is None or 0 <= self.demo_scale <= 1000, "0..1000"),
+            ("log_level", self.log_level in LOG_LEVELS, " | ".join(LOG_LEVELS)),
+            ("pool_min", 0 <= self.pool_min <= self.pool_max, "0..POOL_MAX"),
+            ("pool_max", 1 <= self.pool_max <= 1000, "1..1000"),
+            ("max_waiting", 0 <= self.max_waiting, "0 or more"),
+        )
+        for name, valid, expected in checks:
+            if not valid:
+                raise SettingsError(f"{name.upper()}={getattr(self, name)!r}: expected {expected}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `environ` (default: os.environ); `overrides` win over both."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = environ.get(spec.name.upper(), "").strip()
+            if spec.name in overrides or not raw:
+                continue
+            values[spec.name] = _parse(spec.name, spec.type, raw)
+        return cls(**{**values, **overrides})
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    if "int" not in str(annotation):
+        return raw.lower() if name == "log_level" else raw
+    if not raw.isascii() or not raw.lstrip("-").isdigit():
+        raise SettingsError(f"{name.upper()}={raw!r}: expected a whole number")
+    return int(raw)
