@@ -105,12 +105,18 @@ def live_processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def start_embedded(data_dir: Path, run_server: list[ServerProcess]) -> ServerProcess:
+    """`python server.py` on the embedded default in `data_dir` (no demo data), healthy."""
+    server = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
+    run_server.append(server)
+    server.wait_healthy()
+    return server
+
+
 def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
         tmp_path: Path, run_server: list[ServerProcess]) -> None:
     data_dir = tmp_path / "data"
-    first = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
-    run_server.append(first)
-    first.wait_healthy()
+    first = start_embedded(data_dir, run_server)
     token = (data_dir / "admin.token").read_text().strip()
     with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"}) as http:
         assert http.post("/users", json={"first_name": "Juan", "last_name": "Mora",
@@ -120,9 +126,7 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
     assert f"demo admin token: {token}" in output
     assert live_processes_mentioning(str(data_dir)) == []
 
-    second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
-    run_server.append(second)
-    second.wait_healthy()
+    second = start_embedded(data_dir, run_server)
     assert httpx.get(second.url + "/users/latest").json()[0]["email"] == "juan@example.co"
     status, output = second.stop()
     assert status == 0, output
@@ -132,9 +136,7 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
 def test_a_second_run_on_the_same_data_says_which_process_holds_it(
         tmp_path: Path, run_server: list[ServerProcess]) -> None:
     data_dir = tmp_path / "data"
-    first = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
-    run_server.append(first)
-    first.wait_healthy()
+    first = start_embedded(data_dir, run_server)
     second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
     output, _ = second.process.communicate(timeout=60)
     assert second.process.returncode != 0
