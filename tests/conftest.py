@@ -154,9 +154,17 @@ async def register_test_tokens(database_url: str) -> None:
         await conn.close()
 
 
+async def check_answer(response: httpx.Response) -> None:
+    """What every answer a test receives must be: never a stack trace, never a 500."""
+    await response.aread()
+    assert b"Traceback" not in response.content, response.content[:2000]
+    assert response.status_code != 500, (response.request.method, response.request.url, response.content[:2000])
+
+
 @contextlib.asynccontextmanager
 async def serve_api(database_url: str, redis_url: str, **settings: object) -> AsyncIterator[Api]:
-    """Run the real server (uvicorn on a free port, in this event loop) until the block ends."""
+    """Run the real server (uvicorn on a free port, in this event loop) until the block ends;
+    its client checks every answer (`check_answer`)."""
     await register_test_tokens(database_url)
     app = server.create_app(server.Settings(**{"database_url": database_url, "redis_url": redis_url,
                                                "pool_min": 2, "pool_max": 20, **settings}))
@@ -170,7 +178,8 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
         await asyncio.sleep(0.005)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10,
+                                     event_hooks={"response": [check_answer]}) as http:
             yield Api(http, url, app, database_url, uvicorn_server.lifespan.state)
     finally:
         uvicorn_server.should_exit = True

@@ -16,12 +16,11 @@ import redis.asyncio as aioredis
 import cachekeys
 import server
 from api_helpers import (
-    CABLE_FARE, SITP_FARE, TRANSFER_FARE, board, checked_answers, end_trip, execute, fetch, fetchval,
+    CABLE_FARE, SITP_FARE, TRANSFER_FARE, board, end_trip, execute, fetch, fetchval,
     get_cached, json_body, make_card, make_user, make_user_with_card, recharge, set_status, user_fields,
 )
 from conftest import Api
 
-__all__ = ["checked_answers"]  # the autouse fixture of every answer
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
