@@ -59,15 +59,38 @@ SELECT setval(pg_get_serial_sequence('stations', 'station_id'), 100),
 """
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The private servers of this test session."""
-    local = LocalStack(tmp_path_factory.mktemp("stack"), durable=False)
+@contextlib.contextmanager
+def running_stack(directory: Path) -> Iterator[LocalStack]:
+    """A LocalStack started in `directory` (not durable: tests need no fsync), stopped after the block."""
+    local = LocalStack(directory, durable=False)
     local.start()
     try:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The private servers of this test session."""
+    with running_stack(tmp_path_factory.mktemp("stack")) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Servers of one test module alone, for tests that stop, pause or kill them: what they
+    break reaches no other module. A short directory keeps the unix socket path within limits."""
+    with running_stack(tmp_path_factory.mktemp("own")) as local:
+        yield local
+
+
+def start_stopped_servers(local: LocalStack) -> None:
+    """Start again whichever of `local`'s servers a test stopped, for the tests after it."""
+    if local.redis.process is None:
+        local.redis.start()
+    if not (local.postgres.data_dir / "postmaster.pid").exists():
+        local.postgres.start()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Faults for real: Redis and PostgreSQL stopped, paused (SIGSTOP), slowed and restarted.
 
-These tests have servers of their own (this module's stack), so that what they break does
-not reach other tests.
+These tests have servers of their own (conftest's `module_stack`), so that what they break
+does not reach other tests.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 import cachekeys
 import metrics
 from api_helpers import make_user_with_card
-from conftest import Api, prepare_network_database, serve_api, with_database
+from conftest import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
 from dbhelpers import assert_balances_reconcile
 from faultproxy import FaultProxy
 from localstack import LocalStack
@@ -30,38 +30,25 @@ REDIS_BOUND = 0.5  # seconds a request may take while Redis is away (100 ms time
 DATABASE_BOUND = 2.5  # seconds to a 503 while PostgreSQL is away (2 s command/connect timeout)
 
 
-@pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("faults"), durable=False)
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
-
-
 @pytest.fixture
-async def fault_api(fault_stack: LocalStack) -> AsyncIterator[Api]:
+async def fault_api(module_stack: LocalStack) -> AsyncIterator[Api]:
     """The API on a fresh database of the fault stack, its Redis emptied; servers restored after."""
     name = f"fault_{time.monotonic_ns()}"
-    admin = await asyncpg.connect(fault_stack.postgres.url)
+    admin = await asyncpg.connect(module_stack.postgres.url)
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
-    url = with_database(fault_stack.postgres.url, name)
+    url = with_database(module_stack.postgres.url, name)
     await prepare_network_database(url)
-    client = aioredis.Redis.from_url(fault_stack.redis.url)
+    client = aioredis.Redis.from_url(module_stack.redis.url)
     await client.flushall()
     await client.aclose()
-    async with serve_api(url, fault_stack.redis.url) as running:
+    async with serve_api(url, module_stack.redis.url) as running:
         try:
             yield running
         finally:
-            fault_stack.redis.resume()
-            resume_postgres(fault_stack)
-            if fault_stack.redis.process is None:
-                fault_stack.redis.start()
-            if not (fault_stack.postgres.data_dir / "postmaster.pid").exists():
-                fault_stack.postgres.start()
+            module_stack.redis.resume()
+            resume_postgres(module_stack)
+            start_stopped_servers(module_stack)
 
 
 def postgres_pids(stack: LocalStack) -> list[int]:
@@ -97,17 +84,17 @@ async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx
 # ---------------------------------------------------------------- Redis
 @pytest.mark.parametrize("fault", ["paused", "stopped", "slow"])
 async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_time(
-        fault_api: Api, fault_stack: LocalStack, fault: str) -> None:
+        fault_api: Api, module_stack: LocalStack, fault: str) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=10_000)
     await api.http.get(f"/cards/{card['card_id']}/balance")  # cached before the fault
     redis_errors_before = redis_errors()
     if fault == "paused":
-        fault_stack.redis.pause()
+        module_stack.redis.pause()
     elif fault == "stopped":
-        fault_stack.redis.stop()
+        module_stack.redis.stop()
     else:  # every command waits 1 s: a server too slow to be worth waiting for
-        client = aioredis.Redis.from_url(fault_stack.redis.url)
+        client = aioredis.Redis.from_url(module_stack.redis.url)
         await client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
         await client.aclose()
 
@@ -130,13 +117,13 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
 
 
 async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_it_heals(
-        fault_api: Api, fault_stack: LocalStack) -> None:
+        fault_api: Api, module_stack: LocalStack) -> None:
     """The link to Redis is cut (its packets vanish, so the write's DEL never lands) while
     Redis keeps the balance cached before: after the partition heals, neither this instance
     nor another one ever serves that balance."""
-    redis_port = fault_stack.redis.port
+    redis_port = module_stack.redis.port
     async with FaultProxy(redis_port) as link:
-        through_link = fault_stack.redis.url.replace(f":{redis_port}/", f":{link.port}/")
+        through_link = module_stack.redis.url.replace(f":{redis_port}/", f":{link.port}/")
         async with serve_api(fault_api.database_url, through_link) as api, \
                 serve_api(fault_api.database_url, through_link) as other:
             _, card = await make_user_with_card(api, balance=5000)
@@ -158,7 +145,7 @@ async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_i
                 await asyncio.sleep(0.01)
             link.cut = False
 
-            direct = aioredis.Redis.from_url(fault_stack.redis.url)
+            direct = aioredis.Redis.from_url(module_stack.redis.url)
             assert await direct.get(cachekeys.card_balance(card["card_id"])) is not None  # still in Redis...
             await direct.aclose()
             for instance in (api, other):
@@ -167,13 +154,13 @@ async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_i
                 assert answer.json()["balance"] == 5700, instance.url  # ...and never served
 
 
-async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, fault_stack: LocalStack) -> None:
+async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, module_stack: LocalStack) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=3000)
     path = f"/cards/{card['card_id']}/balance"
     await api.http.get(path)
-    fault_stack.redis.stop()
-    fault_stack.redis.start()  # same port, nothing kept
+    module_stack.redis.stop()
+    module_stack.redis.start()  # same port, nothing kept
 
     first = await api.http.get(path)
     second = await api.http.get(path)
@@ -186,12 +173,12 @@ async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, fault
 # ---------------------------------------------------------------- PostgreSQL
 @pytest.mark.parametrize("fault", ["stopped", "paused"])
 async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers(
-        fault_api: Api, fault_stack: LocalStack, fault: str) -> None:
+        fault_api: Api, module_stack: LocalStack, fault: str) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=3000)
     await api.http.get("/trips/total")  # cached: stays readable from Redis
     unavailable_before = metrics.DATABASE_ERRORS._value.get()
-    (fault_stack.postgres.stop if fault == "stopped" else lambda: pause_postgres(fault_stack))()
+    (module_stack.postgres.stop if fault == "stopped" else lambda: pause_postgres(module_stack))()
 
     answers = await asyncio.gather(
         timed(api.http.get("/users/count")),
@@ -211,9 +198,9 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
     assert (cached.status_code, cached.headers["x-cache"]) == (200, "HIT")
 
     if fault == "stopped":
-        fault_stack.postgres.start()
+        module_stack.postgres.start()
     else:
-        resume_postgres(fault_stack)
+        resume_postgres(module_stack)
     back = time.monotonic()
     deadline = back + 10
     while (await api.http.get("/users/count")).status_code != 200:
@@ -225,7 +212,7 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
 
 
 async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half(
-        fault_api: Api, fault_stack: LocalStack) -> None:
+        fault_api: Api, module_stack: LocalStack) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=0)
 
@@ -235,9 +222,9 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
 
     writes = [asyncio.ensure_future(recharge(n)) for n in range(60)]
     await asyncio.sleep(0)  # let the burst start, then crash PostgreSQL under it
-    fault_stack.postgres.kill()
+    module_stack.postgres.kill()
     answers = await asyncio.gather(*writes)
-    fault_stack.postgres.start()
+    module_stack.postgres.start()
 
     answered = [response.json()["recharge_id"] for response in answers if response.status_code == 201]
     assert {response.status_code for response in answers} <= {201, 503}
@@ -255,13 +242,13 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
 
 # ---------------------------------------------------------------- overload
 async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
-        fault_stack: LocalStack, fault_api: Api) -> None:
-    async with serve_api(fault_api.database_url, fault_stack.redis.url, pool_min=1, pool_max=2,
+        module_stack: LocalStack, fault_api: Api) -> None:
+    async with serve_api(fault_api.database_url, module_stack.redis.url, pool_min=1, pool_max=2,
                          max_waiting=3) as api:
         await api.http.get("/users/count")
-        pause_postgres(fault_stack)  # every database call now waits out its timeout
+        pause_postgres(module_stack)  # every database call now waits out its timeout
         answers = await asyncio.gather(*(timed(api.http.get("/users/count")) for _ in range(20)))
-        resume_postgres(fault_stack)
+        resume_postgres(module_stack)
 
     overloaded = [(response, elapsed) for response, elapsed in answers if response.status_code == 503
                   and response.json()["code"] == "OVERLOADED"]
