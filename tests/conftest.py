@@ -62,15 +62,38 @@ SELECT setval(pg_get_serial_sequence('stations', 'station_id'), 100),
 """
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The private servers of this test session."""
-    local = LocalStack(tmp_path_factory.mktemp("stack"), durable=False)
+@contextlib.contextmanager
+def running_stack(directory: Path) -> Iterator[LocalStack]:
+    """A LocalStack started in `directory` (not durable: tests need no fsync), stopped after the block."""
+    local = LocalStack(directory, durable=False)
     local.start()
     try:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The private servers of this test session."""
+    with running_stack(tmp_path_factory.mktemp("stack")) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Servers of one test module alone, for tests that stop, pause or kill them: what they
+    break reaches no other module. A short directory keeps the unix socket path within limits."""
+    with running_stack(tmp_path_factory.mktemp("own")) as local:
+        yield local
+
+
+def start_stopped_servers(local: LocalStack) -> None:
+    """Start again whichever of `local`'s servers a test stopped, for the tests after it."""
+    if local.redis.process is None:
+        local.redis.start()
+    if not (local.postgres.data_dir / "postmaster.pid").exists():
+        local.postgres.start()
 
 
 @pytest.fixture(scope="session")
@@ -157,9 +180,17 @@ async def register_test_tokens(database_url: str) -> None:
         await conn.close()
 
 
+async def check_answer(response: httpx.Response) -> None:
+    """What every answer a test receives must be: never a stack trace, never a 500."""
+    await response.aread()
+    assert b"Traceback" not in response.content, response.content[:2000]
+    assert response.status_code != 500, (response.request.method, response.request.url, response.content[:2000])
+
+
 @contextlib.asynccontextmanager
 async def serve_api(database_url: str, redis_url: str, **settings: object) -> AsyncIterator[Api]:
-    """Run the real server (uvicorn on a free port, in this event loop) until the block ends."""
+    """Run the real server (uvicorn on a free port, in this event loop) until the block ends;
+    its client checks every answer (`check_answer`)."""
     await register_test_tokens(database_url)
     configured = Settings(**{"database_url": database_url, "redis_url": redis_url,
                              "pool_min": 2, "pool_max": 20, **settings})
@@ -175,7 +206,8 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
         await asyncio.sleep(0.005)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10,
+                                     event_hooks={"response": [check_answer]}) as http:
             yield Api(http, url, app, database_url, uvicorn_server.lifespan.state)
     finally:
         uvicorn_server.should_exit = True

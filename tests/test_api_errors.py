@@ -9,13 +9,12 @@ from typing import Any
 import httpx
 
 from api_helpers import (
-    PROBLEM_JSON, SITP_FARE, TRANSFER_FARE, assert_problem, balance_in_db, board, checked_answers, end_trip,
+    PROBLEM_JSON, SITP_FARE, TRANSFER_FARE, assert_problem, balance_in_db, board, end_trip,
     fetchval, json_body, make_card, make_user, make_user_with_card, raw_json, recharge, set_status, snapshot,
     unchanged, user_fields,
 )
 from conftest import Api
 
-__all__ = ["checked_answers"]
 
 BIGINT_PAST = 9223372036854775808  # 2**63: one past bigint
 BAD_IDS: list[Any] = [0, -1, "1", 1.5, True, None, BIGINT_PAST, 10**30]

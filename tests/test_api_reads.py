@@ -16,12 +16,11 @@ import redis.asyncio as aioredis
 import cachekeys
 import server
 from api_helpers import (
-    CABLE_FARE, SITP_FARE, TRANSFER_FARE, board, checked_answers, end_trip, execute, fetch, fetchval,
+    CABLE_FARE, SITP_FARE, TRANSFER_FARE, board, end_trip, execute, fetch, fetchval,
     get_cached, json_body, make_card, make_user, make_user_with_card, recharge, set_status, user_fields,
 )
 from conftest import Api
 
-__all__ = ["checked_answers"]  # the autouse fixture of every answer
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -109,7 +108,8 @@ async def test_register_user_answers_201_with_the_whole_user(api: Api) -> None:
                          residential_address="Calle 1 # 2-3", city_of_birth="Bogotá")
     response = await api.http.post("/users", headers=api.auth("admin"), json=fields)
     user = json_body(response, 201)
-    assert isinstance(user.pop("user_id"), int)
+    stored_email = await fetchval(api, "SELECT email FROM users WHERE user_id = $1", user.pop("user_id"))
+    assert stored_email == fields["email"]  # the id names the stored user
     recent(user.pop("registration_date"))
     assert user == fields
 
@@ -149,7 +149,8 @@ async def test_issue_card_generates_a_number_with_balance_0_and_active(api: Api)
     card = json_body(response, 201)
     assert set(card) == {"card_id", "card_number", "user_id", "acquisition_date", "status", "balance",
                          "last_used_date", "update_date"}
-    assert isinstance(card["card_id"], int)
+    assert await fetchval(api, "SELECT card_number FROM cards WHERE card_id = $1",
+                          card["card_id"]) == card["card_number"]  # the id names the stored card
     assert re.fullmatch(r"[0-9]{8,20}", card["card_number"])
     assert (card["user_id"], card["status"], card["balance"], card["last_used_date"]) == (
         user["user_id"], "active", 0, None)
@@ -193,7 +194,8 @@ async def test_recharge_answers_201_with_the_new_balance(api: Api) -> None:
     answer = json_body(response, 201)
     assert set(answer) == {"recharge_id", "card_id", "amount", "balance", "recharge_timestamp",
                            "recharge_point_id"}
-    assert isinstance(answer["recharge_id"], int)
+    stored = await fetch(api, "SELECT card_id, amount FROM recharges WHERE recharge_id = $1", answer["recharge_id"])
+    assert [tuple(row) for row in stored] == [(card["card_id"], 20_000)]  # the id names the stored recharge
     assert (answer["card_id"], answer["amount"], answer["balance"], answer["recharge_point_id"]) == (
         card["card_id"], 20_000, 20_000, None)
     recent(answer["recharge_timestamp"])

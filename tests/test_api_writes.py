@@ -10,12 +10,11 @@ import httpx
 import pytest
 
 from api_helpers import (
-    SITP_FARE, assert_problem, balance_in_db, board, checked_answers, fetch, fetchval, json_body, make_card,
+    SITP_FARE, assert_problem, balance_in_db, board, fetch, fetchval, json_body, make_card,
     make_user, make_user_with_card, recharge, snapshot, user_fields,
 )
 from conftest import Api
 
-__all__ = ["checked_answers"]
 
 ROLES = (None, "admin", "recharge_point", "validator")
 

@@ -108,10 +108,10 @@ async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
 
 async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Redis) -> None:
     cache = Cache(redis_client)
-    await redis_client.set(b"card:1:balance", b'{"balance":1}')
+    await redis_client.set(cachekeys.card_balance(1), b'{"balance":1}')
     before = await command_calls(redis_client)
-    lookups = await asyncio.gather(*(cache.lookup(b"card:%d:balance" % n) for n in range(1, 51)),
-                                   cache.lookup(b"card:1:balance"))
+    lookups = await asyncio.gather(*(cache.lookup(cachekeys.card_balance(n)) for n in range(1, 51)),
+                                   cache.lookup(cachekeys.card_balance(1)))
     after = await command_calls(redis_client)
 
     assert delta(before, after) == {"mget": 1}
@@ -151,29 +151,43 @@ async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
     assert (fresh.headers["x-cache"], fresh.json()["balance"]) == ("MISS", 6000)
 
 
-async def test_without_the_generation_guard_the_race_would_leave_a_stale_value(
-        redis_client: aioredis.Redis) -> None:
-    """The guard is what closes the race: the same interleaving with the generation the
-    read saw unchanged (no write in between) does fill."""
+async def test_without_the_generation_guard_the_race_leaves_a_stale_value(redis_client: aioredis.Redis) -> None:
+    """The race's interleaving (a read, a write, then the read's fill) with a fill that skips
+    the guard, a plain SET as unguarded cache-aside does, leaves the value read before the
+    write to be served. The guarded fill of the same interleaving is refused, and a fill of
+    a read after the write is kept: the guard is what closes the race, and all it refuses."""
     cache = Cache(redis_client)
-    before_write = await cache.lookup(b"card:7:balance")
-    await cache.invalidate([b"card:7:balance"])  # the write
-    await cache.fill(before_write, 60, b"old")
-    assert await redis_client.get(b"card:7:balance") is None
+    key = cachekeys.card_balance(7)
 
-    after_write = await cache.lookup(b"card:7:balance")
+    before_write = await cache.lookup(key)
+    await cache.invalidate([key])  # the write
+    await redis_client.set(before_write.names[0], b"old", ex=60)  # the fill, unguarded
+    assert (await cache.lookup(key)).value == b"old"  # stale: the race happened
+
+    await cache.invalidate([key])  # a second write clears it
+    before_write = await cache.lookup(key)
+    await cache.invalidate([key])
+    await cache.fill(before_write, 60, b"old")  # the same fill, guarded
+    assert (await cache.lookup(key)).value is None
+
+    after_write = await cache.lookup(key)
     await cache.fill(after_write, 60, b"new")
-    assert await redis_client.get(b"card:7:balance") == b"new"
+    assert (await cache.lookup(key)).value == b"new"
 
 
 async def test_a_fill_begun_before_an_epoch_bump_lands_in_the_old_epoch(redis_client: aioredis.Redis) -> None:
     """A miss that read before a write whose invalidation failed (the epoch moved on) must
-    not store what it read under the new epoch's names."""
+    not store what it read under the new epoch's names: it lands under the old ones, which
+    are never read again."""
     cache = Cache(redis_client)
-    before_bump = await cache.lookup(b"card:8:balance")
+    key = cachekeys.card_balance(8)
+    before_bump = await cache.lookup(key)
     cache.epoch = 1  # what invalidated() does when Redis did not take the DEL
     await cache.fill(before_bump, 60, b"old")
-    assert (await cache.lookup(b"card:8:balance")).value is None
+
+    assert await redis_client.get(cachekeys.in_epoch(0, key)) == b"old"
+    assert await redis_client.get(cachekeys.in_epoch(1, key)) is None
+    assert (await cache.lookup(key)).value is None
 
 
 @pytest.fixture

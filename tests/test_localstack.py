@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from dbhelpers import connected
 
+from conftest import start_stopped_servers
+from dbhelpers import connected
 from localstack import LocalStack
 
 
 @pytest.fixture
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A started stack of its own; a short directory keeps the unix socket path within limits."""
-    stack = LocalStack(tmp_path_factory.mktemp("ls"), durable=False)
-    stack.start()
+def local_stack(module_stack: LocalStack) -> Iterator[LocalStack]:
+    """This module's stack, running; started again after a test that stopped it."""
     try:
-        yield stack
+        yield module_stack
     finally:
-        stack.stop()
+        start_stopped_servers(module_stack)
 
 
 def live_processes_under(root: Path) -> set[int]:

@@ -14,13 +14,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from api_helpers import SITP_FARE, assert_problem, checked_answers, json_body, make_user_with_card
-from conftest import Api
+from api_helpers import SITP_FARE, assert_problem, json_body, make_user_with_card
+from conftest import Api, check_answer
 from db import QUERIES
 from dbhelpers import assert_balances_reconcile, assert_counters_exact
-from hostile_helpers import check_answer
 
-__all__ = ["checked_answers"]
 
 class Ledger:
     """What the answers say happened to each card: distinct recharges and charged fares."""
