@@ -264,7 +264,9 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
     if pinning.pinned:
         os.sched_setaffinity(0, pinning.load)  # the bench itself, the built-in client and wrk (its child)
     scales = [int(s) for s in args.scale.split(",")] if args.scale else []
-    progress = Progress(len(servers.targets) + settings.rounds * 12 + 3 + len(servers.targets) + 2 * len(scales))
+    runs_per_round = len(settings.connections) * (len(settings.scenarios) * (len(servers.targets) + 1) + 4)
+    progress = Progress(len(servers.targets) * (1 if args.no_latency else 2) + len(scales)
+                        + (0 if args.no_throughput else settings.rounds * runs_per_round + 3))  # roughly
     await get_ready(servers, run_id, progress)
     report["servers"] = {t.label: t.url for t in [*servers.targets, *filter(None, [servers.log_off])]}
     if servers.targets:

@@ -17,7 +17,7 @@ from typing import Any
 
 from fixture import Target, get, metric_total, send_all
 from latency import Writer
-from loadgen import Connection, LoadResult, run_load, tally, x_cache
+from loadgen import Connection, LoadResult, run_load, summarize, tally, x_cache
 from openloop import run_open_loop
 from scenarios import EXPECTED_CACHE, api_scenario, hit_cycle
 from throughput import Run, find, refresh_hits, representative
@@ -45,12 +45,14 @@ async def open_loop_rows(target: Target, runs: list[Run], connections: int, seco
         if name == "hit":
             await refresh_hits(target, f"{run_id}-open-refresh")()
             await send_all(target.url, list(hit_cycle(target.data)), run_id)  # the fills, before the clock
-        result = await run_open_loop(target.url, api_scenario(target, name), rate, seconds,
+        result, lag = await run_open_loop(target.url, api_scenario(target, name), rate, seconds,
                                      f"{run_id}-open-{name}", connections)
         expected = EXPECTED_CACHE.get(name)
         invalid = [f"open loop {name}: X-Cache {result.cache}, every answer should say {expected}"] \
             if expected is not None and set(result.cache) != {expected} else []
-        rows.append({"scenario": name, "rate": rate, **figures(result), "invalid": invalid})
+        lag_p99 = summarize(lag)["p99_ms"]
+        rows.append({"scenario": name, "rate": rate, **figures(result), "generator_lag_p99_ms": lag_p99,
+                     "invalid": invalid})
     return rows
 
 
