@@ -1,4 +1,4 @@
-"""The ceilings: three minimal Starlette apps that bound what the API can reach.
+"""The ceilings: four minimal Starlette apps that bound what the API can reach.
 
 `python bench/ceilings.py KIND` serves GET /ceiling/{card_id} on 127.0.0.1:$PORT with one
 uvicorn worker (uvloop + httptools, as the API runs), where KIND is
@@ -7,7 +7,12 @@ uvicorn worker (uvloop + httptools, as the API runs), where KIND is
 - redis-get: one `await redis.get()` per request (redis.asyncio + hiredis), the naive
   cache hit that the API's hit path is held against;
 - pg-select: one asyncpg prepared SELECT of a card's balance by primary key, the floor
-  under every uncached read and write of the API.
+  under every uncached read of the API;
+- pg-update: the durable-write floor, one autocommit `UPDATE cards SET balance = balance
+  WHERE card_id = $1` (one row version, one commit, nothing else) on the card in the path
+  (the bench sends random cards of 64, as its recharges do).
+
+These apps are the baselines, so they may use SQL on the bench's database directly.
 
 Each parses the card id from the path, as the API does, so routing costs the same.
 """
@@ -28,10 +33,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-KINDS = ("constant", "redis-get", "pg-select")
+KINDS = ("constant", "redis-get", "pg-select", "pg-update")
 CACHED_VALUE = b'{"card_id":1,"balance":3000000,"status":"active","last_used_date":null}'
 REDIS_KEY = b"ceiling:card-balance"
 SELECT_BALANCE = "SELECT card_id, balance, status, last_used_date FROM cards WHERE card_id = $1"
+TOUCH_BALANCE = "UPDATE cards SET balance = balance WHERE card_id = $1"
+UPDATED = b'{"updated":true}'
 
 
 def json_response(body: bytes) -> Response:
@@ -53,6 +60,11 @@ async def pg_select(request: Request) -> Response:
     return json_response(msgspec.json.encode(dict(row)) if row is not None else b"null")
 
 
+async def pg_update(request: Request) -> Response:
+    await request.state.pool.execute(TOUCH_BALANCE, int(request.path_params["card_id"]))
+    return json_response(UPDATED)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[dict[str, object]]:
     # The naive client gets a connection per request in flight; a blocking pool because
@@ -71,7 +83,7 @@ async def lifespan(_: Starlette) -> AsyncIterator[dict[str, object]]:
 
 
 def create_app(kind: str) -> Starlette:
-    handler = {"constant": constant, "redis-get": redis_get, "pg-select": pg_select}[kind]
+    handler = {"constant": constant, "redis-get": redis_get, "pg-select": pg_select, "pg-update": pg_update}[kind]
     return Starlette(routes=[Route("/ceiling/{card_id}", handler)], lifespan=lifespan)
 
 

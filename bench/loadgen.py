@@ -1,13 +1,14 @@
-"""Load generation for bench/run.py: wrk when installed, else a built-in asyncio client.
+"""Closed-loop load for bench/run.py: wrk for graded runs, a built-in asyncio client otherwise.
 
 A scenario is a cycle of HTTP requests sent over keep-alive connections. Both generators
 take the same scenario and return the same `LoadResult`, so the report does not care which
-one ran. A request marked `unique_key` gets a fresh `Idempotency-Key` on every send, so a
-recharge is a real recharge and never an idempotent replay.
+one ran; both tally every answer's status and `X-Cache` header, so that a row claiming
+cache hits can prove it. A request marked `unique_key` gets a fresh `Idempotency-Key` on
+every send, so a recharge is a real recharge and never an idempotent replay.
 
 The built-in client speaks HTTP/1.1 over raw asyncio streams (no HTTP library: parsing
-costs would be measured instead of the server). Its `Connection` also serves the
-sequential latency table and the bench's own set-up requests.
+costs would be measured instead of the server). It cannot drive the API to its limit on one
+core, so it serves the sequential latency table and the bench's own set-up requests only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 # No run may go on forever, whatever the duration asked: the built-in client stops at this
@@ -67,9 +69,12 @@ class LoadResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    p999_ms: float
     max_ms: float
     generator: str
-    extra: dict[str, float] = field(default_factory=dict)  # e.g. the miss share, filled by run.py
+    cache: dict[str, int] = field(default_factory=dict)  # X-Cache value ("-" when absent) -> answers
+    statuses: dict[str, int] = field(default_factory=dict)  # status -> answers
+    silent_seconds: int = 0  # whole seconds inside the run in which no answer arrived
 
     @property
     def rps(self) -> float:
@@ -84,10 +89,33 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
     return ordered[rank]
 
 
-def summarize(latencies_ms: list[float]) -> dict[str, float]:
+class Percentiles(TypedDict):
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+
+
+def summarize(latencies_ms: list[float]) -> Percentiles:
     ordered = sorted(latencies_ms)
     return {"p50_ms": percentile(ordered, 0.50), "p90_ms": percentile(ordered, 0.90),
-            "p99_ms": percentile(ordered, 0.99), "max_ms": ordered[-1] if ordered else float("nan")}
+            "p99_ms": percentile(ordered, 0.99), "p999_ms": percentile(ordered, 0.999),
+            "max_ms": ordered[-1] if ordered else float("nan")}
+
+
+def x_cache(head: bytes) -> str:
+    """The X-Cache value of a response's header block, "-" when it has none."""
+    lowered = head.lower()
+    start = lowered.find(b"\r\nx-cache:")
+    if start < 0:
+        return "-"
+    end = lowered.find(b"\r\n", start + 2)
+    return head[start + 10:end if end >= 0 else None].strip().decode()
+
+
+def tally(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 # ---------------------------------------------------------------- the built-in client
@@ -137,7 +165,7 @@ class Connection:
 
     async def _read_chunked(self) -> bytes:
         assert self.reader is not None
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
             chunk = await self.reader.readexactly(size + 2)
@@ -162,6 +190,8 @@ async def run_builtin(url: str, scenario: Scenario, connections: int, duration: 
     next_index = itertools.count()
     latencies: list[float] = []
     errors = 0
+    cache: dict[str, int] = {}
+    statuses: dict[str, int] = {}
     started = time.perf_counter()
     measure_from = started + warmup
     stop_at = measure_from + duration
@@ -177,22 +207,23 @@ async def run_builtin(url: str, scenario: Scenario, connections: int, duration: 
                 before = time.perf_counter()
                 if before >= stop_at:
                     return
+                status, head = 0, b""
                 try:
-                    status, _, _ = await asyncio.wait_for(connection.exchange(raw), REQUEST_TIMEOUT)
-                    failed = not 200 <= status < 300
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-                    failed = True
+                    status, head, _ = await asyncio.wait_for(connection.exchange(raw), REQUEST_TIMEOUT)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                     await connection.close()
                 if before >= measure_from:
                     latencies.append((time.perf_counter() - before) * 1000.0)
-                    errors += failed
+                    errors += not 200 <= status < 300
+                    tally(statuses, str(status))
+                    tally(cache, x_cache(head))
         finally:
             await connection.close()
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
     # Counted requests are those sent within the window, so the window is the time base.
-    return LoadResult(requests=len(latencies), errors=errors, seconds=duration,
-                      generator="builtin", **summarize(latencies))
+    return LoadResult(requests=len(latencies), errors=errors, seconds=duration, generator="builtin",
+                      cache=cache, statuses=statuses, **summarize(latencies))
 
 
 # ---------------------------------------------------------------- wrk
@@ -207,18 +238,21 @@ def _lua_string(text: str | bytes) -> str:
 
 
 # wrk calls request() for every request; the static ones are formatted once, in init().
-# done() prints the exact figures as JSON, so nothing is parsed from wrk's rounded text.
+# response() tallies every answer's status, X-Cache value and second of arrival (each thread
+# in its own Lua state); done() gathers the threads' tallies and prints the exact figures as
+# JSON, so nothing is parsed from wrk's rounded text.
 _WRK_SCRIPT = """
 local requests = {%(requests)s}
 local key_prefix = %(key_prefix)s
 local static = {}
 local index = 0
 local sent = 0
-local threads = 0
+local threads = {}
+cache_seen, status_seen, second_seen = {}, {}, {}
 
 function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
+  table.insert(threads, thread)
+  thread:set("thread_number", #threads)
 end
 
 function init(args)
@@ -238,12 +272,38 @@ function request()
   return wrk.format(r.method, r.path, r.headers, r.body)
 end
 
+local function count(t, key) t[key] = (t[key] or 0) + 1 end
+
+function response(status, headers, body)
+  count(cache_seen, headers["x-cache"] or headers["X-Cache"] or "-")
+  count(status_seen, tostring(status))
+  count(second_seen, os.time())
+end
+
+local function json_counts(t)
+  local parts = {}
+  for k, v in pairs(t) do table.insert(parts, string.format('"%%s": %%d', k, v)) end
+  return "{" .. table.concat(parts, ", ") .. "}"
+end
+
 function done(summary, latency, requests)
+  local cache, status, seconds = {}, {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("cache_seen")) do cache[k] = (cache[k] or 0) + v end
+    for k, v in pairs(t:get("status_seen")) do status[k] = (status[k] or 0) + v end
+    for k, v in pairs(t:get("second_seen")) do seconds[k] = (seconds[k] or 0) + v end
+  end
+  local first, last = math.huge, -math.huge
+  for s in pairs(seconds) do first = math.min(first, s); last = math.max(last, s) end
+  local silent = 0
+  for s = first + 1, last - 1 do if not seconds[s] then silent = silent + 1 end end
   local e = summary.errors
   io.write(string.format(
-    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, '
+    .. '"p999_us": %%d, "max_us": %%d, "silent_seconds": %%d, "cache": %%s, "statuses": %%s}\\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, silent, json_counts(cache), json_counts(status)))
 end
 """
 
@@ -261,7 +321,7 @@ def wrk_script(scenario: Scenario, key_prefix: str) -> str:
     return _WRK_SCRIPT % {"requests": ",\n  ".join(entries), "key_prefix": _lua_string(key_prefix)}
 
 
-async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int, key_prefix: str) -> dict[str, int]:
+async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int, key_prefix: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-", delete=False) as script:
         script.write(wrk_script(scenario, key_prefix))
     try:
@@ -270,7 +330,7 @@ async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int
             "-s", script.name, url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             output, _ = await asyncio.wait_for(process.communicate(), seconds + 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()
             raise RuntimeError(f"wrk did not finish a {seconds} s run") from None
@@ -284,35 +344,31 @@ async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int
 
 async def run_wrk(url: str, scenario: Scenario, connections: int, duration: float,
                   warmup: float, key_prefix: str, prepare: Prepare | None = None) -> LoadResult:
-    """A warm-up run whose figures are thrown away, then the measured run (one wrk thread:
-    the load generator gets one core of its own). The measured run starts the cycle again,
-    so `prepare` runs before each of the two."""
-    if warmup > 0:
-        if prepare is not None:
-            await prepare()
-        await _wrk_once(url, scenario, connections, max(1, round(warmup)), key_prefix + "w")
+    """`prepare` (refreshing the keys a hit run reads, say), a warm-up run whose figures are
+    thrown away, then the measured run (one wrk thread: the load generator gets one core of
+    its own)."""
     if prepare is not None:
         await prepare()
+    if warmup > 0:
+        await _wrk_once(url, scenario, connections, max(1, round(warmup)), key_prefix + "w")
     figures = await _wrk_once(url, scenario, connections, max(1, round(duration)), key_prefix)
     return LoadResult(requests=figures["requests"], errors=figures["errors"],
                       seconds=figures["duration_us"] / 1e6, p50_ms=figures["p50_us"] / 1000,
                       p90_ms=figures["p90_us"] / 1000, p99_ms=figures["p99_us"] / 1000,
-                      max_ms=figures["max_us"] / 1000, generator="wrk")
+                      p999_ms=figures["p999_us"] / 1000, max_ms=figures["max_us"] / 1000, generator="wrk",
+                      cache=figures["cache"], statuses=figures["statuses"],
+                      silent_seconds=figures["silent_seconds"])
 
 
 async def run_load(url: str, scenario: Scenario, connections: int, duration: float, warmup: float,
-                   key_prefix: str, generator: str = "auto", prepare: Prepare | None = None) -> LoadResult:
-    """Load `url` with `scenario`: wrk if asked or installed ("auto"), else the built-in client.
-    `prepare` (making a scenario's keys cold, say) runs before the load starts."""
-    if uses_wrk(generator):
+                   key_prefix: str, generator: str = "wrk", prepare: Prepare | None = None) -> LoadResult:
+    """Load `url` with `scenario` by wrk (or the built-in client when asked: a smoke test).
+    `prepare` (making a scenario's keys fresh, say) runs before the load starts."""
+    if generator == "wrk":
         return await run_wrk(url, scenario, connections, duration, warmup, key_prefix, prepare)
     if prepare is not None:
         await prepare()  # the built-in client's warm-up goes on along the cycle: once is enough
     return await run_builtin(url, scenario, connections, duration, warmup, key_prefix)
-
-
-def uses_wrk(generator: str) -> bool:
-    return generator == "wrk" or (generator == "auto" and wrk_binary() is not None)
 
 
 def wrk_version() -> str | None:

@@ -33,12 +33,14 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f" after; Python {facts['python']}, Linux {facts['kernel']}",
         f"- servers: {servers or 'none (scale only)'}"
         + (f"; PostgreSQL {stack['postgres']} (fsync {stack['fsync']}, synchronous_commit "
-           f"{stack['synchronous_commit']}), {stack['redis']}" if "postgres" in stack and "redis" in stack else "")
-        + (f"; {stack['trips']:,} trips, {stack['cards']:,} cards" if "trips" in stack else ""),
-        f"- load: {report['generator']}, {settings['duration']:g} s per point after {settings['warmup']:g} s of "
+           f"{stack['synchronous_commit']})" if "postgres" in stack else "")
+        + (f"; {stack['trips']:,} trips" if "trips" in stack else ""),
+        "- as deployed: the API runs with its defaults (request log and metrics on), 1 worker unless --workers; "
+        "only the row \"request log cost\" turns the log off, on a second instance on the same servers",
+        f"- load: {report['generator']}, -t1, {settings['duration']:g} s per point after {settings['warmup']:g} s of "
         f"warm-up, {settings['rounds']} interleaved round(s), figures from the median round; {report['pinning']}",
-        "- note: the load generator, the API, PostgreSQL and Redis share this machine's cores, so every figure "
-        "includes their contention; compare ratios measured in the same run rather than absolute figures "
+        f"- note: {facts['cores']} cores shared by the load generator, the app, PostgreSQL and Redis, so every "
+        "figure includes their contention; compare ratios measured in the same run, not absolute figures "
         "across machines.",
     ]
     if report.get("api_rss_mib_after"):
@@ -47,7 +49,7 @@ def header_lines(report: dict[str, Any]) -> list[str]:
 
 
 def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
-    if "B" not in latency:
+    if "B" not in latency:  # a row with answers other than its case is listed as invalid below the report
         rows = [[r["endpoint"], r["case"], str(r["n"]), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
                  ms(r["max_ms"]), str(r["errors"])] for r in latency["A"]]
         return markdown_table(["endpoint", "case", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"], rows)
@@ -67,7 +69,8 @@ def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
 
 def throughput_table(points: list[dict[str, Any]]) -> str:
     b_points = {(p["scenario"], p["connections"]): p for p in points if p["server"] == "B"}
-    header = ["scenario", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "of ceiling"]
+    header = ["server", "scenario", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+              "ratio"]
     if b_points:
         header += ["B req/s", "B p99 ms", "B errors", "B/A req/s"]
     rows = []
@@ -75,23 +78,56 @@ def throughput_table(points: list[dict[str, Any]]) -> str:
         if point["server"] == "B":
             continue
         m = point["median"]
-        name = point["scenario"]
-        if "miss_share" in m["extra"]:
-            name += f" ({m['extra']['miss_share']:.0%} misses)"
-        fraction = f"{point['of_ceiling']:.2f}× {point['ceiling']}" if point.get("of_ceiling") else ""
-        cells = [name, str(point["connections"]), f"{m['rps']:,.0f}", ms(m["p50_ms"]), ms(m["p90_ms"]),
-                 ms(m["p99_ms"]), ms(m["max_ms"]), str(m["errors"]), fraction]
+        if point.get("of_ceiling"):
+            ratio = f"{point['of_ceiling']:.2f}× {point['ceiling']}"
+        elif point.get("ratio_to_a"):
+            ratio = f"{point['ratio_to_a']:.2f}× A"
+        else:
+            ratio = ""
+        name = point["scenario"] + (" **INVALID**" if point["invalid"] else "")
+        cells = [point["server"], name, str(point["connections"]), f"{m['rps']:,.0f}", ms(m["p50_ms"]),
+                 ms(m["p99_ms"]), ms(m["p999_ms"]), ms(m["max_ms"]), str(m["errors"]), ratio]
         if b_points:
             b = b_points.get((point["scenario"], point["connections"]))
             cells += ([f"{b['median']['rps']:,.0f}", ms(b["median"]["p99_ms"]), str(b["median"]["errors"]),
-                       f"{b['ratio_to_a']:.2f}"] if b else [""] * 4)
+                       f"{b['ratio_to_a']:.2f}"] if b and point["server"] == "A" else [""] * 4)
         rows.append(cells)
     return markdown_table(header, rows)
 
 
+def log_cost_line(log: dict[str, Any]) -> str:
+    if log["invalid"]:
+        return f"request log cost: **invalid**: {log['invalid'][0]}"
+    cost = "n/a" if log["cost"] is None else f"{log['cost']:.1%}"
+    return (f"request log cost: {cost} of cache-hit req/s (A as deployed vs the same API with {log['env']}, "
+            "interleaved rounds, same servers; median of per-round ratios)")
+
+
+def tail_parts(tail: dict[str, Any]) -> list[str]:
+    rows = [[r["scenario"] + (" **INVALID**" if r["invalid"] else ""), f"{r['rate']:,.0f}", f"{r['rps']:,.0f}",
+             ms(r["p50_ms"]), ms(r["p99_ms"]), ms(r["p999_ms"]), ms(r["max_ms"]), str(r["errors"]),
+             ms(r["generator_lag_p99_ms"])] for r in tail["open_loop"]]
+    parts = ["## Open loop: a fixed rate, latency from each request's intended start",
+             "At 70 % of the median round's req/s; coordinated omission cannot hide a stall here. Generator "
+             "lag: how late the generator's own event loop woke (p99), included in every latency; when it is not "
+             "small beside p99, the generator, not the API, made the tail.",
+             markdown_table(["scenario", "asked req/s", "answered req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+                             "errors", "generator lag p99 ms"], rows)]
+    s = tail["sustained"]
+    parts.append(f"**Sustained mix** (90 % reads / 10 % writes, {s['connections']} connections, {s['seconds']:.0f} s): "
+                 f"{s['rps']:,.0f} req/s, p50 {ms(s['p50_ms'])} ms, p99 {ms(s['p99_ms'])} ms, p99.9 "
+                 f"{ms(s['p999_ms'])} ms, max {ms(s['max_ms'])} ms, {s['errors']} errors, {s['silent_seconds']} "
+                 f"second(s) without an answer: {'**stalled** (> 1 s)' if s['stalled'] else 'no stall > 1 s'}.")
+    b = tail["burst"]
+    parts.append(f"**Burst**: {b['requests']} concurrent GET {b['path']} right after a boarding made it cold: "
+                 f"{b['loads']} PostgreSQL load(s) (from {b['loads_from']}); answers {b['statuses']}; X-Cache "
+                 f"{b['cache']}.")
+    return parts
+
+
 def goals_table(goals: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
-    return markdown_table(["goal (issue 4)", "measured", "target", "result"],
+    return markdown_table(["goal (DESIGN §9)", "measured", "target", "result"],
                           [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals])
 
 
@@ -117,11 +153,15 @@ def markdown(report: dict[str, Any]) -> str:
     parts = ["# Travel Recharge API — bench", "\n".join(header_lines(report))]
     if report.get("latency"):
         parts += ["## Latency: sequential requests on one keep-alive connection",
-                  "MISS: the first request after its Redis key was deleted (n times over); HIT: the requests "
-                  "that follow; uncached: read from PostgreSQL every time.",
+                  "MISS: made cold before each read by a write through the API (or an id never read); HIT: "
+                  "read again; every answer's X-Cache is checked. uncached: read from PostgreSQL every time.",
                   latency_table(report["latency"])]
     if report.get("throughput"):
-        parts += ["## Throughput", throughput_table(report["throughput"])]
+        parts += ["## Throughput (closed loop)", throughput_table(report["throughput"])]
+    if report.get("log_cost"):
+        parts.append(log_cost_line(report["log_cost"]))
+    if report.get("tail"):
+        parts += tail_parts(report["tail"])
     if report.get("goals"):
         parts += ["## Goals", goals_table(report["goals"])]
     if report.get("scale"):
@@ -144,7 +184,7 @@ def save_chart(report: dict[str, Any], path: Path) -> bool:
     percentiles = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
     width = 0.8 / (len(percentiles) * len(labels))
     figure, axes = plt.subplots(len(levels), 1, figsize=(12, 4.2 * len(levels)), squeeze=False)
-    for axis, level in zip(axes[:, 0], levels):
+    for axis, level in zip(axes[:, 0], levels, strict=True):
         at_level = [p for p in points if p["connections"] == level]
         names = list(dict.fromkeys(p["scenario"] for p in at_level))
         for t_index, label in enumerate(labels):

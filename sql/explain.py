@@ -1,6 +1,9 @@
-"""bench/explain.py: the plan of every named query of sql/queries/ on a real database.
+"""sql/explain.py: the plan of every named query of sql/queries/ on a real database.
 
-    .venv/bin/python bench/explain.py --data /tmp/demo100 > bench/results/explain-10M.md
+    .venv/bin/python sql/explain.py --data /tmp/demo100 > bench/results/explain-10M.md
+
+It measures the database, not the service, so it talks SQL to PostgreSQL through db.py's
+loader (bench/ reaches the service over HTTP only, and so lives apart from this).
 
 Starts the stack in `--data` (localstack.LocalStack; a DEMO_SCALE=100 database: 10M trips),
 applies the schema as the server does, picks realistic parameters with small queries (a card
@@ -308,7 +311,7 @@ async def run(url: str, runs: int, only: set[str]) -> str:
             if only and name not in only:
                 continue
             if name not in parameters:
-                raise SystemExit(f"bench/explain.py: no parameters for query {name!r}")
+                raise SystemExit(f"sql/explain.py: no parameters for query {name!r}")
             # Every call of one of our functions is a write (functions.sql: "every write is one
             # call of one of these functions").
             write = calls_function(query.sql) is not None
