@@ -54,7 +54,7 @@ from stack import Pinning, Progress, ServerProcess, database_facts, machine_fact
 from tail import cold_key_burst, open_loop_rows, sustained_mix  # noqa: E402
 from throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points  # noqa: E402
 
-from localstack import LocalStack  # noqa: E402  (free_port & co. move to processes.py)
+from localstack import LocalStack  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 GRADED_CONNECTIONS = 32

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from loadgen import Connection, Request
 
-from localstack import free_port, stop_process
+from processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
