@@ -40,6 +40,7 @@ class Operation:
     roles: tuple[str, ...] | None = None  # None: public; () admin only
     cache: str = ""
     headers: tuple[str, ...] = ()
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional query parameters and their schemas
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])
@@ -87,6 +88,8 @@ def openapi_document(operations: Iterable[Operation], title: str, version: str) 
         parameters += [{"name": header, "in": "header", "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
                        for header in op.headers]
+        parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                       for name, schema in op.query]
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:

@@ -32,10 +32,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 import cachekeys
+import dashboard
 import db
 import docs
+import hourly
 import metrics
 import models
+import stats
 from cache import Cache, Lookup, connect
 from db import QUERIES, Database, Overloaded
 from docs import Operation
@@ -341,6 +344,21 @@ async def users_latest(request: Request) -> Response:
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
 
+# ---------------------------------------------------------------- the dashboard's reads
+async def trips_hourly(request: Request) -> Response:
+    hours = hourly.hours_asked(request)
+
+    async def load() -> bytes:
+        return hourly.encode_hours(await request.state.lagging_db.run(QUERIES["trips-hourly"], hours))
+
+    body, hit = await hourly.read(request.state.cache, hours, load)
+    return JSONBytes(body, cache=b"HIT" if hit else b"MISS")
+
+
+async def instance_stats(request: Request) -> Response:
+    return JSONBytes(encode(await stats.collect(request.state.db, request.state.cache)))
+
+
 # ---------------------------------------------------------------- writes
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -525,6 +543,13 @@ OPERATIONS = [
               models.TripsTotal, cache="trips:total · 300 s"),
     Operation("GET", f"{API}/trips/total/localities", trips_by_locality, "Trips per locality",
               list[models.LocalityTrips], cache="trips:total:localities · 300 s"),
+    # Before /trips/{trip_id}, which would take "hourly" for an id.
+    Operation("GET", f"{API}/trips/hourly", trips_hourly, "Trips and revenue per hour (Bogotá), the last N hours",
+              list[models.HourTrips], cache="trips:hourly:{N} · 60 s",
+              query=(("hours", {"type": "integer", "minimum": 1, "maximum": hourly.MAX_HOURS,
+                                "default": hourly.DEFAULT_HOURS}),)),
+    Operation("GET", f"{API}/stats", instance_stats, "This instance: request rates, latency, cache, Redis, pool",
+              models.Stats),
     Operation("GET", f"{API}/trips/card/{{card_id}}", card_trips, "A card's 20 latest trips",
               list[models.Trip], errors=NOT_FOUND, cache="trips:card:{id} · 300 s"),
     Operation("GET", f"{API}/trips/{{trip_id}}", get_trip, "One trip",
@@ -561,6 +586,7 @@ OPERATIONS = [
 ROUTES: list[BaseRoute] = [
     *(operation.route() for operation in OPERATIONS),
     Route("/metrics", metrics.endpoint, methods=["GET"]),
+    *dashboard.routes(),
     *docs.routes(OPERATIONS, "Travel Recharge API", "1.0.0"),
 ]
 
