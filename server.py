@@ -647,6 +647,7 @@ def main() -> None:
             os.environ["ADMIN_TOKEN"] = settings.admin_token
         print(f"serving on http://{settings.host}:{settings.port}{API}/health"
               f"  (docs: http://{settings.host}:{settings.port}/docs)", flush=True)
+        print(f"dashboard: http://{settings.host}:{settings.port}/dashboard", flush=True)
         if stack is not None:
             print(f"demo admin token: {settings.admin_token}", flush=True)
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
