@@ -389,7 +389,7 @@ async def test_routes_and_stations_are_the_whole_reference_data(api: Api) -> Non
 # ---------------------------------------------------------------- the cache over HTTP
 CACHED_READS = ["/trips/total", "/trips/total/localities", "/finance/revenue", "/finance/revenue/localities",
                 "/routes", "/stations", "/cards/{card}/balance", "/trips/card/{card}", "/trips/{trip}",
-                "/users/{user}/recharges"]
+                "/users/{user}/recharges", "/trips/hourly", "/trips/hourly?hours=168"]
 
 
 async def test_every_cached_read_is_a_miss_then_a_hit_with_the_same_body(api: Api) -> None:
@@ -414,7 +414,8 @@ def path_of(key: bytes, card: int, user: int, trip: int) -> str:
              cachekeys.TRIPS_TOTAL: "/trips/total",
              cachekeys.TRIPS_TOTAL_BY_LOCALITY: "/trips/total/localities",
              cachekeys.REVENUE_TOTAL: "/finance/revenue",
-             cachekeys.REVENUE_BY_LOCALITY: "/finance/revenue/localities"}
+             cachekeys.REVENUE_BY_LOCALITY: "/finance/revenue/localities",
+             cachekeys.TRIPS_HOURLY: "/trips/hourly"}  # the family: every N, here the default
     return paths[key]
 
 
