@@ -57,15 +57,25 @@ return 0
 
 
 BYPASS_SECONDS = 0.5
+# A shared-generation family's value is stored as b"<generation it was filled under>|<value>".
+TAG_END = b"|"
 
 
 class Lookup:
     """What a read found: the stored bytes (None on a miss), the generation it saw, and the
-    Redis names it read (a fill writes those: an epoch bump in between makes it a no-op)."""
+    Redis names it read (a fill writes those: an epoch bump in between makes it a no-op).
 
-    __slots__ = ("value", "generation", "names", "started")
+    A key of a shared-generation family (cachekeys.CachedKey) is `tagged`: its value counts
+    only while the generation it was filled under is still the family's."""
+
+    __slots__ = ("generation", "names", "started", "tagged", "value")
 
     def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes]) -> None:
+        self.tagged = names[1] != cachekeys.GENERATION_PREFIX + names[0]
+        if value is not None and self.tagged:
+            filled_under, _, value = value.partition(TAG_END)
+            if filled_under != generation:
+                value = None
         self.value = value
         self.generation = generation
         self.names = names
@@ -159,6 +169,8 @@ class Cache:
         the epoch moved: the names the read used are then never read again)."""
         if not self.healthy or time.monotonic() - lookup.started > cachekeys.MAX_FILL_AGE:
             return
+        if lookup.tagged:
+            value = lookup.generation + TAG_END + value
         try:
             await self._fill_script(keys=lookup.names, args=[lookup.generation, ttl, value])
         except (RedisError, OSError, asyncio.TimeoutError) as error:

@@ -31,6 +31,7 @@ class Endpoint:
     roles: tuple[str, ...] | None = None  # None: public; (): admin only
     cache: CachedKey | None = None
     headers: tuple[str, ...] = ()
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional query parameters and their schemas
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import stats
+
 if TYPE_CHECKING:
     from db import Database
 
@@ -109,6 +111,7 @@ class _Observe:
             template = getattr(scope.get("route"), "path", "unmatched")
             _request_counter(template, scope["method"], status).inc()
             _latency_histogram(template).observe(elapsed)
+            stats.RECENT.observe(template, elapsed, cache)
             if ACCESS.isEnabledFor(logging.INFO):
                 ACCESS.info("request", extra={"request": {
                     "id": rid.decode(), "method": scope["method"], "path": scope["path"],

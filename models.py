@@ -225,3 +225,56 @@ class Station(msgspec.Struct):
     latitude: float | None
     longitude: float | None
     is_active: bool
+
+
+class HourTrips(msgspec.Struct):
+    hour: dt.datetime  # the hour's start, in Bogotá's time (-05:00)
+    trips: int
+    completed_trips: int
+    revenue: Pesos
+
+
+# ---------------------------------------------------------------- /stats (no personal data)
+class RouteStats(msgspec.Struct):
+    route: str  # the route template, never a raw path
+    requests: int  # answered in the window
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+class CacheStats(msgspec.Struct):
+    status: Literal["ok", "down"]
+    hits: int  # cached reads answered from Redis since start
+    misses: int
+    hit_ratio: float | None  # None before the first cached read
+    window_hits: int  # the same over the window
+    window_misses: int
+    window_hit_ratio: float | None
+
+
+class RedisStats(msgspec.Struct):
+    used_memory: int  # bytes
+    keyspace_hits: int
+    keyspace_misses: int
+    evicted_keys: int
+    connected_clients: int
+    keys: int  # DBSIZE
+    keys_by_family: dict[str, int]  # by SCAN; scaled up from a sample when `keys_counted` < `keys`
+    keys_counted: int
+
+
+class PoolStats(msgspec.Struct):
+    size: int
+    idle: int
+    max_size: int
+    waiting: int  # requests waiting for a connection
+
+
+class Stats(msgspec.Struct):
+    uptime_seconds: float
+    window_seconds: int
+    routes: list[RouteStats]
+    cache: CacheStats
+    redis: RedisStats | None  # None while Redis does not answer
+    pool: PoolStats

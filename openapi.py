@@ -63,6 +63,8 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         parameters += [{"name": header, "in": "header", "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
                        for header in op.headers]
+        parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                       for name, schema in op.query]
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:

@@ -28,10 +28,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 import cachekeys
+import dashboard
 import db
+import hourly
 import metrics
 import models
 import openapi
+import stats
 from cache import Cache, Lookup, connect
 from cachekeys import CachedKey
 from db import QUERIES, Database, Overloaded, Query
@@ -293,6 +296,23 @@ async def users_latest(request: Request) -> Response:
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
 
+# ---------------------------------------------------------------- the dashboard's reads
+TRIPS_HOURLY = query("trips-hourly")
+
+
+async def trips_hourly(request: Request) -> Response:
+    hours = hourly.hours_asked(request)
+
+    async def load() -> bytes:
+        return hourly.encode_hours(await request.state.lagging_db.run(TRIPS_HOURLY, hours))
+
+    return await cached(request, cachekeys.trips_hourly(hours), cachekeys.trips_hourly.ttl, load)
+
+
+async def instance_stats(request: Request) -> Response:
+    return JSONBytes(encode(await stats.collect(request.state.db, request.state.cache)))
+
+
 # ---------------------------------------------------------------- writes
 IDEMPOTENCY_KEY_MAX = 255
 RECHARGE = query("recharge")
@@ -475,6 +495,13 @@ ENDPOINTS = [
                 cachekeys.trips_total, "trips-total", models.TripsTotal),
     cached_read(f"{API}/trips/total/localities", "Trips per locality",
                 cachekeys.trips_by_locality, "trips-by-locality", models.LocalityTrips, many=True),
+    # Before /trips/{trip_id}, which would take "hourly" for an id.
+    Endpoint("GET", f"{API}/trips/hourly", trips_hourly, "Trips and revenue per hour (Bogotá), the last N hours",
+             list[models.HourTrips], cache=cachekeys.trips_hourly,
+             query=(("hours", {"type": "integer", "minimum": 1, "maximum": hourly.MAX_HOURS,
+                               "default": hourly.DEFAULT_HOURS}),)),
+    Endpoint("GET", f"{API}/stats", instance_stats, "This instance: request rates, latency, cache, Redis, pool",
+             models.Stats),
     cached_read(f"{API}/trips/card/{{card_id}}", "A card's 20 latest trips",
                 cachekeys.card_trips, "card-trips", models.Trip, many=True, missing="CARD_NOT_FOUND"),
     cached_read(f"{API}/trips/{{trip_id}}", "One trip",
@@ -512,6 +539,7 @@ ENDPOINTS = [
 ROUTES: list[BaseRoute] = [
     *(endpoint.route() for endpoint in ENDPOINTS),
     Route("/metrics", metrics.endpoint, methods=["GET"]),
+    *dashboard.routes(),
     *openapi.routes(ENDPOINTS, "Travel Recharge API", "1.0.0"),
 ]
 

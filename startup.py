@@ -116,7 +116,7 @@ def main() -> None:
         os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
                           ADMIN_TOKEN=settings.admin_token)
         address = f"http://{settings.host}:{settings.port}"
-        banner = f"serving on {address}{API}/health  (docs: {address}/docs)"
+        banner = f"serving on {address}{API}/health  (docs: {address}/docs)\ndashboard: {address}/dashboard"
         if stack is not None:
             banner += f"\ndemo admin token: {settings.admin_token}"
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.

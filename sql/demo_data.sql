@@ -57,10 +57,13 @@ DECLARE
     v_user_count constant bigint := 8000::bigint * p_scale;
     v_card_count constant bigint := 10000::bigint * p_scale;
     v_trip_count constant bigint := 100000::bigint * p_scale;
-    -- Half-day slots (morning, evening) of the 180 days before today, in Bogotá's time.
+    -- Half-day slots (morning, evening) in Bogotá's time: the last 360 that have ended, so the
+    -- history reaches into today (the dashboard's last 24 hours) and never past now. Slot k is
+    -- half-day k + v_slot_offset from v_history_start (offset 1 after noon: slot 0 is an evening).
     v_slot_count constant integer := 360;
     v_history_start constant timestamptz :=
         (date_trunc('day', now() AT TIME ZONE 'America/Bogota') - interval '180 days') AT TIME ZONE 'America/Bogota';
+    v_slot_offset constant integer := (extract(hour FROM now() AT TIME ZONE 'America/Bogota') >= 12)::integer;
     v_replication_role constant text := current_setting('session_replication_role');
     v_female_names constant text[] := ARRAY[
         'María', 'Ana', 'Luisa', 'Carolina', 'Daniela', 'Valentina', 'Camila', 'Laura', 'Paula',
@@ -521,7 +524,7 @@ BEGIN
     SELECT card_id, user_id, status, trips::int, transfers, journeys::int, first_slot,
            (sum(trips) OVER (ORDER BY card_id) - trips + 1)::bigint AS first_trip_id,
            CASE WHEN first_slot = 0 THEN v_history_start - acquired_draw * interval '900 days'
-                ELSE v_history_start + (first_slot / 2) * interval '1 day' - acquired_draw * interval '20 days'
+                ELSE v_history_start + ((first_slot + v_slot_offset) / 2) * interval '1 day' - acquired_draw * interval '20 days'
            END AS acquired_at,
            -- What the rider tops up in: recharges bring the card's total up to a multiple of it.
            (CASE WHEN step_draw < 0.10 THEN 2000 WHEN step_draw < 0.35 THEN 5000 WHEN step_draw < 0.70 THEN 10000
@@ -607,8 +610,8 @@ BEGIN
                        1 + jd.journey * p.transfers / p.journeys - (jd.journey - 1) * p.transfers / p.journeys AS legs,
                        CASE WHEN jd.home_draw < 0.6 THEN p.home_route ELSE floor(jd.route_draw * v_route_count)::int END AS first_route,
                        jd.second_route_draw,
-                       v_history_start + (jd.slot / 2) * interval '1 day'
-                           + CASE WHEN jd.slot % 2 = 0
+                       v_history_start + ((jd.slot + v_slot_offset) / 2) * interval '1 day'
+                           + CASE WHEN (jd.slot + v_slot_offset) % 2 = 0
                                   THEN interval '5 hours' + (jd.hour_draw + jd.other_hour_draw) * interval '2 hours'
                                   ELSE interval '15 hours 30 minutes' + (jd.hour_draw + jd.other_hour_draw) * interval '150 minutes'
                              END AS starts_at,

@@ -29,14 +29,33 @@ RETURNS void LANGUAGE sql AS $$
             revenue = c.revenue + excluded.revenue
 $$;
 
--- Statement triggers with transition tables: one counter update per locality per statement,
--- so a bulk load of millions of trips costs one GROUP BY, and a boarding one upsert.
+-- The hour a trip counts in: the start of its boarding hour in Bogotá's time.
+CREATE OR REPLACE FUNCTION bogota_hour(p_at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT date_trunc('hour', p_at, 'America/Bogota') $$;
+
+CREATE OR REPLACE FUNCTION bump_trip_hour_counters(p_hour timestamptz, p_trips bigint,
+                                                   p_completed bigint, p_revenue bigint)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO trip_hour_counters AS c (hour, shard, trips, completed_trips, revenue)
+    VALUES (p_hour, counter_shard(), p_trips, p_completed, p_revenue)
+    ON CONFLICT (hour, shard) DO UPDATE
+        SET trips = c.trips + excluded.trips,
+            completed_trips = c.completed_trips + excluded.completed_trips,
+            revenue = c.revenue + excluded.revenue
+$$;
+
+-- Statement triggers with transition tables: one counter update per locality and one per
+-- boarding hour per statement, so a bulk load of millions of trips costs two GROUP BYs, and
+-- a boarding two upserts. Hours are bumped in order: two bulk writers never lock in a cycle.
 CREATE OR REPLACE FUNCTION trips_counted_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM bump_trip_counters(coalesce(s.location_id, 0), count(*),
                                count(n.disembarking_time), sum(n.fare_charged)::bigint)
     FROM new_rows n LEFT JOIN stations s ON s.station_id = n.boarding_station_id
     GROUP BY coalesce(s.location_id, 0);
+    PERFORM bump_trip_hour_counters(bogota_hour(n.boarding_time), count(*),
+                                    count(n.disembarking_time), sum(n.fare_charged)::bigint)
+    FROM new_rows n GROUP BY bogota_hour(n.boarding_time) ORDER BY bogota_hour(n.boarding_time);
     RETURN NULL;
 END $$;
 
@@ -46,6 +65,9 @@ BEGIN
                                -count(o.disembarking_time), -sum(o.fare_charged)::bigint)
     FROM old_rows o LEFT JOIN stations s ON s.station_id = o.boarding_station_id
     GROUP BY coalesce(s.location_id, 0);
+    PERFORM bump_trip_hour_counters(bogota_hour(o.boarding_time), -count(*),
+                                    -count(o.disembarking_time), -sum(o.fare_charged)::bigint)
+    FROM old_rows o GROUP BY bogota_hour(o.boarding_time) ORDER BY bogota_hour(o.boarding_time);
     RETURN NULL;
 END $$;
 
@@ -63,12 +85,23 @@ BEGIN
           GROUP BY 1) delta
     GROUP BY location_id
     HAVING sum(trips) <> 0 OR sum(completed) <> 0 OR sum(revenue) <> 0;
+    PERFORM bump_trip_hour_counters(hour, sum(trips)::bigint, sum(completed)::bigint, sum(revenue)::bigint)
+    FROM (SELECT bogota_hour(n.boarding_time) AS hour, count(*) AS trips,
+                 count(n.disembarking_time) AS completed, sum(n.fare_charged) AS revenue
+          FROM new_rows n GROUP BY 1
+          UNION ALL
+          SELECT bogota_hour(o.boarding_time), -count(*), -count(o.disembarking_time), -sum(o.fare_charged)
+          FROM old_rows o GROUP BY 1) delta
+    GROUP BY hour
+    HAVING sum(trips) <> 0 OR sum(completed) <> 0 OR sum(revenue) <> 0
+    ORDER BY hour;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION trips_counted_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM trip_counters;
+    DELETE FROM trip_hour_counters;
     RETURN NULL;
 END $$;
 
@@ -134,6 +167,10 @@ BEGIN
     SELECT coalesce(s.location_id, 0), 0, count(*), count(t.disembarking_time), coalesce(sum(t.fare_charged), 0)
     FROM trips t LEFT JOIN stations s ON s.station_id = t.boarding_station_id
     GROUP BY 1;
+    DELETE FROM trip_hour_counters;
+    INSERT INTO trip_hour_counters (hour, shard, trips, completed_trips, revenue)
+    SELECT bogota_hour(boarding_time), 0, count(*), count(disembarking_time), coalesce(sum(fare_charged), 0)
+    FROM trips GROUP BY 1;
     DELETE FROM user_active_cards;
     INSERT INTO user_active_cards (user_id, active_cards)
     SELECT user_id, count(*) FROM cards WHERE status = 'active' GROUP BY user_id;
@@ -170,7 +207,8 @@ CREATE TRIGGER cards_counted AFTER INSERT OR DELETE OR UPDATE OF status, user_id
 -- one) has them counted once, here; the trigger DDL above holds off writers until commit.
 DO $count_history$
 BEGIN
-    IF (EXISTS (SELECT FROM trips) AND NOT EXISTS (SELECT FROM trip_counters))
+    IF (EXISTS (SELECT FROM trips) AND (NOT EXISTS (SELECT FROM trip_counters)
+                                        OR NOT EXISTS (SELECT FROM trip_hour_counters)))
        OR (EXISTS (SELECT FROM users) AND NOT EXISTS (SELECT FROM user_counters)) THEN
         PERFORM refresh_counters();
     END IF;

@@ -227,6 +227,17 @@ CREATE TABLE IF NOT EXISTS trip_counters (
     PRIMARY KEY (location_id, shard)
 );
 
+-- The same figures per boarding hour (its start, truncated in Bogotá's time), kept by the
+-- same triggers and sharded the same way: the last N hours are a range of the primary key.
+CREATE TABLE IF NOT EXISTS trip_hour_counters (
+    hour            timestamptz NOT NULL,
+    shard           smallint NOT NULL,
+    trips           bigint NOT NULL DEFAULT 0,
+    completed_trips bigint NOT NULL DEFAULT 0,
+    revenue         bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, shard)
+);
+
 CREATE TABLE IF NOT EXISTS user_counters (
     shard        smallint PRIMARY KEY,
     users        bigint NOT NULL DEFAULT 0,

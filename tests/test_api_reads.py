@@ -391,7 +391,7 @@ async def test_routes_and_stations_are_the_whole_reference_data(api: Api) -> Non
 # ---------------------------------------------------------------- the cache over HTTP
 CACHED_READS = ["/trips/total", "/trips/total/localities", "/finance/revenue", "/finance/revenue/localities",
                 "/routes", "/stations", "/cards/{card}/balance", "/trips/card/{card}", "/trips/{trip}",
-                "/users/{user}/recharges"]
+                "/users/{user}/recharges", "/trips/hourly", "/trips/hourly?hours=168"]
 
 
 async def test_every_cached_read_is_a_miss_then_a_hit_with_the_same_body(api: Api) -> None:
@@ -416,7 +416,8 @@ def path_of(key: bytes, card: int, user: int, trip: int) -> str:
              cachekeys.trips_total(): "/trips/total",
              cachekeys.trips_by_locality(): "/trips/total/localities",
              cachekeys.revenue_total(): "/finance/revenue",
-             cachekeys.revenue_by_locality(): "/finance/revenue/localities"}
+             cachekeys.revenue_by_locality(): "/finance/revenue/localities",
+             cachekeys.trips_hourly.family_name: "/trips/hourly"}  # the family: every N, here the default
     return paths[key]
 
 

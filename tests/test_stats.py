@@ -1,0 +1,93 @@
+"""GET /stats (issue 13): this instance's request rates and latency per route, the cache at
+work, Redis's figures and keys per family, the pool; public, and still answering without Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+import cachekeys
+import models
+import stats
+from api_helpers import json_body
+from conftest import Api, serve_api
+from localstack import LocalStack, free_port
+
+TOTALS = "/api/v1/trips/total"
+
+
+async def read_stats(api: Api) -> dict[str, Any]:
+    response = await api.http.get("/stats")  # public: no token
+    body = json_body(response)
+    msgspec.convert(body, models.Stats)  # the documented shape
+    return body
+
+
+def route(body: dict[str, Any], template: str) -> dict[str, Any]:
+    return next((entry for entry in body["routes"] if entry["route"] == template),
+                {"requests": 0, "requests_per_second": 0.0})
+
+
+async def test_figures_move_as_traffic_moves(api: Api) -> None:
+    before = await read_stats(api)
+    sent = 40
+    await asyncio.gather(*(api.http.get("/trips/total") for _ in range(sent)))
+    after = await read_stats(api)
+    assert route(after, TOTALS)["requests"] >= route(before, TOTALS)["requests"] + sent
+    assert route(after, TOTALS)["requests_per_second"] > route(before, TOTALS)["requests_per_second"]
+    totals = route(after, TOTALS)
+    assert 0 < totals["p50_ms"] <= totals["p99_ms"] < 10_000
+    # Each cached read is a hit or a miss (this test's server alone feeds this process's counts).
+    hits, misses = (after["cache"][name] - before["cache"][name] for name in ("hits", "misses"))
+    assert hits + misses == sent and hits >= 1 and misses >= 1
+    assert 0 < after["cache"]["window_hit_ratio"] <= 1
+    assert after["uptime_seconds"] >= before["uptime_seconds"] > 0
+    redis = after["redis"]
+    assert after["cache"]["status"] == "ok" and redis["used_memory"] > 0 and redis["connected_clients"] >= 1
+    assert redis["keyspace_hits"] > 0 and redis["evicted_keys"] >= 0
+    pool = after["pool"]
+    assert 1 <= pool["size"] <= pool["max_size"] == 20 and 0 <= pool["idle"] <= pool["size"] and pool["waiting"] >= 0
+
+
+async def test_keys_are_counted_per_family_without_names(api: Api) -> None:
+    await api.http.get("/trips/total")
+    await api.http.get("/trips/hourly?hours=5")
+    deadline = time.monotonic() + stats.SCAN_EVERY_SECONDS + 5
+    while True:  # the count is redone at most every SCAN_EVERY_SECONDS
+        families = (await read_stats(api))["redis"]["keys_by_family"]
+        if families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1, families
+    assert cachekeys.OTHER_FAMILY not in families  # every name the service stores has its family
+
+
+async def test_without_redis_the_cache_part_is_down_and_the_rest_answers(stack: LocalStack, database_url: str) -> None:
+    async with serve_api(database_url, f"redis://127.0.0.1:{free_port()}/0") as api:
+        assert json_body(await api.http.get("/trips/total"))["total_trips"] == 0
+        body = await read_stats(api)
+        assert body["cache"]["status"] == "down" and body["redis"] is None
+        assert route(body, TOTALS)["requests"] >= 1 and body["pool"]["size"] >= 1
+
+
+def test_percentiles_come_from_the_right_bins() -> None:
+    recent = stats.Recent()
+    for _ in range(98):
+        recent.observe("/fast", 0.001, b"HIT")
+    for _ in range(2):
+        recent.observe("/fast", 0.100, b"MISS")
+    [figures] = recent.route_stats()
+    assert figures.requests == 100
+    assert abs(figures.p50_ms - 1.0) / 1.0 < 0.06 and abs(figures.p99_ms - 100.0) / 100.0 < 0.06
+    assert recent.cache_stats("ok").window_hit_ratio == 0.98
+
+
+def test_key_families_come_from_cachekeys() -> None:
+    assert cachekeys.family(cachekeys.card_balance(7)) == "card:*:balance"
+    assert cachekeys.family(b"e12:" + cachekeys.trips_hourly(24)) == "trips:hourly:*"
+    assert cachekeys.family(cachekeys.generation(cachekeys.trip(3))) == cachekeys.GENERATIONS_FAMILY
+    assert cachekeys.family(cachekeys.GENERATION_SEQUENCE) == "gen:sequence"
+    assert cachekeys.family(b"someone:else") == cachekeys.OTHER_FAMILY
