@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 import cachekeys
 import db
 import docs
+import edge
 import metrics
 import models
 from cache import Cache, Lookup, connect
@@ -79,6 +80,9 @@ class Settings:
     pool_min: int = 4
     pool_max: int = 16
     max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
+    unix_socket: str = ""  # listen on this unix socket (behind nginx) instead of host:port
+    read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge.py)
+    max_connections: int = 0  # open connections per worker; 0: edge.py's default under the fd limit
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -99,6 +103,9 @@ class Settings:
             "pool_min": int(env.get("POOL_MIN", "4")),
             "pool_max": int(env.get("POOL_MAX", "16")),
             "max_waiting": int(env.get("MAX_WAITING", "256")),
+            "unix_socket": env.get("UNIX_SOCKET", ""),
+            "read_timeout": float(env.get("READ_TIMEOUT", "10")),
+            "max_connections": int(env.get("MAX_CONNECTIONS", "0")),
         }
         values.update(overrides)
         return cls(**values)
@@ -501,7 +508,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.shield(asyncio.gather(*(pool.close() for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
 
-    return Starlette(
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[metrics.middleware()],
@@ -514,6 +521,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: handle_unexpected,
         },
     )
+    app.router.redirect_slashes = False  # its redirect would echo the Host header (DESIGN §10)
+    return app
 
 
 ADMIN: tuple[str, ...] = ()
@@ -627,9 +636,9 @@ def main() -> None:
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, _exit_cleanly)
         uvicorn.run(
-            "server:create_app", factory=True, host=settings.host, port=settings.port,
-            workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
+            "server:create_app", factory=True, workers=settings.workers, loop="uvloop", access_log=False,
             log_level=settings.log_level, log_config=log_config, timeout_graceful_shutdown=10,
+            **edge.uvicorn_options(settings),
         )
     finally:
         if stack is not None:
