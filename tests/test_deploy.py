@@ -163,7 +163,8 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
     env = env_file(DEPLOY / "vm1-api" / "env.example")
     for key in list(os.environ):
         if key in {"DATABASE_URL", "REDIS_URL", "HOST", "PORT", "WORKERS", "DEMO_SCALE", "ADMIN_TOKEN",
-                   "LOG_LEVEL", "POOL_MIN", "POOL_MAX", "MAX_WAITING"}:
+                   "LOG_LEVEL", "POOL_MIN", "POOL_MAX", "MAX_WAITING", "UNIX_SOCKET", "READ_TIMEOUT",
+                   "MAX_CONNECTIONS"}:
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -173,7 +174,9 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
         ("travel_api", "192.168.100.30", 5432, "/travel")
     cache_url = urllib.parse.urlsplit(settings.redis_url)
     assert (cache_url.username, cache_url.hostname, cache_url.port) == ("travel_api", "192.168.100.20", 6379)
-    assert settings.host in {"192.168.100.10", "0.0.0.0"} and settings.port == 8000
+    # Behind nginx (nginx.conf listens on 192.168.100.10:8000) on the socket the unit makes.
+    assert settings.unix_socket == "/run/travel-recharge-api/api.sock"
+    assert 0 < settings.read_timeout <= 15 and settings.max_connections == 0
     assert settings.workers == 2 and settings.demo_scale is None
     assert settings.log_level == "info" and settings.admin_token
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+from conftest import register_test_tokens, with_database
+from test_server_process import ServerProcess
 
 import edge
-from conftest import register_test_tokens, with_database
 from localstack import LocalStack
-from test_server_process import ServerProcess
 
 READ_TIMEOUT = 1.0  # the bound, made small for these tests through READ_TIMEOUT
 SWEEP = min(1.0, READ_TIMEOUT / 4)  # how late edge.py may notice a deadline
