@@ -123,7 +123,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def refuse_head(self) -> None:
         """431 and close: the head is over HEAD_LIMIT (no answer if one is being written)."""
-        log.info("closed a connection from %s: request head over %d bytes (431)", self.client, HEAD_LIMIT)
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "the unix socket"
+        log.info("closed a connection from %s: request head over %d bytes (431)", client, HEAD_LIMIT)
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(HEAD_TOO_LARGE)
         self.transport.close()
