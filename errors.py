@@ -43,7 +43,8 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str]] = {
 TITLES = {
     400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-    415: "Unsupported Media Type", 422: "Unprocessable Content", 500: "Internal Server Error",
+    415: "Unsupported Media Type", 422: "Unprocessable Content",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
     503: "Service Unavailable",
 }
 

@@ -471,7 +471,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.shield(asyncio.gather(*(db.close_pool(pool) for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
 
-    return Starlette(
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
         middleware=[metrics.middleware()],
@@ -484,6 +484,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: handle_unexpected,
         },
     )
+    app.router.redirect_slashes = False  # its redirect would echo the Host header (DESIGN §10)
+    return app
 
 
 # ---------------------------------------------------------------- the route table

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MAX_READ_TIMEOUT = 15.0  # a request not arrived within this is closed (the edge)
 
 
 class SettingsError(ValueError):
@@ -41,6 +42,9 @@ class Settings:
     pool_min: int = 4
     pool_max: int = 16
     max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
+    unix_socket: str = ""  # listen on this unix socket (behind nginx) instead of host:port
+    read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge.py)
+    max_connections: int = 0  # open connections per worker; 0: edge.py's default under the fd limit
 
     def __post_init__(self) -> None:
         checks = (
@@ -51,6 +55,8 @@ class Settings:
             ("pool_min", 0 <= self.pool_min <= self.pool_max, "0..POOL_MAX"),
             ("pool_max", 1 <= self.pool_max <= 1000, "1..1000"),
             ("max_waiting", 0 <= self.max_waiting, "0 or more"),
+            ("read_timeout", 0 < self.read_timeout <= MAX_READ_TIMEOUT, f"seconds, more than 0 and at most {MAX_READ_TIMEOUT:g}"),
+            ("max_connections", 0 <= self.max_connections, "0 (automatic) or more"),
         )
         for name, valid, expected in checks:
             if not valid:
@@ -70,6 +76,11 @@ class Settings:
 
 
 def _parse(name: str, annotation: Any, raw: str) -> Any:
+    if "float" in str(annotation):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name.upper()}={raw!r}: expected a number") from None
     if "int" not in str(annotation):
         return raw.lower() if name == "log_level" else raw
     if not raw.isascii() or not raw.lstrip("-").isdigit():

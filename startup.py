@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 import db
+import edge
 import metrics
 from localstack import LocalStack, StackBusy
 from processes import write_secret
@@ -80,9 +81,9 @@ def serve(settings: Settings, log_config: dict[str, Any], banner: str) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
-        "server:create_app", factory=True, host=settings.host, port=settings.port,
-        workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
+        "server:create_app", factory=True, workers=settings.workers, loop="uvloop", access_log=False,
         log_level=settings.log_level, log_config=log_config, timeout_graceful_shutdown=10,
+        **edge.uvicorn_options(settings),
     )
     socket = config.bind_socket()  # a busy port: uvicorn logs the error and exits 1
     print(banner, flush=True)
@@ -115,8 +116,11 @@ def main() -> None:
         # Workers build their app from the environment: hand them what was decided here.
         os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
                           ADMIN_TOKEN=settings.admin_token)
-        address = f"http://{settings.host}:{settings.port}"
-        banner = f"serving on {address}{API}/health  (docs: {address}/docs)\ndashboard: {address}/dashboard"
+        if settings.unix_socket:
+            banner = f"serving on unix:{settings.unix_socket} (behind nginx)"
+        else:
+            address = f"http://{settings.host}:{settings.port}"
+            banner = f"serving on {address}{API}/health  (docs: {address}/docs)\ndashboard: {address}/dashboard"
         if stack is not None:
             banner += f"\ndemo admin token: {settings.admin_token}"
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.

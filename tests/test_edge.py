@@ -1,0 +1,280 @@
+"""The edge of the service (DESIGN §10, issue 11 findings 1, 2 and 7), against `python server.py`
+in a process of its own: a huge header must not stall other clients, a request that does not
+arrive in time is closed, a worker holds a bounded number of connections, and no redirect
+echoes the Host header. Loopback only; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from conftest import register_test_tokens, with_database
+from test_server_process import ServerProcess
+
+import edge
+from localstack import LocalStack
+from settings import Settings, SettingsError
+
+READ_TIMEOUT = 1.0  # the bound, made small for these tests through READ_TIMEOUT
+SWEEP = min(1.0, READ_TIMEOUT / 4)  # how late edge.py may notice a deadline
+SLACK = 2.0  # a shared, busy machine: scheduling delay on top of the bound
+MiB = 1024 * 1024
+
+
+@dataclass
+class Served:
+    process: ServerProcess
+    host: str
+    port: int
+
+
+async def fresh_database(stack: LocalStack, prefix: str) -> str:
+    """A database of its own, copied from the session's template, with the test tokens."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stack.postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE travel_template")
+    finally:
+        await admin.close()
+    url = with_database(stack.postgres.url, name)
+    await register_test_tokens(url)
+    return url
+
+
+@contextlib.contextmanager
+def serving(database_url: str, redis_url: str, **env: str) -> Iterator[Served]:
+    process = ServerProcess(DATABASE_URL=database_url, REDIS_URL=redis_url, **env)
+    try:
+        process.wait_healthy()
+        yield Served(process, "127.0.0.1", process.port)
+    finally:
+        if process.process.poll() is None:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+async def served(stack: LocalStack, template_url: str) -> AsyncIterator[Served]:
+    """One server for the module, with a one-second READ_TIMEOUT."""
+    database_url = await fresh_database(stack, "edge")
+    with serving(database_url, stack.redis.url, READ_TIMEOUT=str(READ_TIMEOUT)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def http(served: Served) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{served.host}:{served.port}/api/v1", timeout=10) as client:
+        assert (await client.get("/health")).status_code == 200  # the connection is open and warm
+        yield client
+
+
+async def timed_health(http: httpx.AsyncClient) -> float:
+    started = time.monotonic()
+    response = await http.get("/health")
+    assert response.status_code == 200, response.text
+    return time.monotonic() - started
+
+
+async def read_all(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """What the server sends until it closes (a reset counts as a close); fails if it does not."""
+    try:
+        return await asyncio.wait_for(reader.read(-1), timeout)
+    except ConnectionResetError:
+        return b""
+
+
+def head_of(size: int) -> bytes:
+    """A GET /health (then close) whose request line + headers are exactly `size` bytes."""
+    start = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+    end = b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+# ---------------------------------------------------------------- finding 1: a huge header
+async def test_a_48_mib_header_is_refused_without_stalling_other_clients(
+        served: Served, http: httpx.AsyncClient) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    refused = False
+
+    async def send_header() -> None:
+        nonlocal sent, refused
+        chunk = b"a" * MiB
+        try:
+            for _ in range(48):
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            refused = True
+
+    sending = asyncio.create_task(send_header())
+    latencies = [await timed_health(http)]
+    while not sending.done() and len(latencies) < 1000:  # the whole time the header is sent
+        latencies.append(await timed_health(http))
+    await sending
+    answer = await read_all(reader, timeout=5)
+    writer.close()
+    assert refused or answer == b"" or answer.startswith(b"HTTP/1.1 431 "), (sent, answer[:200])
+    assert max(latencies) < 0.1, latencies
+
+
+@pytest.mark.parametrize("piece", [None, 1000], ids=["one-write", "in-1000-byte-pieces"])
+async def test_a_head_of_16_kib_passes_and_one_byte_more_is_431(served: Served, piece: int | None) -> None:
+    for size, status in ((edge.HEAD_LIMIT, 200), (edge.HEAD_LIMIT + 1, 431)):
+        reader, writer = await asyncio.open_connection(served.host, served.port)
+        request = head_of(size)
+        assert len(request) == size
+        for start in range(0, size, piece or size):
+            writer.write(request[start:start + (piece or size)])
+            await writer.drain()
+        answer = await read_all(reader, timeout=5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 %d " % status), (size, answer[:300])
+        if status == 431:
+            head, body = answer.split(b"\r\n\r\n", 1)
+            assert b"content-type: application/problem+json" in head.lower()
+            assert json.loads(body)["code"] == "HEADERS_TOO_LARGE"
+
+
+# ---------------------------------------------------------------- finding 2: requests that never finish
+async def test_2000_half_sent_requests_are_closed_within_the_bound_while_health_answers(
+        served: Served, http: httpx.AsyncClient) -> None:
+    all_open = asyncio.Event()
+    opened = 0
+
+    async def half_sent() -> float:
+        nonlocal opened
+        reader, writer = await asyncio.open_connection(served.host, served.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        opened += 1
+        if opened == 2000:
+            all_open.set()
+        try:
+            assert await read_all(reader, timeout=READ_TIMEOUT + SWEEP + SLACK + 5) == b""
+            return time.monotonic() - started
+        finally:
+            writer.close()
+
+    connections = [asyncio.create_task(half_sent()) for _ in range(2000)]
+    await asyncio.wait_for(all_open.wait(), timeout=30)
+    assert await timed_health(http) < 1.0  # served while 2,000 connections hang
+    held_for = await asyncio.gather(*connections)
+    assert max(held_for) <= READ_TIMEOUT + SWEEP + SLACK, max(held_for)
+    assert await timed_health(http) < 1.0
+
+
+async def test_a_connection_that_sends_nothing_is_closed_within_the_bound(served: Served) -> None:
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    assert await read_all(reader, timeout=READ_TIMEOUT + SWEEP + SLACK + 5) == b""
+    writer.close()
+    assert READ_TIMEOUT <= time.monotonic() - started <= READ_TIMEOUT + SWEEP + SLACK
+
+
+async def test_a_header_dribbled_byte_by_byte_is_closed_within_the_bound(served: Served) -> None:
+    """The bound runs from the request's first byte: bytes that keep arriving do not extend it."""
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    started = time.monotonic()
+    closed_after = None
+    for byte in b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(1), timeout=0.1)  # b"" once closed; else the next byte
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        closed_after = time.monotonic() - started
+        break
+    writer.close()
+    assert closed_after is not None, "a dribbled header was never closed"
+    assert READ_TIMEOUT <= closed_after <= READ_TIMEOUT + SWEEP + SLACK, closed_after
+
+
+async def test_a_body_that_stalls_midway_is_closed_within_the_bound(served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer recharge-point-1-token\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"card_id": 1, ')
+    await writer.drain()
+    started = time.monotonic()
+    assert await read_all(reader, timeout=READ_TIMEOUT + SWEEP + SLACK + 5) == b""
+    writer.close()
+    assert time.monotonic() - started <= READ_TIMEOUT + SWEEP + SLACK
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    await asyncio.wait_for(reader.readexactly(length), timeout=5)
+    answered = time.monotonic()
+    assert await read_all(reader, timeout=edge.KEEP_ALIVE_SECONDS + SLACK + 5) == b""
+    writer.close()
+    assert edge.KEEP_ALIVE_SECONDS - 0.5 <= time.monotonic() - answered <= edge.KEEP_ALIVE_SECONDS + SLACK
+
+
+# ---------------------------------------------------------------- the connection cap
+async def test_connections_past_the_cap_are_closed_at_once_and_service_resumes(
+        stack: LocalStack, template_url: str) -> None:
+    cap = 20
+    database_url = await fresh_database(stack, "edgecap")
+    with serving(database_url, stack.redis.url, MAX_CONNECTIONS=str(cap)) as server:
+        held = [await asyncio.open_connection(server.host, server.port) for _ in range(cap)]
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await read_all(reader, timeout=5) == b""  # closed unanswered: no descriptor kept
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await asyncio.gather(*(held_writer.wait_closed() for _, held_writer in held))
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(100):  # the server notices the closes within its loop's next turns
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://{server.host}:{server.port}/api/v1/health")).status_code == 200:
+                        break
+            else:
+                pytest.fail("the server did not answer once the held connections were closed")
+
+
+# ---------------------------------------------------------------- finding 7: no open redirect
+async def test_a_trailing_slash_is_404_and_never_a_redirect_to_the_host_header(http: httpx.AsyncClient) -> None:
+    for path in ("/routes/", "/health/", "/cards/1/balance/"):
+        response = await http.get(path, headers={"Host": "evil.example"})
+        assert response.status_code == 404, (path, response.status_code, response.headers)
+        assert "location" not in response.headers
+        assert response.headers["content-type"].split(";")[0] == "application/problem+json"
+        assert response.json()["code"] == "NOT_FOUND"
+
+
+# ---------------------------------------------------------------- uvicorn_options
+def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
+    tcp = edge.uvicorn_options(Settings())
+    assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, edge.KEEP_ALIVE_SECONDS)
+    assert tcp["http"].func is edge.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
+    assert "uds" not in tcp and "forwarded_allow_ips" not in tcp
+    uds = edge.uvicorn_options(Settings(unix_socket="/run/api.sock"))
+    assert (uds["uds"], uds["forwarded_allow_ips"]) == ("/run/api.sock", "*") and "host" not in uds
+    for wrong in (0.0, -1.0, 15.5):
+        with pytest.raises(SettingsError, match="READ_TIMEOUT"):
+            Settings(read_timeout=wrong)
+
+
+def test_the_connection_cap_stays_below_the_open_file_limit() -> None:
+    assert edge.connection_cap(0, 1_048_576) == edge.DEFAULT_MAX_CONNECTIONS
+    assert edge.connection_cap(0, 1024) == 1024 - edge.FD_RESERVE
+    assert edge.connection_cap(500, 1024) == 500
+    assert edge.connection_cap(5000, 1024) == 1024 - edge.FD_RESERVE
