@@ -61,10 +61,6 @@ def assert_serial(opening: int, steps: list[tuple[int, int]], final: int) -> Non
     assert Counter([opening] + [after for _, after in steps]) == Counter([before for before, _ in steps] + [final])
 
 
-async def batch_call(db: asyncpg.Pool, sql: str, *arrays: list[Any]) -> list[asyncpg.Record]:
-    return await db.fetch(sql, *arrays)
-
-
 RECHARGE_CARDS = "SELECT * FROM recharge_cards($1, $2, $3, $4, $5)"
 BOARD_CARDS = "SELECT * FROM board_cards($1, $2, $3)"
 END_TRIPS = "SELECT item, refusal, message, detail, (trip).* FROM end_trips($1, $2)"
@@ -78,7 +74,7 @@ async def test_a_recharge_batch_answers_each_item_in_order_and_refusals_abort_no
         (card, 100, 1, None), (UNKNOWN, 100, 1, None), (card, 200, 1, "k-1"), (blocked, 100, 1, "k-2"),
         (card, 200, 1, "k-1"), (card, 999, 1, "k-1"), (card, 300, 99, None), (card, 400, None, None),
     ]
-    rows = await batch_call(pool, RECHARGE_CARDS, [i[0] for i in items], [i[1] for i in items],
+    rows = await pool.fetch(RECHARGE_CARDS, [i[0] for i in items], [i[1] for i in items],
                             [i[2] for i in items], [token] * len(items), [i[3] for i in items])
     assert [row["item"] for row in rows] == list(range(1, len(items) + 1))
     assert [row["refusal"] for row in rows] == [None, "TRN01", None, "TRC01", None, "TRI01", "TRN06", None]
@@ -92,7 +88,7 @@ async def test_a_recharge_batch_answers_each_item_in_order_and_refusals_abort_no
     assert await pool.fetchval("SELECT count(*) FROM recharges WHERE card_id = $1", card) == 1 + 3
     # The blocked card's key was not spent: once active, the same key recharges.
     await set_card_status(pool, blocked, "active")
-    again = await batch_call(pool, RECHARGE_CARDS, [blocked], [100], [1], [token], ["k-2"])
+    again = await pool.fetch(RECHARGE_CARDS, [blocked], [100], [1], [token], ["k-2"])
     assert (again[0]["refusal"], again[0]["replayed"], again[0]["balance"]) == (None, False, 600)
     await assert_balances_reconcile(pool)
 
@@ -104,13 +100,13 @@ async def test_a_boarding_batch_charges_in_order_and_stops_at_the_balance(pool: 
     cards = [card, card, other, card, card, card, card, UNKNOWN]
     routes = [1, 1, 1, 1, 2, 1, 1, 1]
     stations = [1, 2, 3, 4, 1, 2, 3, 1]
-    rows = await batch_call(pool, BOARD_CARDS, cards, routes, stations)
+    rows = await pool.fetch(BOARD_CARDS, cards, routes, stations)
     assert [row["refusal"] for row in rows] == [None, None, None, None, "TRP01", "TRP01", "TRP01", "TRN01"]
     assert [row["balance"] for row in rows[:4]] == [2 * FULL_FARE, FULL_FARE, 10_000 - FULL_FARE, 0]
     assert rows[4]["detail"] == '{"fare": 200, "balance": 0, "fare_type": "TRANSFER_200_COST"}'
     assert rows[5]["detail"] == f'{{"fare": {FULL_FARE}, "balance": 0, "fare_type": "STANDARD_SITP"}}'
     transfer_card = await new_card(pool, 10_000)
-    rows = await batch_call(pool, BOARD_CARDS, [transfer_card] * 2, [1, 3], [1, 3])
+    rows = await pool.fetch(BOARD_CARDS, [transfer_card] * 2, [1, 3], [1, 3])
     assert [(row["fare_charged"], row["is_transfer"]) for row in rows] == [(FULL_FARE, False), (0, True)]
     assert rows[1]["transfer_group_id"] == rows[0]["trip_id"]
     await assert_counters_exact(pool)
@@ -119,8 +115,8 @@ async def test_a_boarding_batch_charges_in_order_and_stops_at_the_balance(pool: 
 
 async def test_an_end_trip_batch_ends_a_trip_once(pool: asyncpg.Pool) -> None:
     card = await new_card(pool, 10_000)
-    trips = [row["trip_id"] for row in await batch_call(pool, BOARD_CARDS, [card] * 2, [1, 1], [1, 3])]
-    rows = await batch_call(pool, END_TRIPS, [trips[0], trips[1], trips[0], UNKNOWN, trips[1]], [2, 4, 3, 2, 99])
+    trips = [row["trip_id"] for row in await pool.fetch(BOARD_CARDS, [card] * 2, [1, 1], [1, 3])]
+    rows = await pool.fetch(END_TRIPS, [trips[0], trips[1], trips[0], UNKNOWN, trips[1]], [2, 4, 3, 2, 99])
     assert [row["refusal"] for row in rows] == [None, None, "TRC02", "TRN02", "TRC02"]
     assert [row["disembarking_station_id"] for row in rows] == [2, 4, None, None, None]
     assert rows[2]["message"] == "trip already ended"
