@@ -105,15 +105,23 @@ def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
     mapped = SQLSTATE_PROBLEMS.get(error.sqlstate or "")
     if mapped is None:
         return None
+    detail = getattr(error, "detail", None)
+    if error.sqlstate.startswith("TR"):
+        return refusal(error.sqlstate, error.args[0], detail)
     status, code = mapped
     extra: dict[str, Any] = {}
-    detail = getattr(error, "detail", None)
-    if detail and error.sqlstate.startswith("TR"):
-        extra = msgspec.json.decode(detail)
-    elif error.sqlstate in ("23505", "23514"):
+    if error.sqlstate in ("23505", "23514"):
         extra = {"constraint": getattr(error, "constraint_name", None) or ""}
         detail = "a unique field is already taken" if error.sqlstate == "23505" else "a value is out of range"
-    return Problem(status, code, error.args[0] if error.sqlstate.startswith("TR") else detail or "", **extra)
+    return Problem(status, code, detail or "", **extra)
+
+
+def refusal(sqlstate: str, message: str, detail: str | None) -> Problem:
+    """The problem of a domain refusal ("TR..." SQLSTATE), raised or returned by a batch
+    function (sql/functions.sql): its message, and its DETAIL JSON as members of the body."""
+    status, code = SQLSTATE_PROBLEMS[sqlstate]
+    members: dict[str, Any] = msgspec.json.decode(detail) if detail else {}
+    return Problem(status, code, message, **members)
 
 
 def database_unavailable() -> Problem:

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+import batching
 import cachekeys
 import dashboard
 import db
@@ -206,16 +207,15 @@ async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awai
 BUMP_CACHE_EPOCH = query("bump-cache-epoch")
 
 
-async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
-    """DEL what a committed write made stale, before its answer goes out. If Redis did not
+async def invalidated(cache: Cache, database: Database, keys: Sequence[bytes]) -> None:
+    """DEL what committed writes made stale, before their answers go out. If Redis did not
     take it, move every instance's cache to a new epoch, so that what Redis still holds is
-    never read again. The write has committed: its answer goes out whatever happens here."""
-    cache: Cache = request.state.cache
+    never read again. The writes have committed: their answers go out whatever happens here."""
     if await cache.invalidate(keys):
         return
     metrics.CACHE_ERRORS.inc()
     try:
-        cache.epoch = max(cache.epoch, await request.state.db.run(BUMP_CACHE_EPOCH))
+        cache.epoch = max(cache.epoch, await database.run(BUMP_CACHE_EPOCH))
     except STATEMENT_ERRORS as error:
         log.error("cache epoch not bumped after a failed invalidation: %s", error.__class__.__name__)
 
@@ -315,9 +315,6 @@ async def instance_stats(request: Request) -> Response:
 
 # ---------------------------------------------------------------- writes
 IDEMPOTENCY_KEY_MAX = 255
-RECHARGE = query("recharge")
-BOARD = query("board")
-END_TRIP = query("end-trip")
 CREATE_USER = query("create-user")
 ISSUE_CARD = query("issue-card")
 SET_CARD_STATUS = query("set-card-status")
@@ -343,11 +340,9 @@ async def create_recharge(request: Request) -> Response:
         if point is not None and point != caller.recharge_point_id:
             raise Problem(403, "FORBIDDEN", "a recharge point token recharges at its own point only")
         point = caller.recharge_point_id
-    row = await request.state.db.run(RECHARGE, body.card_id, body.amount, point,
-                                     caller.token_id, key)
-    *answer, user_id, replayed = row
     # A replay invalidates too: it may answer before the first request's DEL has gone out.
-    await invalidated(request, cachekeys.after_recharge(body.card_id, user_id))
+    *answer, _, replayed = await request.state.recharges.submit(body.card_id, body.amount, point,
+                                                                caller.token_id, key)
     response = JSONBytes(encode(models.Recharge(*answer)), 201)
     if replayed:
         response.raw_headers.append((b"idempotent-replayed", b"true"))
@@ -357,8 +352,7 @@ async def create_recharge(request: Request) -> Response:
 async def board(request: Request) -> Response:
     await authorize(request, "validator")
     body = await read_body(request, models.BoardRequest)
-    row = await request.state.db.run(BOARD, body.card_id, body.route_id, body.boarding_station_id)
-    await invalidated(request, cachekeys.after_boarding(body.card_id))
+    row = await request.state.boardings.submit(body.card_id, body.route_id, body.boarding_station_id)
     return JSONBytes(encode(models.Boarding(*row)), 201)
 
 
@@ -366,10 +360,8 @@ async def end_trip(request: Request) -> Response:
     await authorize(request, "validator")
     trip_id = path_id(request, "trip_id")
     body = await read_body(request, models.EndTripRequest)
-    row = await request.state.db.run(END_TRIP, trip_id, body.disembarking_station_id)
-    trip = models.Trip(*row)
-    await invalidated(request, cachekeys.after_trip_end(trip_id, trip.card_id))
-    return JSONBytes(encode(trip))
+    row = await request.state.trip_ends.submit(trip_id, body.disembarking_station_id)
+    return JSONBytes(encode(models.Trip(*row)))
 
 
 async def create_user(request: Request) -> Response:
@@ -393,7 +385,7 @@ async def set_card_status(request: Request) -> Response:
     card_id = path_id(request, "card_id")
     body = await read_body(request, models.CardStatusRequest)
     row = await request.state.db.run(SET_CARD_STATUS, card_id, body.status)
-    await invalidated(request, cachekeys.after_card_change(card_id))
+    await invalidated(request.state.cache, request.state.db, cachekeys.after_card_change(card_id))
     return JSONBytes(encode(models.Card(*row)))
 
 
@@ -462,7 +454,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
             yield {"db": database, "lagging_db": lagging_database, "cache": cache,
-                   "tokens": TokenCache(), "epochs": epochs}
+                   "tokens": TokenCache(), "epochs": epochs,
+                   **batching.write_batchers(database, functools.partial(invalidated, cache, database))}
         finally:
             for task in background:
                 task.cancel()

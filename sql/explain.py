@@ -222,22 +222,22 @@ async def pick_parameters(conn: asyncpg.Connection) -> tuple[str, dict[str, tupl
         recharger["user_id"])
     described = (f"trip {trip['trip_id']}; card {trip['card_id']} ({trip_count} trips);"
                  f" user {recharger['user_id']} ({recharge_count} recharges); boarding and recharged card"
-                 f" {rider['card_id']} on route {route['route_id']}; open trip {open_trip} (end-trip);"
+                 f" {rider['card_id']} on route {route['route_id']}; open trip {open_trip} (end-trips);"
                  f" recharge point {point}; token {token['token_id'] if token else None}")
     return described, {
-        "board": (rider["card_id"], route["route_id"], route["origin_station_id"]),
+        "board-cards": ([rider["card_id"]], [route["route_id"]], [route["origin_station_id"]]),
         "bump-cache-epoch": (),
         "cache-epoch": (),
         "card-balance": (trip["card_id"],),
         "card-trips": (trip["card_id"],),
         "create-user": ("Explain", "Bench", f"explain.{tag}@example.com", f"EXPL-{tag}", "3001234567",
                         "F", dt.date(1990, 5, 17), "Calle 26 # 13-19", "Bogotá"),
-        "end-trip": (open_trip, route["destination_station_id"]),
+        "end-trips": ([open_trip], [route["destination_station_id"]]),
         "issue-card": (recharger["user_id"], None),
         "ping": (),
         "prune-idempotency-keys": (dt.timedelta(hours=24),),
-        "recharge": (rider["card_id"], 5000, point, token["token_id"] if token else None,
-                     f"explain-{tag}" if token else None),
+        "recharge-cards": ([rider["card_id"]], [5000], [point], [token["token_id"] if token else None],
+                           [f"explain-{tag}" if token else None]),
         "register-token": (hashlib.sha256(tag.encode()).digest(), "admin", "explain.py", None),
         "revenue-by-locality": (),
         "revenue-total": (),
@@ -247,6 +247,7 @@ async def pick_parameters(conn: asyncpg.Connection) -> tuple[str, dict[str, tupl
         "token-by-hash": (token["token_hash"] if token else hashlib.sha256(b"none").digest(),),
         "trip": (trip["trip_id"],),
         "trips-by-locality": (),
+        "trips-hourly": (24,),
         "trips-total": (),
         "unreconciled-cards": (),
         "user-recharges": (recharger["user_id"],),

@@ -222,27 +222,9 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail::text;
 END $$;
 
--- Lock a card for a balance change (FOR NO KEY UPDATE: concurrent writes on one card
--- serialise here); refuse an unknown card.
-CREATE OR REPLACE FUNCTION lock_card(p_card_id bigint, OUT status text, OUT balance bigint,
-                                     OUT user_id bigint)
-LANGUAGE plpgsql AS $$
-BEGIN
-    SELECT c.status, c.balance, c.user_id INTO status, balance, user_id
-    FROM cards c WHERE c.card_id = p_card_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        PERFORM refuse('TRN01', 'card not found', jsonb_build_object('card_id', p_card_id));
-    END IF;
-END $$;
-
-CREATE OR REPLACE FUNCTION require_active_card(p_card_id bigint, p_status text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF p_status <> 'active' THEN
-        PERFORM refuse('TRC01', format('card is %s', p_status),
-                       jsonb_build_object('card_id', p_card_id, 'card_status', p_status));
-    END IF;
-END $$;
+-- The release before group commit locked and checked one card per call, raising.
+DROP FUNCTION IF EXISTS lock_card(bigint);
+DROP FUNCTION IF EXISTS require_active_card(bigint, text);
 
 -- Fares change at midnight in Bogotá, whatever the server's time zone.
 CREATE OR REPLACE FUNCTION bogota_today() RETURNS date
@@ -262,13 +244,39 @@ BEGIN
     END IF;
 END $$;
 
--- ---------------------------------------------------------------- writes
--- Recharge a card. With an idempotency key, the first answer is stored in this transaction;
--- the same key again (same token) replays it when the body matches, or is refused (TRI01).
--- Lock order is card row, then key: a duplicate waits on the card, then finds the key.
-CREATE OR REPLACE FUNCTION recharge_card(
+-- Lock this backend's counter rows of the localities a batch's trips will bump, in location
+-- order: two batches in one counter shard must not take two localities in opposite orders.
+-- (A batch that bumps one locality holds at most one counter row: it cannot deadlock.)
+CREATE OR REPLACE FUNCTION lock_trip_counters(p_location_ids integer[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT count(DISTINCT l) FROM unnest(p_location_ids) l) > 1 THEN
+        INSERT INTO trip_counters AS c (location_id, shard)
+        SELECT DISTINCT l, counter_shard() FROM unnest(p_location_ids) l ORDER BY 1
+        ON CONFLICT (location_id, shard) DO UPDATE SET trips = c.trips WHERE false;  -- locks, writes nothing
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------- writes, in batches
+-- Group commit: the API sends the writes of one kind that arrive together as ONE call of
+-- recharge_cards, board_cards or end_trips (one round trip, one transaction, one commit).
+-- Item i of a batch is the i-th element of every array; the answer is one row per item, in
+-- order: `item` (1-based), then either a refusal (`refusal` = its SQLSTATE from the list at
+-- the top, `message`, `detail`) or the result columns. Refusals are decided by the *_one
+-- functions without raising, so one refused item never aborts the others; anything raised
+-- (a missing fare, a broken constraint) aborts the batch, and the API reruns its items one
+-- by one. Each batch first locks its rows in key order, so that two batches never wait on
+-- each other in a cycle; items on one row apply in the order given.
+-- The single-item functions (recharge_card, board_trip, end_trip) are the batch of one that
+-- raises its refusal, for SQL callers.
+
+-- One recharge; the caller holds the card's row lock. With an idempotency key, the first
+-- answer is stored in this transaction; the same key again (same token) replays it when the
+-- body matches, or is refused (TRI01). A refused recharge leaves its key unused.
+CREATE OR REPLACE FUNCTION recharge_one(
     p_card_id bigint, p_amount bigint, p_recharge_point_id integer,
     p_token_id integer, p_idempotency_key text,
+    OUT refusal text, OUT message text, OUT detail jsonb,
     OUT recharge_id bigint, OUT card_id bigint, OUT amount bigint, OUT balance bigint,
     OUT recharge_timestamp timestamptz, OUT recharge_point_id integer, OUT user_id bigint,
     OUT replayed boolean)
@@ -277,10 +285,16 @@ DECLARE
     v_status text;
     v_balance bigint;
 BEGIN
-    SELECT l.status, l.balance, l.user_id INTO v_status, v_balance, user_id FROM lock_card(p_card_id) l;
+    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
+    FROM cards c WHERE c.card_id = p_card_id;
+    IF NOT FOUND THEN
+        SELECT 'TRN01', 'card not found', jsonb_build_object('card_id', p_card_id) INTO refusal, message, detail;
+        RETURN;
+    END IF;
 
     recharge_id := nextval('recharges_recharge_id_seq');
     IF p_idempotency_key IS NOT NULL THEN
+        -- Inserted first: a concurrent holder of the key (on another card) is waited for here.
         INSERT INTO idempotency_keys (token_id, idempotency_key, recharge_id, balance_after)
         VALUES (p_token_id, p_idempotency_key, recharge_id, v_balance + p_amount)
         ON CONFLICT DO NOTHING;
@@ -294,18 +308,27 @@ BEGIN
             WHERE k.token_id = p_token_id AND k.idempotency_key = p_idempotency_key;
             IF card_id <> p_card_id OR amount <> p_amount
                OR recharge_point_id IS DISTINCT FROM p_recharge_point_id THEN
-                PERFORM refuse('TRI01', 'this Idempotency-Key was used with another request',
-                               jsonb_build_object('recharge_id', recharge_id));
+                SELECT 'TRI01', 'this Idempotency-Key was used with another request',
+                       jsonb_build_object('recharge_id', recharge_id) INTO refusal, message, detail;
             END IF;
             RETURN;
         END IF;
     END IF;
 
-    PERFORM require_active_card(p_card_id, v_status);
-    IF p_recharge_point_id IS NOT NULL
-       AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
-        PERFORM refuse('TRN06', 'recharge point not found',
-                       jsonb_build_object('recharge_point_id', p_recharge_point_id));
+    IF v_status <> 'active' THEN
+        SELECT 'TRC01', format('card is %s', v_status),
+               jsonb_build_object('card_id', p_card_id, 'card_status', v_status) INTO refusal, message, detail;
+    ELSIF p_recharge_point_id IS NOT NULL
+          AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
+        SELECT 'TRN06', 'recharge point not found',
+               jsonb_build_object('recharge_point_id', p_recharge_point_id) INTO refusal, message, detail;
+    END IF;
+    IF refusal IS NOT NULL THEN
+        IF p_idempotency_key IS NOT NULL THEN
+            DELETE FROM idempotency_keys k
+            WHERE k.token_id = p_token_id AND k.idempotency_key = p_idempotency_key;
+        END IF;
+        RETURN;
     END IF;
 
     INSERT INTO recharges AS r (recharge_id, card_id, recharge_point_id, amount)
@@ -317,12 +340,50 @@ BEGIN
     replayed := false;
 END $$;
 
--- Board: debit the fare of the route type, or the transfer fare when the card boarded
--- another route within 90 minutes (a transfer onto a cable route is free, as TransMiCable's
--- integration with the bus network is; any other transfer costs TRANSFER_200_COST).
--- An earlier trip still open does not stop a boarding: zonal buses have no tap-out.
-CREATE OR REPLACE FUNCTION board_trip(
+CREATE OR REPLACE FUNCTION recharge_cards(
+    p_card_ids bigint[], p_amounts bigint[], p_recharge_point_ids integer[],
+    p_token_ids integer[], p_idempotency_keys text[])
+RETURNS TABLE (item integer, refusal text, message text, detail jsonb,
+               recharge_id bigint, card_id bigint, amount bigint, balance bigint,
+               recharge_timestamp timestamptz, recharge_point_id integer, user_id bigint,
+               replayed boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM cards c WHERE c.card_id = ANY (p_card_ids) ORDER BY c.card_id FOR NO KEY UPDATE;
+    FOR i IN 1 .. cardinality(p_card_ids) LOOP
+        RETURN QUERY SELECT i, r.* FROM recharge_one(p_card_ids[i], p_amounts[i], p_recharge_point_ids[i],
+                                                    p_token_ids[i], p_idempotency_keys[i]) r;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION recharge_card(
+    p_card_id bigint, p_amount bigint, p_recharge_point_id integer,
+    p_token_id integer, p_idempotency_key text,
+    OUT recharge_id bigint, OUT card_id bigint, OUT amount bigint, OUT balance bigint,
+    OUT recharge_timestamp timestamptz, OUT recharge_point_id integer, OUT user_id bigint,
+    OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_done record;
+BEGIN
+    SELECT * INTO v_done FROM recharge_cards(ARRAY[p_card_id], ARRAY[p_amount], ARRAY[p_recharge_point_id],
+                                             ARRAY[p_token_id], ARRAY[p_idempotency_key]);
+    IF v_done.refusal IS NOT NULL THEN
+        PERFORM refuse(v_done.refusal, v_done.message, v_done.detail);
+    END IF;
+    SELECT v_done.recharge_id, v_done.card_id, v_done.amount, v_done.balance, v_done.recharge_timestamp,
+           v_done.recharge_point_id, v_done.user_id, v_done.replayed
+    INTO recharge_id, card_id, amount, balance, recharge_timestamp, recharge_point_id, user_id, replayed;
+END $$;
+
+-- One boarding; the caller holds the card's row lock. Debit the fare of the route type, or
+-- the transfer fare when the card boarded another route within 90 minutes (a transfer onto a
+-- cable route is free, as TransMiCable's integration with the bus network is; any other
+-- transfer costs TRANSFER_200_COST). An earlier trip still open does not stop a boarding:
+-- zonal buses have no tap-out.
+CREATE OR REPLACE FUNCTION board_one(
     p_card_id bigint, p_route_id integer, p_boarding_station_id integer,
+    OUT refusal text, OUT message text, OUT detail jsonb,
     OUT trip_id bigint, OUT card_id bigint, OUT route_id integer, OUT boarding_station_id integer,
     OUT boarding_time timestamptz, OUT fare_id integer, OUT fare_charged bigint,
     OUT is_transfer boolean, OUT transfer_group_id bigint, OUT balance bigint, OUT user_id bigint)
@@ -335,19 +396,32 @@ DECLARE
     v_previous record;
     v_fare_type text;
 BEGIN
-    SELECT l.status, l.balance, l.user_id INTO v_status, v_balance, user_id FROM lock_card(p_card_id) l;
-    PERFORM require_active_card(p_card_id, v_status);
+    SELECT c.status, c.balance, c.user_id INTO v_status, v_balance, user_id
+    FROM cards c WHERE c.card_id = p_card_id;
+    IF NOT FOUND THEN
+        SELECT 'TRN01', 'card not found', jsonb_build_object('card_id', p_card_id) INTO refusal, message, detail;
+        RETURN;
+    END IF;
+    IF v_status <> 'active' THEN
+        SELECT 'TRC01', format('card is %s', v_status),
+               jsonb_build_object('card_id', p_card_id, 'card_status', v_status) INTO refusal, message, detail;
+        RETURN;
+    END IF;
     SELECT r.route_type, r.is_active INTO v_route_type, v_route_active
     FROM routes r WHERE r.route_id = p_route_id;
     IF NOT FOUND THEN
-        PERFORM refuse('TRN04', 'route not found', jsonb_build_object('route_id', p_route_id));
+        SELECT 'TRN04', 'route not found', jsonb_build_object('route_id', p_route_id) INTO refusal, message, detail;
+        RETURN;
     END IF;
     IF NOT v_route_active THEN
-        PERFORM refuse('TRC03', 'route is not in service', jsonb_build_object('route_id', p_route_id));
+        SELECT 'TRC03', 'route is not in service', jsonb_build_object('route_id', p_route_id)
+        INTO refusal, message, detail;
+        RETURN;
     END IF;
     IF NOT EXISTS (SELECT FROM stations s WHERE s.station_id = p_boarding_station_id) THEN
-        PERFORM refuse('TRN05', 'station not found',
-                       jsonb_build_object('station_id', p_boarding_station_id));
+        SELECT 'TRN05', 'station not found', jsonb_build_object('station_id', p_boarding_station_id)
+        INTO refusal, message, detail;
+        RETURN;
     END IF;
 
     SELECT t.trip_id, t.route_id, t.boarding_time, t.transfer_group_id INTO v_previous
@@ -365,9 +439,10 @@ BEGIN
     END IF;
     SELECT f.fare_id, f.value INTO fare_id, fare_charged FROM fare_in_force(v_fare_type) f;
     IF v_balance < fare_charged THEN
-        PERFORM refuse('TRP01', 'balance is lower than the fare',
-                       jsonb_build_object('balance', v_balance, 'fare', fare_charged,
-                                          'fare_type', v_fare_type));
+        SELECT 'TRP01', 'balance is lower than the fare',
+               jsonb_build_object('balance', v_balance, 'fare', fare_charged, 'fare_type', v_fare_type)
+        INTO refusal, message, detail;
+        RETURN;
     END IF;
 
     INSERT INTO trips AS t (card_id, route_id, boarding_station_id, boarding_time, fare_id,
@@ -381,30 +456,99 @@ BEGIN
     WHERE c.card_id = p_card_id RETURNING c.balance INTO balance;
 END $$;
 
--- Alight: close an open trip.
+CREATE OR REPLACE FUNCTION board_cards(p_card_ids bigint[], p_route_ids integer[],
+                                       p_boarding_station_ids integer[])
+RETURNS TABLE (item integer, refusal text, message text, detail jsonb,
+               trip_id bigint, card_id bigint, route_id integer, boarding_station_id integer,
+               boarding_time timestamptz, fare_id integer, fare_charged bigint,
+               is_transfer boolean, transfer_group_id bigint, balance bigint, user_id bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM cards c WHERE c.card_id = ANY (p_card_ids) ORDER BY c.card_id FOR NO KEY UPDATE;
+    -- Where the counter trigger will count each trip: the boarding station's locality.
+    PERFORM lock_trip_counters(array_agg(coalesce(s.location_id, 0)))
+    FROM unnest(p_boarding_station_ids) b (station_id) JOIN stations s ON s.station_id = b.station_id;
+    FOR i IN 1 .. cardinality(p_card_ids) LOOP
+        RETURN QUERY SELECT i, b.* FROM board_one(p_card_ids[i], p_route_ids[i], p_boarding_station_ids[i]) b;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION board_trip(
+    p_card_id bigint, p_route_id integer, p_boarding_station_id integer,
+    OUT trip_id bigint, OUT card_id bigint, OUT route_id integer, OUT boarding_station_id integer,
+    OUT boarding_time timestamptz, OUT fare_id integer, OUT fare_charged bigint,
+    OUT is_transfer boolean, OUT transfer_group_id bigint, OUT balance bigint, OUT user_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_done record;
+BEGIN
+    SELECT * INTO v_done FROM board_cards(ARRAY[p_card_id], ARRAY[p_route_id], ARRAY[p_boarding_station_id]);
+    IF v_done.refusal IS NOT NULL THEN
+        PERFORM refuse(v_done.refusal, v_done.message, v_done.detail);
+    END IF;
+    SELECT v_done.trip_id, v_done.card_id, v_done.route_id, v_done.boarding_station_id, v_done.boarding_time,
+           v_done.fare_id, v_done.fare_charged, v_done.is_transfer, v_done.transfer_group_id, v_done.balance,
+           v_done.user_id
+    INTO trip_id, card_id, route_id, boarding_station_id, boarding_time, fare_id, fare_charged, is_transfer,
+         transfer_group_id, balance, user_id;
+END $$;
+
+-- Alight: close an open trip; the caller holds the trip's row lock.
+CREATE OR REPLACE FUNCTION end_one(p_trip_id bigint, p_disembarking_station_id integer,
+                                   OUT refusal text, OUT message text, OUT detail jsonb, OUT trip trips)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT * INTO trip FROM trips t WHERE t.trip_id = p_trip_id;
+    IF NOT FOUND THEN
+        SELECT 'TRN02', 'trip not found', jsonb_build_object('trip_id', p_trip_id) INTO refusal, message, detail;
+        trip := NULL;
+        RETURN;
+    END IF;
+    IF trip.disembarking_time IS NOT NULL THEN
+        SELECT 'TRC02', 'trip already ended',
+               jsonb_build_object('trip_id', p_trip_id, 'disembarking_time', trip.disembarking_time)
+        INTO refusal, message, detail;
+        trip := NULL;
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM stations s WHERE s.station_id = p_disembarking_station_id) THEN
+        SELECT 'TRN05', 'station not found', jsonb_build_object('station_id', p_disembarking_station_id)
+        INTO refusal, message, detail;
+        trip := NULL;
+        RETURN;
+    END IF;
+    UPDATE trips t SET disembarking_station_id = p_disembarking_station_id,
+                       disembarking_time = greatest(clock_timestamp(), t.boarding_time)
+    WHERE t.trip_id = p_trip_id RETURNING t.* INTO trip;
+END $$;
+
+CREATE OR REPLACE FUNCTION end_trips(p_trip_ids bigint[], p_disembarking_station_ids integer[])
+RETURNS TABLE (item integer, refusal text, message text, detail jsonb, trip trips)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Lock the trips in trip_id order, then the counters of their boarding stations' localities.
+    PERFORM lock_trip_counters(array_agg(coalesce(s.location_id, 0)))
+    FROM (SELECT t.boarding_station_id FROM trips t WHERE t.trip_id = ANY (p_trip_ids)
+          ORDER BY t.trip_id FOR NO KEY UPDATE) locked
+    LEFT JOIN stations s ON s.station_id = locked.boarding_station_id;
+    FOR i IN 1 .. cardinality(p_trip_ids) LOOP
+        RETURN QUERY SELECT i, e.* FROM end_one(p_trip_ids[i], p_disembarking_station_ids[i]) e;
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION end_trip(p_trip_id bigint, p_disembarking_station_id integer)
 RETURNS SETOF trips LANGUAGE plpgsql AS $$
 DECLARE
-    v_trip trips;
+    v_done record;
 BEGIN
-    SELECT * INTO v_trip FROM trips t WHERE t.trip_id = p_trip_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        PERFORM refuse('TRN02', 'trip not found', jsonb_build_object('trip_id', p_trip_id));
+    SELECT * INTO v_done FROM end_trips(ARRAY[p_trip_id], ARRAY[p_disembarking_station_id]);
+    IF v_done.refusal IS NOT NULL THEN
+        PERFORM refuse(v_done.refusal, v_done.message, v_done.detail);
     END IF;
-    IF v_trip.disembarking_time IS NOT NULL THEN
-        PERFORM refuse('TRC02', 'trip already ended',
-                       jsonb_build_object('trip_id', p_trip_id, 'disembarking_time', v_trip.disembarking_time));
-    END IF;
-    IF NOT EXISTS (SELECT FROM stations s WHERE s.station_id = p_disembarking_station_id) THEN
-        PERFORM refuse('TRN05', 'station not found',
-                       jsonb_build_object('station_id', p_disembarking_station_id));
-    END IF;
-    RETURN QUERY
-    UPDATE trips t SET disembarking_station_id = p_disembarking_station_id,
-                       disembarking_time = greatest(clock_timestamp(), t.boarding_time)
-    WHERE t.trip_id = p_trip_id RETURNING t.*;
+    RETURN NEXT v_done.trip;
 END $$;
 
+-- ---------------------------------------------------------------- other writes
 CREATE OR REPLACE FUNCTION create_user(
     p_first_name text, p_last_name text, p_email text, p_id_number text,
     p_contact_number text, p_gender text, p_date_of_birth date,

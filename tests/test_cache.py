@@ -99,7 +99,7 @@ async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
     after = await command_calls(redis_client)
 
     assert answer.status_code == 201
-    assert database_calls == ["recharge"]
+    assert database_calls == ["recharge-cards"]
     keys = cachekeys.after_recharge(card_id, 1)
     # One round trip (EVALSHA); inside it, one INCR of the generation sequence, then SET per
     # generation and DEL per key.

@@ -402,14 +402,13 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
                          None, "F", datetime.date(1990, 5, 1), None, "Bogotá")
         card = await run(conn, "issue-card", user["user_id"], None)  # type: ignore[index]
         card_id = card["card_id"]  # type: ignore[index]
-        first = await run(conn, "recharge", card_id, 20_000, 1, token_id, "key-1")
-        replay = await run(conn, "recharge", card_id, 20_000, 1, token_id, "key-1")
-        assert replay["replayed"] and replay["recharge_id"] == first["recharge_id"]  # type: ignore[index]
-        boarding = await run(conn, "board", card_id, 1, 1)
-        transfer = await run(conn, "board", card_id, 3, 3)
-        assert transfer["is_transfer"] and transfer["balance"] == 20_000 - 2950  # type: ignore[index]
-        ended = await run(conn, "end-trip", boarding["trip_id"], 2)  # type: ignore[index]
-        assert ended["disembarking_station_id"] == 2  # type: ignore[index]
+        first, replay = await run(conn, "recharge-cards", [card_id] * 2, [20_000] * 2, [1] * 2, [token_id] * 2,
+                                  ["key-1"] * 2)  # type: ignore[misc]
+        assert replay["replayed"] and replay["recharge_id"] == first["recharge_id"]
+        boarding, transfer = await run(conn, "board-cards", [card_id] * 2, [1, 3], [1, 3])  # type: ignore[misc]
+        assert transfer["is_transfer"] and transfer["balance"] == 20_000 - 2950
+        (ended,) = await run(conn, "end-trips", [boarding["trip_id"]], [2])  # type: ignore[misc]
+        assert ended["disembarking_station_id"] == 2
         assert (await run(conn, "set-card-status", card_id, "blocked"))["status"] == "blocked"  # type: ignore[index]
         assert (await run(conn, "card-balance", card_id))["balance"] == 20_000 - 2950  # type: ignore[index]
         assert len(await run(conn, "card-trips", card_id)) == 2  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -272,3 +273,59 @@ async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
     assert len(overloaded) == 20 - 5  # pool_max + max_waiting got in, the rest were refused
     assert all(response.headers["retry-after"] == "1" for response, _ in overloaded)
     assert max(elapsed for _, elapsed in overloaded) < 0.5
+
+
+async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_no_half_batch(
+        fault_api: Api, fault_stack: LocalStack) -> None:
+    """Recharges (each with its own key) and boardings on 6 cards, sent at once through group
+    commit; PostgreSQL is killed once some batches have committed. Every 201 is stored, and
+    each batch is all or nothing: of the keyed recharges one batch call carried, either all
+    were stored or none."""
+    api = fault_api
+    cards = [(await make_user_with_card(api, balance=100_000))[1]["card_id"] for _ in range(6)]
+    database = api.state["db"]
+    real_run = database.run
+    batches: list[list[str]] = []  # the keys each recharge batch carried
+    committed = asyncio.Event()
+
+    async def run(query: Any, *args: Any) -> Any:
+        if query.name == "recharge-cards":
+            batches.append(list(args[4]))
+        answer = await real_run(query, *args)
+        if len(batches) >= 3:
+            committed.set()
+        return answer
+
+    database.run = run  # type: ignore[method-assign]
+
+    async def recharge(n: int) -> httpx.Response:
+        return await api.http.post("/recharges", headers={**api.auth("admin"), "Idempotency-Key": f"batch-{n}"},
+                                   json={"card_id": cards[n % 6], "amount": 100 + n})
+
+    async def board(n: int) -> httpx.Response:
+        return await api.http.post("/trips", headers=api.auth("validator"), json={
+            "card_id": cards[n % 6], "route_id": 1, "boarding_station_id": 1 + n % 4})
+
+    writes = [asyncio.ensure_future((recharge if n % 3 else board)(n)) for n in range(300)]
+    await committed.wait()
+    fault_stack.postgres.kill()
+    answers = await asyncio.gather(*writes)
+    fault_stack.postgres.start()
+    del database.run
+
+    assert {response.status_code for response in answers} <= {201, 503}
+    answered = [response.json() for response in answers if response.status_code == 201]
+    assert answered and len(answered) < len(answers)  # the crash fell in the middle of the load
+    assert max(len(keys) for keys in batches) > 1
+    conn = await asyncpg.connect(api.database_url)
+    try:
+        stored_keys = {row["idempotency_key"] for row in await conn.fetch("SELECT idempotency_key FROM idempotency_keys")}
+        recharges = {row["recharge_id"] for row in await conn.fetch("SELECT recharge_id FROM recharges")}
+        trips = {row["trip_id"] for row in await conn.fetch("SELECT trip_id FROM trips")}
+        await assert_balances_reconcile(conn)
+    finally:
+        await conn.close()
+    assert {body["recharge_id"] for body in answered if "recharge_id" in body} <= recharges
+    assert {body["trip_id"] for body in answered if "trip_id" in body} <= trips
+    for keys in batches:
+        assert {key in stored_keys for key in keys} in ({True}, {False}), keys

@@ -31,29 +31,31 @@ ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 -- Read by the named queries (sql/queries/*.sql) and by the write functions' checks; the
 -- API checks at start that the schema is current (schema_state).
 GRANT SELECT ON locations, stations, routes, fares, recharge_points, schema_state,
-                users, cards, recharges, trips, trip_counters, user_counters,
+                users, cards, recharges, trips, trip_counters, trip_hour_counters, user_counters,
                 write_tokens, cache_state
       TO :"api_role";
 
 -- Written by the write functions and their triggers (SELECT ... FOR NO KEY UPDATE on cards
 -- and trips needs UPDATE too; the upserts on counters need SELECT, above or here).
-GRANT INSERT, UPDATE ON cards, trips, write_tokens, trip_counters, user_counters TO :"api_role";
+GRANT INSERT, UPDATE ON cards, trips, write_tokens, trip_counters, trip_hour_counters, user_counters TO :"api_role";
 GRANT SELECT, INSERT, UPDATE ON user_active_cards TO :"api_role";
 GRANT INSERT ON users, recharges TO :"api_role";
 GRANT UPDATE ON cache_state TO :"api_role";
 -- Idempotency records: stored with each keyed recharge, pruned after their retention.
 GRANT SELECT, INSERT, DELETE ON idempotency_keys TO :"api_role";
--- recharge_card takes its id with nextval(); issue_card draws card numbers.
+-- recharge_one takes its id with nextval(); issue_card draws card numbers.
 GRANT USAGE ON SEQUENCE recharges_recharge_id_seq, card_number_seq TO :"api_role";
 
 -- The functions the API calls (sql/queries/*.sql) ...
-GRANT EXECUTE ON FUNCTION recharge_card, board_trip, end_trip, create_user, issue_card,
+GRANT EXECUTE ON FUNCTION recharge_cards, board_cards, end_trips, create_user, issue_card,
                           set_card_status, register_token, bump_cache_epoch,
                           prune_idempotency_keys
       TO :"api_role";
 -- ... and the helpers they and the counter triggers call, which run with its rights too.
-GRANT EXECUTE ON FUNCTION refuse, lock_card, require_active_card, bogota_today, fare_in_force, counter_shard,
-                          bump_trip_counters, bump_user_counters, count_active_card
+GRANT EXECUTE ON FUNCTION refuse, recharge_one, board_one, end_one, lock_trip_counters, bogota_today,
+                          fare_in_force, counter_shard, bump_trip_counters, bogota_hour,
+                          bump_trip_hour_counters, bump_user_counters,
+                          count_active_card
       TO :"api_role";
 -- Not granted: load_demo_data, refresh_counters, drop_secondary_indexes (operator tools).
 
