@@ -3,7 +3,8 @@
 Each `Operation` names its handler with what the document needs (body and answer Structs,
 status, errors, who may call it, its cache key), so the document cannot drift from the
 routes. `/docs` (Swagger UI) and `/redoc` load their assets from ./static: they work with
-no internet access.
+no internet access (Swagger UI's online-validator badge is turned off, and ReDoc's footer logo
+is cut from the vendored bundle: static/README.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Operation:
     roles: tuple[str, ...] | None = None  # None: public; () admin only
     cache: str = ""
     headers: tuple[str, ...] = ()
+    unavailable: Any = None  # the body of its 503 when that is not a problem (/health)
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])
@@ -58,7 +60,7 @@ def openapi_document(operations: Iterable[Operation], title: str, version: str) 
     operations = list(operations)
     types = {ProblemBody}
     for op in operations:
-        types.update(t for t in (op.body, op.answer) if t is not None)
+        types.update(t for t in (op.body, op.answer, op.unavailable) if t is not None)
     typed = list(types)
     refs, components = msgspec.json.schema_components(typed, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(typed, refs))
@@ -92,7 +94,7 @@ def openapi_document(operations: Iterable[Operation], title: str, version: str) 
         if op.body is not None:
             entry["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": ref_of[op.body]}}}
-        answer: dict[str, Any] = {"description": {201: "Created"}.get(op.status, "OK")}
+        answer: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
         if op.answer is not None:
             answer["content"] = {"application/json": {"schema": ref_of[op.answer]}}
         entry["responses"][str(op.status)] = answer
@@ -103,6 +105,9 @@ def openapi_document(operations: Iterable[Operation], title: str, version: str) 
             errors |= {401, 403}
         for status in sorted(errors):
             entry["responses"][str(status)] = _problem_response(status)
+        if op.unavailable is not None:
+            entry["responses"]["503"] = {"description": TITLES[503],
+                                         "content": {"application/json": {"schema": ref_of[op.unavailable]}}}
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
@@ -122,7 +127,7 @@ SWAGGER_PAGE = """<!doctype html>
 <link rel="stylesheet" href="/static/swagger-ui/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/static/swagger-ui/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}});</script>
+<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null}});</script>
 </body></html>"""
 
 REDOC_PAGE = """<!doctype html>

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
-import hmac
 import logging
 import logging.config
 import os
@@ -19,7 +17,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +31,8 @@ from starlette.routing import BaseRoute, Route
 
 import cachekeys
 import db
+import auth
+from auth import TokenCache, admin_only, authorize, digest, new_token
 import docs
 import metrics
 import models
@@ -49,7 +49,6 @@ log = logging.getLogger("travel.api")
 BodyT = TypeVar("BodyT", bound=models.Body)
 
 MAX_BODY = 64 * 1024
-TOKEN_CACHE_SECONDS = 30.0  # a revoked token stops working within this long
 # A retry of a recharge is answered from its first answer for this long (Stripe keeps 24 h).
 IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
@@ -171,51 +170,6 @@ async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
 MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-# ---------------------------------------------------------------- write tokens
-@dataclass(frozen=True, slots=True)
-class Caller:
-    token_id: int
-    role: str
-    recharge_point_id: int | None
-
-
-@dataclass
-class TokenCache:
-    """Known tokens by sha256, kept briefly so that a write costs one database round trip."""
-
-    entries: dict[bytes, tuple[float, Caller | None]] = field(default_factory=dict)
-
-    async def caller(self, database: Database, token: str) -> Caller | None:
-        digest = hashlib.sha256(token.encode()).digest()
-        now = time.monotonic()
-        cached = self.entries.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        row = await database.run(QUERIES["token-by-hash"], digest)
-        found = None if row is None else Caller(row["token_id"], row["role"], row["recharge_point_id"])
-        if len(self.entries) > 10_000:  # unknown tokens are cached too: bound the memory
-            self.entries.clear()
-        self.entries[digest] = (now + TOKEN_CACHE_SECONDS, found)
-        return found
-
-
-async def authorize(request: Request, *roles: str) -> Caller:
-    """The caller behind `Authorization: Bearer`, if its role is one of `roles` (admin always)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
-        raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
-                      headers={"WWW-Authenticate": "Bearer"})
-    state = request.state
-    caller = await state.tokens.caller(state.db, token)
-    if caller is None:
-        raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
-                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    if caller.role != "admin" and caller.role not in roles:
-        raise Problem(403, "FORBIDDEN", f"a {caller.role} token cannot do this")
-    return caller
-
-
 # ---------------------------------------------------------------- cache-aside
 async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
     """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (DESIGN §6)."""
@@ -311,9 +265,9 @@ card_trips = cached_read_by_id("card_trips", "card_id", cachekeys.card_trips, ca
                                "card-trips", each(models.Trip), "CARD_NOT_FOUND")
 card_balance = cached_read_by_id("card_balance", "card_id", cachekeys.card_balance, cachekeys.CARD_BALANCE_TTL,
                                  "card-balance", one(models.CardBalance), "CARD_NOT_FOUND")
-user_recharges = cached_read_by_id("user_recharges", "user_id", cachekeys.user_recharges,
+user_recharges = admin_only(cached_read_by_id("user_recharges", "user_id", cachekeys.user_recharges,
                                    cachekeys.USER_RECHARGES_TTL, "user-recharges", each(models.UserRecharge),
-                                   "USER_NOT_FOUND")
+                                   "USER_NOT_FOUND"))
 trips_total = cached_read("trips_total", cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, "trips-total",
                           one(models.TripsTotal))
 trips_by_locality = cached_read("trips_by_locality", cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL,
@@ -337,6 +291,7 @@ async def users_active_count(request: Request) -> Response:
 
 
 async def users_latest(request: Request) -> Response:
+    await authorize(request)
     rows = await request.state.lagging_db.run(QUERIES["users-latest"])
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
@@ -346,13 +301,21 @@ IDEMPOTENCY_KEY_MAX = 255
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    """The request's key, refused (422) when repeated or when spaces surround it: a proxy that
+    drops one of two headers, or trims a space, between a request and its retry would
+    otherwise turn the retry into a second recharge."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
-        raise Problem(422, "VALIDATION_ERROR",
-                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+    key = keys[0]
+    if len(keys) > 1:
+        raise Problem(422, "VALIDATION_ERROR", "send one Idempotency-Key header, not several",
                       field="Idempotency-Key")
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable() \
+            or key != key.strip():
+        raise Problem(422, "VALIDATION_ERROR",
+                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters,"
+                      " without leading or trailing spaces", field="Idempotency-Key")
     return key
 
 
@@ -419,6 +382,31 @@ async def set_card_status(request: Request) -> Response:
     return JSONBytes(encode(models.Card(*row)))
 
 
+# ---------------------------------------------------------------- write tokens (admin)
+async def create_token(request: Request) -> Response:
+    await authorize(request)
+    body = await read_body(request, models.TokenRequest)
+    token, token_digest = new_token()
+    row = await request.state.db.run(QUERIES["create-token"], token_digest, body.role, body.label,
+                                     body.recharge_point_id)
+    response = JSONBytes(encode(models.NewToken(*row, token)), 201)
+    response.raw_headers.append((b"cache-control", b"no-store"))  # the secret, shown this once
+    return response
+
+
+async def list_tokens(request: Request) -> Response:
+    await authorize(request)
+    return JSONBytes(encode([models.TokenInfo(*row) for row in await request.state.db.run(QUERIES["tokens-live"])]))
+
+
+async def revoke_token(request: Request) -> Response:
+    await authorize(request)
+    token_id = path_id(request, "token_id", models.INT_MAX)
+    await request.state.db.run(QUERIES["revoke-token"], token_id)
+    request.state.tokens.forget(token_id)  # here before answering; other instances on its NOTIFY
+    return Response(status_code=204)
+
+
 # ---------------------------------------------------------------- errors
 async def handle_http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
@@ -456,7 +444,7 @@ async def prepare_database(settings: Settings) -> None:
     try:
         await db.apply_schema(conn)
         if settings.admin_token:
-            await QUERIES["register-token"](conn, hashlib.sha256(settings.admin_token.encode()).digest(),
+            await QUERIES["register-token"](conn, digest(settings.admin_token),
                                             "admin", "ADMIN_TOKEN", None)
     finally:
         await conn.close()
@@ -480,19 +468,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         cache = Cache(redis, await database.run(QUERIES["cache-epoch"]))
         metrics.watch_pool(database)
 
+        tokens = TokenCache()
+
         def on_epoch(payload: str) -> None:
             cache.epoch = max(cache.epoch, int(payload))
 
-        async def read_epoch(conn: asyncpg.Connection) -> None:
+        async def catch_up(conn: asyncpg.Connection) -> None:  # what went unheard while disconnected
             on_epoch(str(await QUERIES["cache-epoch"](conn)))
+            tokens.forget_all()
 
-        epochs = db.Listener(settings.listen_database_url or settings.database_url, "cache_epoch",
-                             on_epoch, read_epoch)
-        background = [asyncio.create_task(epochs.run()),
+        listener = db.Listener(settings.listen_database_url or settings.database_url,
+                               {"cache_epoch": on_epoch, auth.REVOCATIONS_CHANNEL: tokens.forget}, catch_up)
+        background = [asyncio.create_task(listener.run()),
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
             yield {"db": database, "lagging_db": lagging_database, "cache": cache,
-                   "tokens": TokenCache(), "settings": settings, "epochs": epochs}
+                   "tokens": tokens, "settings": settings, "listener": listener}
         finally:
             for task in background:
                 task.cancel()
@@ -520,7 +511,7 @@ ADMIN: tuple[str, ...] = ()
 NOT_FOUND = (404,)
 OPERATIONS = [
     Operation("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
-              models.Health, errors=(503,)),
+              models.Health, errors=(503,), unavailable=models.Health),
     Operation("GET", f"{API}/trips/total", trips_total, "Trip totals and revenue",
               models.TripsTotal, cache="trips:total · 300 s"),
     Operation("GET", f"{API}/trips/total/localities", trips_by_locality, "Trips per locality",
@@ -551,12 +542,20 @@ OPERATIONS = [
     Operation("GET", f"{API}/users/count", users_count, "How many users", models.Count),
     Operation("GET", f"{API}/users/active/count", users_active_count,
               "How many users hold an active card", models.Count),
-    Operation("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User]),
+    Operation("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User],
+              roles=ADMIN),
     Operation("GET", f"{API}/users/{{user_id}}/recharges", user_recharges, "A user's 20 latest recharges",
-              list[models.UserRecharge], errors=NOT_FOUND, cache="user:{id}:recharges · 300 s"),
+              list[models.UserRecharge], errors=NOT_FOUND, roles=ADMIN, cache="user:{id}:recharges · 300 s"),
     Operation("GET", f"{API}/routes", routes_all, "Every route", list[models.Route], cache="routes:all · 300 s"),
     Operation("GET", f"{API}/stations", stations_all, "Every station", list[models.Station],
               cache="stations:all · 300 s"),
+    Operation("POST", f"{API}/tokens", create_token, "Make a write token: its secret is shown this once",
+              models.NewToken, 201, models.TokenRequest, (404,), ADMIN),
+    Operation("GET", f"{API}/tokens", list_tokens, "Every live token (never a secret or hash)",
+              list[models.TokenInfo], roles=ADMIN),
+    Operation("DELETE", f"{API}/tokens/{{token_id}}", revoke_token,
+              "Revoke a token, on every instance at once (not the last admin token)",
+              None, 204, errors=(404, 409), roles=ADMIN),
 ]
 ROUTES: list[BaseRoute] = [
     *(operation.route() for operation in OPERATIONS),

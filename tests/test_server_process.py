@@ -122,7 +122,8 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
     second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
     run_server.append(second)
     second.wait_healthy()
-    assert httpx.get(second.url + "/users/latest").json()[0]["email"] == "juan@example.co"
+    latest = httpx.get(second.url + "/users/latest", headers={"Authorization": f"Bearer {token}"})
+    assert latest.json()[0]["email"] == "juan@example.co"
     status, output = second.stop()
     assert status == 0, output
     assert live_processes_mentioning(str(data_dir)) == []
