@@ -88,8 +88,8 @@ async def authorize(request: Request, *roles: str) -> Caller:
     if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
         raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
                       headers={"WWW-Authenticate": "Bearer"})
-    state = request.state
-    caller = await state.tokens.caller(state.db, token)
+    tokens: TokenCache = request.state.tokens
+    caller = await tokens.caller(request.state.db, token)
     if caller is None:
         raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -29,13 +29,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+import auth
 import cachekeys
 import db
-import auth
-from auth import TokenCache, admin_only, authorize, digest, new_token
 import docs
 import metrics
 import models
+from auth import TokenCache, admin_only, authorize, digest, new_token
 from cache import Cache, Lookup, connect
 from db import QUERIES, Database, Overloaded
 from docs import Operation
@@ -265,9 +265,9 @@ card_trips = cached_read_by_id("card_trips", "card_id", cachekeys.card_trips, ca
                                "card-trips", each(models.Trip), "CARD_NOT_FOUND")
 card_balance = cached_read_by_id("card_balance", "card_id", cachekeys.card_balance, cachekeys.CARD_BALANCE_TTL,
                                  "card-balance", one(models.CardBalance), "CARD_NOT_FOUND")
-user_recharges = admin_only(cached_read_by_id("user_recharges", "user_id", cachekeys.user_recharges,
-                                   cachekeys.USER_RECHARGES_TTL, "user-recharges", each(models.UserRecharge),
-                                   "USER_NOT_FOUND"))
+user_recharges = admin_only(cached_read_by_id(  # names a person (DESIGN §5)
+    "user_recharges", "user_id", cachekeys.user_recharges, cachekeys.USER_RECHARGES_TTL, "user-recharges",
+    each(models.UserRecharge), "USER_NOT_FOUND"))
 trips_total = cached_read("trips_total", cachekeys.TRIPS_TOTAL, cachekeys.TRIPS_TOTAL_TTL, "trips-total",
                           one(models.TripsTotal))
 trips_by_locality = cached_read("trips_by_locality", cachekeys.TRIPS_TOTAL_BY_LOCALITY, cachekeys.TRIPS_TOTAL_TTL,
@@ -389,7 +389,7 @@ async def create_token(request: Request) -> Response:
     token, token_digest = new_token()
     row = await request.state.db.run(QUERIES["create-token"], token_digest, body.role, body.label,
                                      body.recharge_point_id)
-    response = JSONBytes(encode(models.NewToken(*row, token)), 201)
+    response = JSONBytes(encode(models.NewToken(**row, token=token)), 201)
     response.raw_headers.append((b"cache-control", b"no-store"))  # the secret, shown this once
     return response
 

@@ -13,8 +13,9 @@ import pytest
 
 import errors
 import models
-from api_helpers import assert_problem, balance_in_db, execute, fetchval, json_body, make_user_with_card, recharge
-from api_helpers import unchanged
+from api_helpers import (
+    assert_problem, balance_in_db, execute, fetchval, json_body, make_user_with_card, recharge, unchanged,
+)
 from conftest import Api
 from dbhelpers import connected
 
