@@ -202,19 +202,19 @@ class Overloaded(Exception):
 
 
 class Listener:
-    """One connection LISTENing on `channel`, kept open for the life of the app.
+    """One connection LISTENing on each channel of `on_notify`, kept open for the life of the app.
 
     `on_connect(conn)` runs on every (re)connection, to read what notifications sent while
-    the connection was down would have said; `on_notify(payload)` runs on each notification.
+    the connection was down would have said; `on_notify[channel](payload)` runs on each
+    notification of that channel.
     """
 
     RETRY_SECONDS = 1.0
     PROBE_SECONDS = 5.0
 
-    def __init__(self, dsn: str, channel: str, on_notify: Callable[[str], None],
+    def __init__(self, dsn: str, on_notify: dict[str, Callable[[str], None]],
                  on_connect: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
         self.dsn = dsn
-        self.channel = channel
         self.on_notify = on_notify
         self.on_connect = on_connect
         self.connected = asyncio.Event()
@@ -227,7 +227,8 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=2.0)
                 conn.add_termination_listener(lambda _: lost.set())
-                await conn.add_listener(self.channel, lambda *notification: self.on_notify(notification[3]))
+                for channel, handler in self.on_notify.items():
+                    await conn.add_listener(channel, lambda *notification, run=handler: run(notification[3]))
                 await self.on_connect(conn)
                 self.connected.set()
                 while not lost.is_set():  # a silently dead socket (no RST) is found by a probe
@@ -236,7 +237,7 @@ class Listener:
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1", timeout=self.PROBE_SECONDS)
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning("listener on %s: %s", self.channel, error.__class__.__name__)
+                log.warning("listener on %s: %s", ", ".join(self.on_notify), error.__class__.__name__)
             finally:
                 self.connected.clear()
                 if conn is not None:

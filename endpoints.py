@@ -32,6 +32,7 @@ class Endpoint:
     cache: CachedKey | None = None
     headers: tuple[str, ...] = ()
     query: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional query parameters and their schemas
+    unavailable: Any = None  # the body of its 503 when that is not a problem (/health)
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])

@@ -30,15 +30,36 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str]] = {
     "TRN04": (404, "ROUTE_NOT_FOUND"),
     "TRN05": (404, "STATION_NOT_FOUND"),
     "TRN06": (404, "RECHARGE_POINT_NOT_FOUND"),
+    "TRN07": (404, "TOKEN_NOT_FOUND"),
     "TRC01": (409, "CARD_NOT_ACTIVE"),
     "TRC02": (409, "TRIP_ALREADY_ENDED"),
     "TRC03": (409, "ROUTE_NOT_ACTIVE"),
+    "TRC04": (409, "BALANCE_LIMIT"),
+    "TRC05": (409, "LAST_ADMIN_TOKEN"),
     "TRP01": (402, "INSUFFICIENT_BALANCE"),
     "TRI01": (422, "IDEMPOTENCY_KEY_REUSED"),
     "TRF01": (503, "FARE_NOT_CONFIGURED"),
     "23505": (409, "ALREADY_EXISTS"),  # unique_violation
     "23514": (422, "VALIDATION_ERROR"),  # check_violation: input the API's own checks let by
 }
+
+# Any other SQLSTATE, by its class (the first two characters), so that no refusal of PostgreSQL
+# is ever an unexplained 500: (status, code, detail). Classes not listed (42 syntax or access
+# rule, P0 an unmapped RAISE, ...) are a fault of our own SQL: 500, logged with the SQLSTATE.
+SQLSTATE_CLASS_PROBLEMS: dict[str, tuple[int, str, str]] = {
+    "22": (422, "VALIDATION_ERROR", "a value is out of range or malformed"),  # data exception
+    "23": (409, "CONFLICT", "the write conflicts with the data it refers to"),  # integrity
+    "40": (503, "TRANSACTION_CONFLICT", "a concurrent write got in the way; retry"),  # 40001, 40P01
+    "55": (503, "TRANSACTION_CONFLICT", "a lock or object is busy; retry"),  # 55P03 lock_not_available
+    "54": (422, "VALIDATION_ERROR", "a value is too large to process"),  # program limit exceeded
+    "08": (503, "DATABASE_UNAVAILABLE", "the database cannot be reached; retry shortly"),
+    "25": (503, "DATABASE_UNAVAILABLE", "the database is read-only or busy; retry shortly"),  # a replica
+    "53": (503, "DATABASE_UNAVAILABLE", "the database is out of resources; retry shortly"),
+    "57": (503, "DATABASE_UNAVAILABLE", "the database is shutting down or cancelled the request; retry"),
+    "58": (503, "DATABASE_UNAVAILABLE", "the database had a system error; retry shortly"),
+    "XX": (503, "DATABASE_UNAVAILABLE", "the database had an internal error; retry shortly"),
+}
+RETRY_AFTER_SECONDS = {"TRANSACTION_CONFLICT": "1", "DATABASE_UNAVAILABLE": "2"}
 
 TITLES = {
     400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
@@ -101,10 +122,16 @@ class Problem(Exception):
 
 
 def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
-    """The problem a PostgreSQL refusal stands for, or None if it is not a domain refusal."""
+    """The problem a PostgreSQL refusal stands for, or None if it is a fault of our own SQL."""
     mapped = SQLSTATE_PROBLEMS.get(error.sqlstate or "")
     if mapped is None:
-        return None
+        by_class = SQLSTATE_CLASS_PROBLEMS.get((error.sqlstate or "")[:2])
+        if by_class is None:
+            return None
+        status, code, text = by_class
+        retry = RETRY_AFTER_SECONDS.get(code)
+        return Problem(status, code, text, headers={"Retry-After": retry} if retry else None,
+                       sqlstate=error.sqlstate)
     detail = getattr(error, "detail", None)
     if error.sqlstate.startswith("TR"):
         return refusal(error.sqlstate, error.args[0], detail)
@@ -140,6 +167,10 @@ async def handle_postgres(_: Request, exc: Exception) -> Response:
     if problem is None:
         log.error("unmapped PostgreSQL error %s: %s", exc.sqlstate, exc.__class__.__name__)
         problem = Problem(500, "INTERNAL_ERROR", "the request could not be completed")
+    elif exc.sqlstate not in SQLSTATE_PROBLEMS:  # mapped by class only: unusual, worth a line
+        log.warning("PostgreSQL error %s answered as %d %s", exc.sqlstate, problem.status, problem.code)
+        if problem.code == "DATABASE_UNAVAILABLE":
+            metrics.DATABASE_ERRORS.inc()
     return problem.response()
 
 

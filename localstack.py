@@ -205,6 +205,10 @@ class LocalPostgres:
             "full_page_writes": "on" if self.durable else "off",
             "max_wal_size": "4GB",
             "logging_collector": "off",
+            # A refused write (a blocked card, a short balance) is an ERROR to PostgreSQL but normal
+            # traffic here: one terse line each, without the statement (deploy/vm3-postgres too).
+            "log_min_error_statement": "panic",
+            "log_error_verbosity": "terse",
         }
         options = " ".join(f"-c {name}={value}" for name, value in settings.items())
         log = self.data_dir / "server.log"

@@ -20,6 +20,9 @@ BigId = Annotated[int, Meta(ge=1, le=BIGINT_MAX, description="a positive bigint 
 IntId = Annotated[int, Meta(ge=1, le=INT_MAX, description="a positive integer id")]
 Pesos = Annotated[int, Meta(description="Colombian pesos, an exact integer")]
 RechargeAmount = Annotated[int, Meta(ge=1, le=1_000_000, description="pesos, 1..1,000,000")]
+# The most a card may hold (schema.sql cards_balance_max, functions.sql card_balance_max()):
+# a recharge past it is 409 BALANCE_LIMIT.
+BALANCE_MAX = 5_000_000
 
 
 def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x7f-\x9f]*") -> Meta:
@@ -37,6 +40,8 @@ Phone = Annotated[str, text(20, pattern=r"\+?[0-9 ()-]+")]
 CardNumber = Annotated[str, text(20, min_length=8, pattern=r"[0-9]+")]
 Address = Annotated[str, text(255)]
 EARLIEST_BIRTH = dt.date(1900, 1, 2)  # schema.sql: CHECK (date_of_birth > '1900-01-01')
+BirthDate = Annotated[dt.date, Meta(
+    description=f"from {EARLIEST_BIRTH} to today", extra_json_schema={"formatMinimum": EARLIEST_BIRTH.isoformat()})]
 CardStatus = Literal["active", "blocked", "lost", "inactive"]
 
 
@@ -68,7 +73,7 @@ class UserRequest(Body):
     id_number: IdNumber
     contact_number: Phone | None = None
     gender: Literal["M", "F", "O"] | None = None
-    date_of_birth: dt.date | None = None
+    date_of_birth: BirthDate | None = None
     residential_address: Address | None = None
     city_of_birth: Name | None = None
 
@@ -85,6 +90,20 @@ class CardRequest(Body):
 
 class CardStatusRequest(Body):
     status: CardStatus
+
+
+TokenRole = Literal["admin", "recharge_point", "validator"]
+
+
+class TokenRequest(Body):
+    role: TokenRole
+    label: Name
+    recharge_point_id: Annotated[IntId | None, Meta(
+        description="the point a recharge_point token recharges at; required for that role, refused for others")] = None
+
+    def __post_init__(self) -> None:
+        if (self.role == "recharge_point") != (self.recharge_point_id is not None):
+            raise ValueError("recharge_point_id is required for a recharge_point token and refused for any other")
 
 
 # ---------------------------------------------------------------- responses
@@ -278,3 +297,22 @@ class Stats(msgspec.Struct):
     cache: CacheStats
     redis: RedisStats | None  # None while Redis does not answer
     pool: PoolStats
+
+
+class TokenInfo(msgspec.Struct):
+    """A write token as listed: never its secret nor its hash. last_used_at is when an API
+    instance last looked it up (on a token-cache miss, noted at most once a minute): it lags
+    the true last use by up to about 90 seconds."""
+
+    token_id: int
+    role: TokenRole
+    recharge_point_id: int | None
+    label: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+
+
+class NewToken(TokenInfo):
+    """A token just made: `token` is shown this once (only its sha256 is stored)."""
+
+    token: str

@@ -2,7 +2,9 @@
 
 Each `Endpoint` (endpoints.py) carries what the document needs: body and answer Structs,
 status, errors, who may call it, its cache key and TTL. `/docs` (Swagger UI) and `/redoc`
-load their assets from ./static: they work with no internet access.
+load their assets from ./static: they work with no internet access (Swagger UI's
+online-validator badge is turned off, and ReDoc's footer logo is cut from the vendored
+bundle: static/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
     operations = list(operations)
     types: set[Any] = {ProblemBody}
     for op in operations:
-        types.update(t for t in (op.body, op.answer) if t is not None)
+        types.update(t for t in (op.body, op.answer, op.unavailable) if t is not None)
     typed = list(types)
     refs, components = msgspec.json.schema_components(typed, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(typed, refs))
@@ -70,7 +72,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         if op.body is not None:
             entry["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": ref_of[op.body]}}}
-        answer: dict[str, Any] = {"description": {201: "Created"}.get(op.status, "OK")}
+        answer: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
         if op.answer is not None:
             answer["content"] = {"application/json": {"schema": ref_of[op.answer]}}
         entry["responses"][str(op.status)] = answer
@@ -81,6 +83,9 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
             errors |= {401, 403}
         for status in sorted(errors):
             entry["responses"][str(status)] = _problem_response(status)
+        if op.unavailable is not None:
+            entry["responses"]["503"] = {"description": TITLES[503],
+                                         "content": {"application/json": {"schema": ref_of[op.unavailable]}}}
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
@@ -100,7 +105,7 @@ SWAGGER_PAGE = """<!doctype html>
 <link rel="stylesheet" href="/static/swagger-ui/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/static/swagger-ui/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}});</script>
+<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null}});</script>
 </body></html>"""
 
 REDOC_PAGE = """<!doctype html>

@@ -11,12 +11,8 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import hashlib
-import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -27,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+import auth
 import batching
 import cachekeys
 import dashboard
@@ -36,6 +33,7 @@ import metrics
 import models
 import openapi
 import stats
+from auth import TokenCache, authorize, new_token
 from cache import Cache, Lookup, connect
 from cachekeys import CachedKey
 from db import QUERIES, Database, Overloaded, Query
@@ -50,7 +48,6 @@ log = logging.getLogger("travel.api")
 BodyT = TypeVar("BodyT", bound=models.Body)
 
 MAX_BODY = 64 * 1024
-TOKEN_CACHE_SECONDS = 30.0  # a revoked token stops working within this long
 # A retry of a recharge is answered from its first answer for this long (Stripe keeps 24 h).
 IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
@@ -139,55 +136,6 @@ ANY_JSON = msgspec.json.Decoder()
 MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-# ---------------------------------------------------------------- write tokens
-@dataclass(frozen=True, slots=True)
-class Caller:
-    token_id: int
-    role: str
-    recharge_point_id: int | None
-
-
-TOKEN_BY_HASH = query("token-by-hash")
-
-
-@dataclass
-class TokenCache:
-    """Known tokens by sha256, kept briefly so that a write costs one database round trip."""
-
-    entries: dict[bytes, tuple[float, Caller | None]] = field(default_factory=dict)
-
-    async def caller(self, database: Database, token: str) -> Caller | None:
-        digest = hashlib.sha256(token.encode()).digest()
-        now = time.monotonic()
-        cached = self.entries.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        row = await database.run(TOKEN_BY_HASH, digest)
-        found = None if row is None else Caller(row["token_id"], row["role"], row["recharge_point_id"])
-        if len(self.entries) > 10_000:  # unknown tokens are cached too: bound the memory
-            self.entries.clear()
-        self.entries[digest] = (now + TOKEN_CACHE_SECONDS, found)
-        return found
-
-
-async def authorize(request: Request, *roles: str) -> Caller:
-    """The caller behind `Authorization: Bearer`, if its role is one of `roles` (admin always)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
-        raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
-                      headers={"WWW-Authenticate": "Bearer"})
-    state = request.state
-    tokens: TokenCache = state.tokens
-    caller = await tokens.caller(state.db, token)
-    if caller is None:
-        raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
-                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    if caller.role != "admin" and caller.role not in roles:
-        raise Problem(403, "FORBIDDEN", f"a {caller.role} token cannot do this")
-    return caller
-
-
 # ---------------------------------------------------------------- cache-aside
 async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
     """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (DESIGN §6)."""
@@ -238,11 +186,12 @@ async def health(request: Request) -> Response:
 
 
 def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct: type, *,
-                many: bool = False, missing: str = "") -> Endpoint:
+                many: bool = False, missing: str = "", roles: tuple[str, ...] | None = None) -> Endpoint:
     """The declaration of a cached GET of what a named query finds, answered as `struct`
     (a list of them when `many`). With an id in the path it reads the primary (it must show
     a write as soon as that returned) and finding nothing is 404 `missing`; without one
-    (aggregates, reference data) it may read a replica."""
+    (aggregates, reference data) it may read a replica. With `roles`, a bearer token of
+    one of them (or admin) is checked before anything is read."""
     statement = query(query_name)
     if many:  # LEFT JOINs give one all-NULL row when nothing matched: not an item
         def answer(found: Any) -> Any:
@@ -254,6 +203,8 @@ def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct
     param = next((part[1:-1] for part in path.split("/") if part.startswith("{")), "")
     if param:
         async def read(request: Request) -> Response:
+            if roles is not None:
+                await authorize(request, *roles)
             item_id = path_id(request, param)
 
             async def load() -> bytes:
@@ -275,7 +226,7 @@ def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct
 
     read.__name__ = query_name.replace("-", "_")
     return Endpoint("GET", path, read, summary, list[struct] if many else struct,  # type: ignore[valid-type]
-                    errors=(404,) if param else (), cache=key)
+                    errors=(404,) if param else (), roles=roles, cache=key)
 
 
 USERS_COUNT = query("users-count")
@@ -292,6 +243,7 @@ async def users_active_count(request: Request) -> Response:
 
 
 async def users_latest(request: Request) -> Response:
+    await authorize(request)
     rows = await request.state.lagging_db.run(USERS_LATEST)
     return JSONBytes(encode([models.User(*row) for row in rows]))
 
@@ -321,13 +273,21 @@ SET_CARD_STATUS = query("set-card-status")
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    """The request's key, refused (422) when repeated or when spaces surround it: a proxy that
+    drops one of two headers, or trims a space, between a request and its retry would
+    otherwise turn the retry into a second recharge."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
-        raise Problem(422, "VALIDATION_ERROR",
-                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+    key = keys[0]
+    if len(keys) > 1:
+        raise Problem(422, "VALIDATION_ERROR", "send one Idempotency-Key header, not several",
                       field="Idempotency-Key")
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable() \
+            or key != key.strip():
+        raise Problem(422, "VALIDATION_ERROR",
+                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters,"
+                      " without leading or trailing spaces", field="Idempotency-Key")
     return key
 
 
@@ -389,6 +349,35 @@ async def set_card_status(request: Request) -> Response:
     return JSONBytes(encode(models.Card(*row)))
 
 
+# ---------------------------------------------------------------- write tokens (admin)
+CREATE_TOKEN = query("create-token")
+TOKENS_LIVE = query("tokens-live")
+REVOKE_TOKEN = query("revoke-token")
+
+
+async def create_token(request: Request) -> Response:
+    await authorize(request)
+    body = await read_body(request, models.TokenRequest)
+    token, token_digest = new_token()
+    row = await request.state.db.run(CREATE_TOKEN, token_digest, body.role, body.label, body.recharge_point_id)
+    response = JSONBytes(encode(models.NewToken(**row, token=token)), 201)
+    response.raw_headers.append((b"cache-control", b"no-store"))  # the secret, shown this once
+    return response
+
+
+async def list_tokens(request: Request) -> Response:
+    await authorize(request)
+    return JSONBytes(encode([models.TokenInfo(*row) for row in await request.state.db.run(TOKENS_LIVE)]))
+
+
+async def revoke_token(request: Request) -> Response:
+    await authorize(request)
+    token_id = path_id(request, "token_id", models.INT_MAX)
+    await request.state.db.run(REVOKE_TOKEN, token_id)
+    request.state.tokens.forget(token_id)  # here before answering; other instances on its NOTIFY
+    return Response(status_code=204)
+
+
 # ---------------------------------------------------------------- errors
 async def handle_http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
@@ -442,19 +431,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         cache = Cache(redis, await database.run(CACHE_EPOCH))
         metrics.watch_pool(database)
 
+        tokens = TokenCache()
+
         def on_epoch(payload: str) -> None:
             cache.epoch = max(cache.epoch, int(payload))
 
-        async def read_epoch(conn: asyncpg.Connection) -> None:
+        async def catch_up(conn: asyncpg.Connection) -> None:  # what went unheard while disconnected
             on_epoch(str(await CACHE_EPOCH(conn)))
+            tokens.forget_all()
 
-        epochs = db.Listener(settings.listen_database_url or settings.database_url, "cache_epoch",
-                             on_epoch, read_epoch)
-        background = [asyncio.create_task(epochs.run()),
+        listener = db.Listener(settings.listen_database_url or settings.database_url,
+                               {"cache_epoch": on_epoch, auth.REVOCATIONS_CHANNEL: tokens.forget}, catch_up)
+        background = [asyncio.create_task(listener.run()),
                       asyncio.create_task(prune_idempotency_keys(database))]
         try:
             yield {"db": database, "lagging_db": lagging_database, "cache": cache,
-                   "tokens": TokenCache(), "epochs": epochs,
+                   "tokens": tokens, "listener": listener,
                    **batching.write_batchers(database, functools.partial(invalidated, cache, database))}
         finally:
             for task in background:
@@ -485,7 +477,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 ADMIN: tuple[str, ...] = ()
 ENDPOINTS = [
     Endpoint("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
-             models.Health, errors=(503,)),
+             models.Health, errors=(503,), unavailable=models.Health),
     cached_read(f"{API}/trips/total", "Trip totals and revenue",
                 cachekeys.trips_total, "trips-total", models.TripsTotal),
     cached_read(f"{API}/trips/total/localities", "Trips per locality",
@@ -523,13 +515,22 @@ ENDPOINTS = [
     Endpoint("GET", f"{API}/users/count", users_count, "How many users", models.Count),
     Endpoint("GET", f"{API}/users/active/count", users_active_count,
              "How many users hold an active card", models.Count),
-    Endpoint("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User]),
+    # These two name a person: admin only (a public answer never does).
+    Endpoint("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User],
+             roles=ADMIN),
     cached_read(f"{API}/users/{{user_id}}/recharges", "A user's 20 latest recharges",
                 cachekeys.user_recharges, "user-recharges", models.UserRecharge, many=True,
-                missing="USER_NOT_FOUND"),
+                missing="USER_NOT_FOUND", roles=ADMIN),
     cached_read(f"{API}/routes", "Every route", cachekeys.routes_all, "routes-all", models.Route, many=True),
     cached_read(f"{API}/stations", "Every station", cachekeys.stations_all, "stations-all", models.Station,
                 many=True),
+    Endpoint("POST", f"{API}/tokens", create_token, "Make a write token: its secret is shown this once",
+             models.NewToken, 201, models.TokenRequest, (404,), ADMIN),
+    Endpoint("GET", f"{API}/tokens", list_tokens, "Every live token (never a secret or hash)",
+             list[models.TokenInfo], roles=ADMIN),
+    Endpoint("DELETE", f"{API}/tokens/{{token_id}}", revoke_token,
+             "Revoke a token, on every instance at once (not the last admin token)",
+             None, 204, errors=(404, 409), roles=ADMIN),
 ]
 ROUTES: list[BaseRoute] = [
     *(endpoint.route() for endpoint in ENDPOINTS),

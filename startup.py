@@ -9,7 +9,6 @@ is applied here, once per start, before any worker exists.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import logging.config
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+import auth
 import db
 import edge
 import metrics
@@ -55,8 +55,7 @@ async def prepare_database(settings: Settings) -> None:
                 print(f"loaded demo data at scale {settings.demo_scale} in {time.monotonic() - started:.1f} s",
                       flush=True)
         if settings.admin_token:
-            await db.QUERIES["register-token"](conn, hashlib.sha256(settings.admin_token.encode()).digest(),
-                                               "admin", "ADMIN_TOKEN", None)
+            await db.QUERIES["register-token"](conn, auth.digest(settings.admin_token), "admin", "ADMIN_TOKEN", None)
     finally:
         await conn.close()
 

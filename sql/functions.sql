@@ -5,7 +5,9 @@
 -- status and a stable `code` (see errors.py); DETAIL carries JSON members for the answer.
 --   TRN01 CARD_NOT_FOUND      TRN02 TRIP_NOT_FOUND     TRN03 USER_NOT_FOUND
 --   TRN04 ROUTE_NOT_FOUND     TRN05 STATION_NOT_FOUND  TRN06 RECHARGE_POINT_NOT_FOUND
+--   TRN07 TOKEN_NOT_FOUND
 --   TRC01 CARD_NOT_ACTIVE     TRC02 TRIP_ALREADY_ENDED TRC03 ROUTE_NOT_ACTIVE
+--   TRC04 BALANCE_LIMIT       TRC05 LAST_ADMIN_TOKEN
 --   TRP01 INSUFFICIENT_BALANCE
 --   TRI01 IDEMPOTENCY_KEY_REUSED
 --   TRF01 FARE_NOT_CONFIGURED
@@ -226,6 +228,10 @@ END $$;
 DROP FUNCTION IF EXISTS lock_card(bigint);
 DROP FUNCTION IF EXISTS require_active_card(bigint, text);
 
+-- The most a card may hold, in pesos: schema.sql's cards_balance_max spells it too.
+CREATE OR REPLACE FUNCTION card_balance_max() RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 5000000::bigint $$;
+
 -- Fares change at midnight in Bogotá, whatever the server's time zone.
 CREATE OR REPLACE FUNCTION bogota_today() RETURNS date
 LANGUAGE sql STABLE AS $$ SELECT (now() AT TIME ZONE 'America/Bogota')::date $$;
@@ -322,6 +328,11 @@ BEGIN
           AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
         SELECT 'TRN06', 'recharge point not found',
                jsonb_build_object('recharge_point_id', p_recharge_point_id) INTO refusal, message, detail;
+    -- Compared as a difference: a sum could overflow bigint on a card imported above the maximum.
+    ELSIF p_amount > card_balance_max() - v_balance THEN
+        SELECT 'TRC04', 'the recharge would take the balance past its maximum',
+               jsonb_build_object('card_id', p_card_id, 'balance', v_balance, 'balance_max', card_balance_max())
+        INTO refusal, message, detail;
     END IF;
     IF refusal IS NOT NULL THEN
         IF p_idempotency_key IS NOT NULL THEN
@@ -606,6 +617,44 @@ RETURNS integer LANGUAGE sql AS $$
             recharge_point_id = excluded.recharge_point_id, revoked_at = NULL
     RETURNING w.token_id
 $$;
+
+-- A new token (only its sha256 is kept); the API has checked that a recharge point's token,
+-- and only it, names a point.
+CREATE OR REPLACE FUNCTION create_token(p_token_hash bytea, p_role text, p_label text,
+                                        p_recharge_point_id integer)
+RETURNS SETOF write_tokens LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_recharge_point_id IS NOT NULL
+       AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
+        PERFORM refuse('TRN06', 'recharge point not found',
+                       jsonb_build_object('recharge_point_id', p_recharge_point_id));
+    END IF;
+    RETURN QUERY
+    INSERT INTO write_tokens (token_hash, role, label, recharge_point_id)
+    VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)
+    RETURNING *;
+END $$;
+
+-- Revoke a live token and tell every API instance at once (LISTEN write_tokens). Revocations
+-- take turns (the advisory lock), and each statement after it sees those committed before, so
+-- two admins revoking each other's token concurrently cannot leave no admin token.
+CREATE OR REPLACE FUNCTION revoke_token(p_token_id integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_role text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('revoke_token', 0));
+    SELECT w.role INTO v_role FROM write_tokens w WHERE w.token_id = p_token_id AND w.revoked_at IS NULL;
+    IF NOT FOUND THEN
+        PERFORM refuse('TRN07', 'token not found', jsonb_build_object('token_id', p_token_id));
+    END IF;
+    IF v_role = 'admin' AND NOT EXISTS (SELECT FROM write_tokens w WHERE w.role = 'admin'
+                                        AND w.revoked_at IS NULL AND w.token_id <> p_token_id) THEN
+        PERFORM refuse('TRC05', 'the last admin token cannot be revoked',
+                       jsonb_build_object('token_id', p_token_id));
+    END IF;
+    UPDATE write_tokens w SET revoked_at = now() WHERE w.token_id = p_token_id;
+    PERFORM pg_notify('write_tokens', p_token_id::text);
+END $$;
 
 -- Move the cache to a new namespace and tell every API instance (LISTEN cache_epoch).
 CREATE OR REPLACE FUNCTION bump_cache_epoch() RETURNS bigint LANGUAGE plpgsql AS $$

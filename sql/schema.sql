@@ -178,6 +178,16 @@ BEGIN
         ALTER TABLE trips ADD COLUMN fare_charged bigint NOT NULL DEFAULT 0 CHECK (fare_charged >= 0);
         UPDATE trips t SET fare_charged = f.value FROM fares f WHERE f.fare_id = t.fare_id;
     END IF;
+    -- A card holds at most 5,000,000 pesos (models.BALANCE_MAX; recharge_card refuses past it
+    -- with BALANCE_LIMIT). NOT VALID first: an imported card already above it must not stop the
+    -- start; the constraint still holds every new row and update, and is validated when clean.
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'cards'::regclass AND conname = 'cards_balance_max') THEN
+        ALTER TABLE cards ADD CONSTRAINT cards_balance_max CHECK (balance <= 5000000) NOT VALID;
+    END IF;
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'cards'::regclass AND conname = 'cards_balance_max'
+               AND NOT convalidated) AND NOT EXISTS (SELECT FROM cards WHERE balance > 5000000) THEN
+        ALTER TABLE cards VALIDATE CONSTRAINT cards_balance_max;
+    END IF;
     -- The balance a card carried before its recorded history (0 for cards issued here), so
     -- that balance = opening_balance + recharges - fares holds for imported cards too.
     IF NOT EXISTS (SELECT FROM information_schema.columns
@@ -201,6 +211,8 @@ CREATE TABLE IF NOT EXISTS write_tokens (
     revoked_at        timestamptz,
     CHECK (role <> 'recharge_point' OR recharge_point_id IS NOT NULL)
 );
+-- When the token was last seen: set on a token-cache miss, at most once a minute (token_for_hash).
+ALTER TABLE write_tokens ADD COLUMN IF NOT EXISTS last_used_at timestamptz;
 
 -- The first answer of a keyed recharge, stored in the recharge's own transaction. Keys are
 -- scoped to the token that sent them (as Stripe scopes them to an API key).

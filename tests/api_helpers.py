@@ -152,9 +152,10 @@ async def set_status(api: Api, card_id: int, status: str) -> dict[str, Any]:
                                           json={"status": status}))
 
 
-async def get_cached(api: Api, path: str, expected: str) -> Any:
-    """GET a cached read, which must answer 200 with X-Cache `expected`; returns the JSON."""
-    response = await api.http.get(path)
+async def get_cached(api: Api, path: str, expected: str, role: str | None = None) -> Any:
+    """GET a cached read (with `role`'s token), which must answer 200 with X-Cache `expected`;
+    returns the JSON."""
+    response = await api.http.get(path, headers=api.auth(role) if role else None)
     body = json_body(response)
     assert response.headers.get("x-cache") == expected, (path, response.headers.get("x-cache"))
     return body

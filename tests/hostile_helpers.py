@@ -20,7 +20,7 @@ from conftest import Api, serve_api, with_database
 from endpoints import Endpoint
 from localstack import LocalStack
 
-WRITES = [op for op in server.ENDPOINTS if op.roles is not None]
+GUARDED = [op for op in server.ENDPOINTS if op.roles is not None]  # writes, and reads that name a person
 ROLES = ("admin", "recharge_point", "validator")
 
 
@@ -79,7 +79,7 @@ def valid_body(op: Endpoint, ids: dict[str, int]) -> dict[str, Any]:
     assert op.body is not None
     known: dict[str, Any] = {
         "amount": 700, "route_id": 1, "boarding_station_id": 1, "disembarking_station_id": 2,
-        "status": "blocked", **user_fields(), **ids,
+        "status": "blocked", "role": "validator", "label": "a validator's token", **user_fields(), **ids,
     }
     body = {}
     for field in msgspec.structs.fields(op.body):

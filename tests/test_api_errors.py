@@ -157,7 +157,7 @@ async def test_path_ids_that_are_not_positive_bigints_are_422(api: Api) -> None:
     requests = []
     for bad in BAD_PATH_IDS:
         for path in (f"/cards/{bad}/balance", f"/trips/{bad}", f"/trips/card/{bad}", f"/users/{bad}/recharges"):
-            requests.append((path, lambda path=path: api.http.get(path)))
+            requests.append((path, lambda path=path: api.http.get(path, headers=api.auth("admin"))))
         requests.append((f"PATCH {bad}", lambda bad=bad: api.http.patch(
             f"/cards/{bad}", headers=api.auth("admin"), json={"status": "lost"})))
         requests.append((f"end {bad}", lambda bad=bad: api.http.post(
@@ -245,7 +245,7 @@ async def test_unknown_ids_are_404_with_their_code(api: Api) -> None:
     ])
     await expect("USER_NOT_FOUND", [
         ("card", post(api, "/cards", {"user_id": missing})),
-        ("recharges", lambda: api.http.get(f"/users/{missing}/recharges")),
+        ("recharges", lambda: api.http.get(f"/users/{missing}/recharges", headers=api.auth("admin"))),
     ])
     await expect("ROUTE_NOT_FOUND", [
         ("board", post(api, "/trips", {"card_id": card_id, "route_id": 99, "boarding_station_id": 1}, "validator"))])

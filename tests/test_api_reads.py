@@ -123,12 +123,12 @@ async def test_register_user_answers_201_with_the_whole_user(api: Api) -> None:
 async def test_user_count_latest_and_active_count(api: Api) -> None:
     assert json_body(await api.http.get("/users/count")) == {"count": 0}
     assert json_body(await api.http.get("/users/active/count")) == {"count": 0}
-    assert json_body(await api.http.get("/users/latest")) == []
+    assert json_body(await api.http.get("/users/latest", headers=api.auth("admin"))) == []
 
     users = [await make_user(api) for _ in range(12)]
     assert json_body(await api.http.get("/users/count")) == {"count": 12}
     assert json_body(await api.http.get("/users/active/count")) == {"count": 0}  # nobody holds a card
-    latest = json_body(await api.http.get("/users/latest"))
+    latest = json_body(await api.http.get("/users/latest", headers=api.auth("admin")))
     assert latest == users[::-1][:10]  # newest first, the whole user
 
     card = await make_card(api, users[0]["user_id"])
@@ -222,14 +222,14 @@ async def test_recharge_answers_201_with_the_new_balance(api: Api) -> None:
 
 async def test_user_recharges_newest_first_across_cards(api: Api) -> None:
     user = await make_user(api)
-    assert await get_cached(api, f"/users/{user['user_id']}/recharges", "MISS") == []
+    assert await get_cached(api, f"/users/{user['user_id']}/recharges", "MISS", "admin") == []
     first = await make_card(api, user["user_id"])
     second = await make_card(api, user["user_id"])
     made = []
     for card, amount in ((first, 1000), (second, 2000), (first, 3000)):
         made.append(json_body(await recharge(api, card["card_id"], amount, role="recharge_point"), 201))
     other_user, other_card = await make_user_with_card(api, 777)  # not theirs
-    listed = await get_cached(api, f"/users/{user['user_id']}/recharges", "MISS")
+    listed = await get_cached(api, f"/users/{user['user_id']}/recharges", "MISS", "admin")
     transactions = {row["recharge_id"]: row["transaction_id"] for row in await fetch(
         api, "SELECT recharge_id, transaction_id FROM recharges")}
     numbers = {first["card_id"]: first["card_number"], second["card_id"]: second["card_number"]}
@@ -399,8 +399,8 @@ async def test_every_cached_read_is_a_miss_then_a_hit_with_the_same_body(api: Ap
     trip = json_body(await board(api, card["card_id"]), 201)
     for template in CACHED_READS:
         path = template.format(card=card["card_id"], trip=trip["trip_id"], user=user["user_id"])
-        miss = await api.http.get(path)
-        hit = await api.http.get(path)
+        miss = await api.http.get(path, headers=api.auth("admin"))  # public reads ignore it
+        hit = await api.http.get(path, headers=api.auth("admin"))
         assert (miss.status_code, hit.status_code) == (200, 200), path
         assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT"), path
         assert hit.content == miss.content, path
@@ -425,8 +425,8 @@ async def prime(api: Api, paths: list[str]) -> dict[str, Any]:
     """Read each path until it is cached; returns what the cache holds."""
     held = {}
     for path in paths:
-        await api.http.get(path)
-        held[path] = await get_cached(api, path, "HIT")
+        await api.http.get(path, headers=api.auth("admin"))  # public reads ignore it
+        held[path] = await get_cached(api, path, "HIT", "admin")
     return held
 
 
@@ -441,10 +441,10 @@ async def test_each_write_makes_its_stale_keys_miss_with_the_new_value(api: Api)
     answer = json_body(await recharge(api, card_id, 5000, role="recharge_point"), 201)
     balance = await get_cached(api, f"/cards/{card_id}/balance", "MISS")
     assert balance["balance"] == answer["balance"] == 10_000 - SITP_FARE + 5000
-    recharges = await get_cached(api, f"/users/{user_id}/recharges", "MISS")
+    recharges = await get_cached(api, f"/users/{user_id}/recharges", "MISS", "admin")
     assert recharges[0]["recharge_id"] == answer["recharge_id"] and len(recharges) == 2
     for path in set(every) - {f"/cards/{card_id}/balance", f"/users/{user_id}/recharges"}:
-        assert await get_cached(api, path, "HIT") == held[path], path  # untouched keys stay cached
+        assert await get_cached(api, path, "HIT", "admin") == held[path], path  # untouched keys stay cached
 
     held = await prime(api, every)
     boarded = json_body(await board(api, card_id, 2, 3), 201)

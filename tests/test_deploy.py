@@ -426,6 +426,11 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         assert await run(conn, "bump-cache-epoch") == epoch + 1  # type: ignore[operator]
         assert await run(conn, "prune-idempotency-keys", datetime.timedelta(hours=24), 5000) == 0
         assert await run(conn, "unreconciled-cards") == []
+        made = await run(conn, "create-token", hashlib.sha256(b"made").digest(), "recharge_point", "till", 1)
+        assert [row["token_id"] for row in await run(conn, "tokens-live")] == [  # type: ignore[attr-defined]
+            token_id, made["token_id"]]  # type: ignore[index]
+        await conn.add_listener("write_tokens", lambda *_: None)
+        await run(conn, "revoke-token", made["token_id"])  # type: ignore[index]
     finally:
         await conn.close()
     assert ran == set(queries), f"not exercised here: {set(queries) - ran}"

@@ -172,6 +172,9 @@ def check(op: Endpoint, response: httpx.Response) -> None:
         is_problem(response)
     else:
         assert status == op.status, status
+        if op.answer is None:  # 204
+            assert response.content == b""
+            return
         assert response.headers["content-type"].split(";")[0] == "application/json"
         msgspec.json.decode(response.content, type=op.answer)
 
@@ -203,6 +206,8 @@ async def test_fuzz_every_operation(api: Api) -> None:
     answered: dict[str, set[int]] = {}
     for op in server.ENDPOINTS:
         await execute(api, "UPDATE cards SET status = 'active'")  # what an earlier PATCH blocked
+        await execute(api, "UPDATE write_tokens SET revoked_at = NULL")  # ...or a DELETE /tokens revoked
+        api.state["tokens"].forget_all()
         answered[op_label(op)] = set()
         try:
             await asyncio.to_thread(fuzzer(op, answered[op_label(op)]))

@@ -226,7 +226,7 @@ async def test_cache_epoch_notifications_bypass_transaction_pooling(
     """
     async with serve_api(through(bouncer, database_url), stack.redis.url,
                          listen_database_url=database_url) as api:  # LISTEN straight to PostgreSQL
-        await asyncio.wait_for(api.state["epochs"].connected.wait(), 5)
+        await asyncio.wait_for(api.state["listener"].connected.wait(), 5)
         cache = api.state["cache"]
         before = cache.epoch
         conn = await asyncpg.connect(database_url)

@@ -127,7 +127,8 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
     assert live_processes_mentioning(str(data_dir)) == []
 
     second = start_embedded(data_dir, run_server)
-    assert httpx.get(second.url + "/users/latest").json()[0]["email"] == "juan@example.co"
+    latest = httpx.get(second.url + "/users/latest", headers={"Authorization": f"Bearer {token}"})
+    assert latest.json()[0]["email"] == "juan@example.co"
     status, output = second.stop()
     assert status == 0, output
     assert live_processes_mentioning(str(data_dir)) == []

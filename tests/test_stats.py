@@ -14,7 +14,8 @@ import models
 import stats
 from api_helpers import json_body
 from conftest import Api, serve_api
-from localstack import LocalStack, free_port
+from localstack import LocalStack
+from processes import free_port
 
 TOTALS = "/api/v1/trips/total"
 

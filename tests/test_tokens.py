@@ -1,5 +1,6 @@
-"""Write tokens (issue 5): stored hashed, looked up by digest, roles enforced on every write of
-server.ENDPOINTS, revocation effective once the token cache expires, no secret in the logs."""
+"""Write tokens (issue 5): stored hashed, looked up by digest, roles enforced on every guarded
+operation of server.ENDPOINTS with tokens made through POST /tokens, a revocation that bypasses
+the API (no NOTIFY) effective once the token cache expires, no secret in the logs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+import auth
 import server
 from api_helpers import (
     SITP_FARE, assert_problem, board, execute, json_body, make_user_with_card, recharge, snapshot, unchanged,
@@ -22,7 +24,7 @@ from api_helpers import (
 )
 from conftest import TOKENS, Api, serve_api
 from endpoints import Endpoint
-from hostile_helpers import ROLES, WRITES, fill_path, module_api, op_label, valid_body
+from hostile_helpers import GUARDED, ROLES, fill_path, module_api, op_label, valid_body
 from localstack import LocalStack
 from processes import free_port
 
@@ -118,7 +120,7 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
         return real_compare(a, b)
 
     monkeypatch.setattr(db, "run", spy_run)
-    monkeypatch.setattr(server.hmac, "compare_digest", spy_compare)
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy_compare)
     _, card = await make_user_with_card(api, 1000)
     token = TOKENS["recharge_point"]
     api.state["tokens"].entries.clear()  # make the next request look the token up
@@ -151,27 +153,48 @@ async def shared(stack: LocalStack, template_url: str) -> AsyncIterator[Api]:
         yield running
 
 
+@pytest.fixture(scope="module")
+async def made_tokens(shared: Api) -> dict[str, dict[str, str]]:
+    """Authorization headers of one token per role, made through POST /tokens (the recharge
+    point's at point 1) with conftest's admin token: the role matrix runs on these."""
+    headers = {}
+    for role in ROLES:
+        point = {"recharge_point_id": 1} if role == "recharge_point" else {}
+        made = json_body(await shared.http.post("/tokens", headers=shared.auth("admin"),
+                                                json={"role": role, "label": f"matrix {role}", **point}), 201)
+        headers[role] = {"Authorization": f"Bearer {made['token']}"}
+    return headers
+
+
 async def fresh_ids(api: Api) -> dict[str, int]:
-    """A user, a funded active card and an open trip of its own, for one attempt."""
+    """A user, a funded active card, an open trip and a token of its own, for one attempt."""
     user, card = await make_user_with_card(api, 20 * SITP_FARE)
     trip = json_body(await board(api, card["card_id"]), 201)
-    return {"user_id": user["user_id"], "card_id": card["card_id"], "trip_id": trip["trip_id"]}
+    token = json_body(await api.http.post("/tokens", headers=api.auth("admin"),
+                                          json={"role": "validator", "label": "to revoke"}), 201)
+    return {"user_id": user["user_id"], "card_id": card["card_id"], "trip_id": trip["trip_id"],
+            "token_id": token["token_id"]}
 
 
-@pytest.mark.parametrize("op", WRITES, ids=op_label)
-async def test_every_write_admits_exactly_admin_and_its_roles(shared: Api, op: Endpoint) -> None:
+@pytest.mark.parametrize("op", GUARDED, ids=op_label)
+async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
+        shared: Api, made_tokens: dict[str, dict[str, str]], op: Endpoint) -> None:
+    """Writes, token management and the reads that name a person (DESIGN §5): no token is 401
+    with a WWW-Authenticate challenge, another role 403, and a refusal changes nothing."""
     api = shared
     answers: dict[str | None, tuple[int, str | None]] = {}
     for role in (None, *ROLES):
         ids = await fresh_ids(api)
-        headers = api.auth(role) if role else {}
         before = await snapshot(api)
-        response = await api.http.request(op.method, fill_path(op, ids), headers=headers,
-                                          json=valid_body(op, ids))
-        body = response.json()
+        response = await api.http.request(op.method, fill_path(op, ids), headers=made_tokens[role] if role else {},
+                                          json=valid_body(op, ids) if op.body is not None else None)
+        body = response.json() if response.content else None
         answers[role] = (response.status_code, body.get("code") if response.status_code >= 400 else None)
         if response.status_code >= 400:
             assert await snapshot(api) == before, (role, body)
+            assert "@example.co" not in response.text, response.text  # no personal data in a refusal
+        if role is None:
+            assert response.headers["www-authenticate"] == "Bearer"
     allowed = {"admin", *(op.roles or ())}
     expected = {role: (op.status, None) if role in allowed else
                 (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN") for role in (None, *ROLES)}
@@ -199,7 +222,7 @@ async def revoke(api: Api, role: str) -> None:
 
 async def test_a_revoked_token_stops_working_when_the_token_cache_expires(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "TOKEN_CACHE_SECONDS", 0.5)
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0.5)
     _, card = await make_user_with_card(api, 10 * SITP_FARE)
     api.state["tokens"].entries.clear()
     json_body(await board(api, card["card_id"]), 201)  # the validator's token is now cached
@@ -223,7 +246,7 @@ async def test_a_revoked_token_is_refused_at_once_once_the_cache_is_cleared(api:
 
 
 async def test_with_no_token_cache_a_revocation_is_immediate(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "TOKEN_CACHE_SECONDS", 0)
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0)
     user, _ = await make_user_with_card(api)
     await revoke(api, "admin")
     async with unchanged(api):

@@ -21,7 +21,8 @@ import pytest
 from test_edge import fresh_database
 from test_server_process import ServerProcess
 
-from localstack import LocalStack, free_port, stop_process
+from localstack import LocalStack
+from processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 VM1 = ROOT / "deploy" / "vm1-api"

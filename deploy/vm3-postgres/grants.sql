@@ -48,14 +48,13 @@ GRANT USAGE ON SEQUENCE recharges_recharge_id_seq, card_number_seq TO :"api_role
 
 -- The functions the API calls (sql/queries/*.sql) ...
 GRANT EXECUTE ON FUNCTION recharge_cards, board_cards, end_trips, create_user, issue_card,
-                          set_card_status, register_token, bump_cache_epoch,
+                          set_card_status, register_token, create_token, revoke_token, bump_cache_epoch,
                           prune_idempotency_keys
       TO :"api_role";
 -- ... and the helpers they and the counter triggers call, which run with its rights too.
-GRANT EXECUTE ON FUNCTION refuse, recharge_one, board_one, end_one, lock_trip_counters, bogota_today,
-                          fare_in_force, counter_shard, bump_trip_counters, bogota_hour,
-                          bump_trip_hour_counters, bump_user_counters,
-                          count_active_card
+GRANT EXECUTE ON FUNCTION refuse, recharge_one, board_one, end_one, lock_trip_counters, card_balance_max,
+                          bogota_today, fare_in_force, counter_shard, bump_trip_counters, bogota_hour,
+                          bump_trip_hour_counters, bump_user_counters, count_active_card
       TO :"api_role";
 -- Not granted: load_demo_data, refresh_counters, drop_secondary_indexes (operator tools).
 

@@ -1,0 +1,2 @@
+-- name: revoke-token$
+SELECT revoke_token($1);
