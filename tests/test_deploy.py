@@ -417,6 +417,7 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         assert await run(conn, "trips-by-locality")
         assert (await run(conn, "revenue-total"))["total_revenue"] == 2950  # type: ignore[index]
         assert await run(conn, "revenue-by-locality")
+        assert sum(hour["trips"] for hour in await run(conn, "trips-hourly", 24)) == 2  # type: ignore[union-attr]
         assert await run(conn, "routes-all") and await run(conn, "stations-all")
         assert len(await run(conn, "user-recharges", user["user_id"])) == 1  # type: ignore[arg-type,index]
         assert await run(conn, "users-count") == 1 and await run(conn, "users-active-count") == 0

@@ -276,7 +276,7 @@ async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
 
 
 async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_no_half_batch(
-        fault_api: Api, fault_stack: LocalStack) -> None:
+        fault_api: Api, module_stack: LocalStack) -> None:
     """Recharges (each with its own key) and boardings on 6 cards, sent at once through group
     commit; PostgreSQL is killed once some batches have committed. Every 201 is stored, and
     each batch is all or nothing: of the keyed recharges one batch call carried, either all
@@ -308,9 +308,9 @@ async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_
 
     writes = [asyncio.ensure_future((recharge if n % 3 else board)(n)) for n in range(300)]
     await committed.wait()
-    fault_stack.postgres.kill()
+    module_stack.postgres.kill()
     answers = await asyncio.gather(*writes)
-    fault_stack.postgres.start()
+    module_stack.postgres.start()
     del database.run
 
     assert {response.status_code for response in answers} <= {201, 503}
