@@ -17,11 +17,13 @@ import logging.config
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -602,6 +604,9 @@ def main() -> None:
     logging.config.dictConfig(log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):
+        if os.environ.get("EMBEDDED_STACK", "1") == "0":  # the container image: nothing to start here
+            missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+            sys.exit(f"{' and '.join(missing)} must be set: EMBEDDED_STACK=0 starts no PostgreSQL or Redis")
         stack = LocalStack(DATA_DIR)
         database_url, redis_url = stack.start()
         # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
@@ -613,9 +618,13 @@ def main() -> None:
             admin_token=settings.admin_token or demo_admin_token(DATA_DIR),
         )
     try:
-        if settings.demo_scale:
-            asyncio.run(load_demo_data(settings.database_url, settings.demo_scale))
-        asyncio.run(prepare_database(settings))
+        try:
+            if settings.demo_scale:
+                asyncio.run(load_demo_data(settings.database_url, settings.demo_scale))
+            asyncio.run(prepare_database(settings))
+        except (OSError, asyncio.TimeoutError) as error:  # refused, unreachable, TLS (ssl.SSLError)
+            where = urlsplit(settings.database_url)
+            sys.exit(f"cannot connect to PostgreSQL at {where.hostname}:{where.port}: {error}")
         os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
         if settings.admin_token:
             os.environ["ADMIN_TOKEN"] = settings.admin_token
