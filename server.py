@@ -622,7 +622,7 @@ def main() -> None:
             if settings.demo_scale:
                 asyncio.run(load_demo_data(settings.database_url, settings.demo_scale))
             asyncio.run(prepare_database(settings))
-        except (OSError, asyncio.TimeoutError) as error:  # refused, unreachable, TLS (ssl.SSLError)
+        except OSError as error:  # refused, unreachable, timed out, TLS refused (ssl.SSLError)
             where = urlsplit(settings.database_url)
             sys.exit(f"cannot connect to PostgreSQL at {where.hostname}:{where.port}: {error}")
         os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)

@@ -15,16 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 import trustme
+from conftest import TOKENS, prepare_network_database, serve_api
 
 import localstack
-from conftest import TOKENS, prepare_network_database, serve_api
 from localstack import LocalPostgres, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,13 +67,48 @@ def write_certificates(root: Path) -> tuple[Path, Path, Path, Path]:
     return paths
 
 
+def start_tls_redis(
+    root: Path, port: int, password: str, certificate: Path, key: Path, ca: Path
+) -> subprocess.Popen[bytes]:
+    """Debian's redis-server on a TLS port only (no plain port)."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.fail("TLS tests need redis-server built with TLS (apt-get install redis-server)")
+    return subprocess.Popen(
+        [
+            redis_server,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certificate),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 @pytest.fixture(scope="module")
 async def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsServers]:
     root = tmp_path_factory.mktemp("tls")
     ca, other_ca, certificate, key = write_certificates(root)
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        pytest.fail("TLS tests need redis-server built with TLS (apt-get install redis-server)")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(localstack, "postgres_bin_dir", system_postgres_bin_dir)
         postgres = LocalPostgres(root / "postgres" / "data", durable=False)
@@ -87,12 +122,7 @@ async def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
             await admin.close()
         await prepare_network_database(plain_url)
         redis_port, redis_password = free_port(), "tls-test-password"
-        redis = subprocess.Popen(
-            [redis_server, "--port", "0", "--tls-port", str(redis_port), "--bind", "127.0.0.1",
-             "--tls-cert-file", str(certificate), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-             "--tls-auth-clients", "no", "--requirepass", redis_password, "--save", "", "--appendonly", "no",
-             "--dir", str(root)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        redis = start_tls_redis(root, redis_port, redis_password, certificate, key, ca)
         try:
             localstack._wait_for_port(redis_port, redis, "redis-server --tls-port")
             yield TlsServers(ca, other_ca, plain_url, redis_port, redis_password)
@@ -105,12 +135,19 @@ async def test_service_works_over_verified_tls_to_both_servers(tls_servers: TlsS
     servers = tls_servers
     async with serve_api(servers.database_url(servers.ca), servers.redis_url(servers.ca)) as api:
         assert (await api.http.get("/health")).json() == {"status": "ok", "database": "ok", "cache": "ok"}
-        user = await api.http.post("/users", headers=api.auth("admin"), json={
-            "first_name": "Luz", "last_name": "Mora", "email": "luz.mora@example.co", "id_number": "1012345678"})
-        card = (await api.http.post("/cards", headers=api.auth("admin"),
-                                    json={"user_id": user.json()["user_id"]})).json()
-        recharge = await api.http.post("/recharges", json={"card_id": card["card_id"], "amount": 3000},
-                                       headers={**api.auth("recharge_point"), "Idempotency-Key": "tls-1"})
+        user = await api.http.post(
+            "/users",
+            headers=api.auth("admin"),
+            json={"first_name": "Luz", "last_name": "Mora", "email": "luz.mora@example.co", "id_number": "1012345678"},
+        )
+        card = (
+            await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
+        ).json()
+        recharge = await api.http.post(
+            "/recharges",
+            json={"card_id": card["card_id"], "amount": 3000},
+            headers={**api.auth("recharge_point"), "Idempotency-Key": "tls-1"},
+        )
         assert recharge.status_code == 201, recharge.text
         balance = f"/cards/{card['card_id']}/balance"
         assert (await api.http.get(balance)).headers["x-cache"] == "MISS"
@@ -121,7 +158,8 @@ async def test_service_works_over_verified_tls_to_both_servers(tls_servers: TlsS
         try:
             encrypted = await check.fetch(
                 "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
-                " WHERE a.application_name = 'travel-recharge-api'")
+                " WHERE a.application_name = 'travel-recharge-api'"
+            )
         finally:
             await check.close()
         assert encrypted and all(row["ssl"] for row in encrypted)
@@ -129,18 +167,26 @@ async def test_service_works_over_verified_tls_to_both_servers(tls_servers: TlsS
 
 def run_server_until_exit(database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
     """`python server.py` as the image runs it; it must give up at start, so it must exit."""
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "PORT": str(free_port()),
-           "ADMIN_TOKEN": TOKENS["admin"]}
-    return subprocess.run([sys.executable, "server.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PORT": str(free_port()),
+        "ADMIN_TOKEN": TOKENS["admin"],
+    }
+    return subprocess.run([sys.executable, "server.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize(("ca", "host", "reason"), [
-    ("other_ca", "localhost", "unable to get local issuer certificate"),
-    ("ca", "127.0.0.1", "IP address mismatch, certificate is not valid for '127.0.0.1'"),
-])
+@pytest.mark.parametrize(
+    ("ca", "host", "reason"),
+    [
+        ("other_ca", "localhost", "unable to get local issuer certificate"),
+        ("ca", "127.0.0.1", "IP address mismatch, certificate is not valid for '127.0.0.1'"),
+    ],
+)
 def test_postgres_with_an_unverifiable_certificate_stops_the_start_with_the_reason(
-        tls_servers: TlsServers, ca: str, host: str, reason: str) -> None:
+    tls_servers: TlsServers, ca: str, host: str, reason: str
+) -> None:
     servers = tls_servers
     done = run_server_until_exit(servers.database_url(getattr(servers, ca), host), servers.redis_url(servers.ca))
     assert done.returncode == 1
@@ -151,12 +197,16 @@ def test_postgres_with_an_unverifiable_certificate_stops_the_start_with_the_reas
     assert servers.redis_password not in done.stderr + done.stdout
 
 
-@pytest.mark.parametrize(("ca", "host", "reason"), [
-    ("other_ca", "localhost", "certificate verify failed"),  # OpenSSL's words vary with what the server sends
-    ("ca", "127.0.0.1", "IP address mismatch"),
-])
+@pytest.mark.parametrize(
+    ("ca", "host", "reason"),
+    [
+        ("other_ca", "localhost", "certificate verify failed"),  # OpenSSL's words vary with what the server sends
+        ("ca", "127.0.0.1", "IP address mismatch"),
+    ],
+)
 async def test_redis_with_an_unverifiable_certificate_is_refused_and_the_service_runs_on_postgres(
-        tls_servers: TlsServers, caplog: pytest.LogCaptureFixture, ca: str, host: str, reason: str) -> None:
+    tls_servers: TlsServers, caplog: pytest.LogCaptureFixture, ca: str, host: str, reason: str
+) -> None:
     servers = tls_servers
     caplog.set_level(logging.WARNING)
     async with serve_api(servers.database_url(servers.ca), servers.redis_url(getattr(servers, ca), host)) as api:
