@@ -18,8 +18,6 @@ test: $(STAMP)
 	bash .ci/system-packages
 	$(PY) -m pytest
 
-# The three-VM topology (network namespaces, root) and two instances behind a load balancer;
-# both are part of `make test` too.
 # The API's container image (Dockerfile), built with podman and run against the test session's
 # PostgreSQL and Redis; compose.yaml through a Compose parser. Minutes on a cold cache.
 container-test: $(STAMP)
@@ -31,6 +29,8 @@ URL ?= http://127.0.0.1:8000
 locust: $(STAMP)
 	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(VENV)/bin/locust -f bench/locustfile.py --host $(URL)
 
+# The three-VM topology (network namespaces, root) and two instances behind a load balancer;
+# both are part of `make test` too.
 topology: $(STAMP)
 	bash .ci/system-packages
 	$(PY) -m pytest tests/test_topology.py tests/test_two_instances.py
