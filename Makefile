@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test check bench topology topology-bench clean
+.PHONY: run test check container-test locust bench topology topology-bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-locust.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
@@ -23,6 +23,17 @@ check: $(STAMP)
 test: check
 	bash .ci/system-packages
 	$(PY) -m pytest
+
+# The API's container image (Dockerfile), built with podman and run against the test session's
+# PostgreSQL and Redis; compose.yaml through a Compose parser. Minutes on a cold cache.
+container-test: $(STAMP)
+	$(PY) -m pytest tests/test_container.py -o 'addopts=-ra --strict-markers -p no:locust'
+
+# Locust's web UI (http://127.0.0.1:8089) against a running API (`make run`, compose, a VM):
+# make locust URL=http://192.168.100.10:8000 ADMIN_TOKEN=...
+URL ?= http://127.0.0.1:8000
+locust: $(STAMP)
+	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(VENV)/bin/locust -f bench/locustfile.py --host $(URL)
 
 # The three-VM topology (network namespaces, root) and two instances behind a load balancer;
 # both are part of `make test` too.

@@ -207,6 +207,6 @@ class Cache:
     def _unhealthy(self, operation: str, error: BaseException) -> None:
         metrics.REDIS_ERRORS.labels(operation).inc()
         if self.healthy:
-            log.warning("redis %s failed: %s", operation, error.__class__.__name__)
+            log.warning("redis %s failed: %s: %s", operation, error.__class__.__name__, error)
         self.healthy = False
         self._bypass_until = time.monotonic() + BYPASS_SECONDS

@@ -45,6 +45,7 @@ class Settings:
     unix_socket: str = ""  # listen on this unix socket (behind nginx) instead of host:port
     read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge.py)
     max_connections: int = 0  # open connections per worker; 0: edge.py's default under the fd limit
+    embedded_stack: bool = True  # start a private PostgreSQL/Redis for unset URLs (the image says 0)
 
     def __post_init__(self) -> None:
         checks = (
@@ -75,7 +76,14 @@ class Settings:
         return cls(**{**values, **overrides})
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _parse(name: str, annotation: Any, raw: str) -> Any:
+    if annotation == "bool":
+        if raw.lower() not in _BOOLEANS:
+            raise SettingsError(f"{name.upper()}={raw!r}: expected 1 or 0")
+        return _BOOLEANS[raw.lower()]
     if "float" in str(annotation):
         try:
             return float(raw)

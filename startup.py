@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import asyncpg
@@ -106,12 +107,19 @@ def main() -> None:
     logging.config.dictConfig(log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):
+        if not settings.embedded_stack:  # the container image: nothing to start here
+            missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not getattr(settings, name.lower())]
+            sys.exit(f"{' and '.join(missing)} must be set: EMBEDDED_STACK=0 starts no PostgreSQL or Redis")
         try:
             stack, settings = start_embedded(settings)
         except StackBusy as error:
             sys.exit(str(error))
     try:
-        asyncio.run(prepare_database(settings))
+        try:
+            asyncio.run(prepare_database(settings))
+        except OSError as error:  # refused, unreachable, timed out, TLS refused (ssl.SSLError)
+            where = urlsplit(settings.database_url)
+            sys.exit(f"cannot connect to PostgreSQL at {where.hostname}:{where.port}: {error}")
         # Workers build their app from the environment: hand them what was decided here.
         os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
                           ADMIN_TOKEN=settings.admin_token)
