@@ -17,6 +17,7 @@ import logging.config
 import os
 import secrets
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 import cachekeys
 import db
 import docs
+import logs
 import metrics
 import models
 from cache import Cache, Lookup, connect
@@ -70,6 +72,7 @@ class Settings:
     demo_scale: int | None = None
     admin_token: str | None = None
     log_level: str = "info"
+    access_log: bool = True  # ACCESS_LOG=off: no request log, whatever LOG_LEVEL says
     read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
     # LISTEN needs a session of its own: behind a transaction-pooling PgBouncer, point this
     # at PostgreSQL directly (default: database_url).
@@ -92,6 +95,7 @@ class Settings:
             "demo_scale": int(env["DEMO_SCALE"]) if env.get("DEMO_SCALE") else None,
             "admin_token": env.get("ADMIN_TOKEN") or None,
             "log_level": env.get("LOG_LEVEL", "info").lower(),
+            "access_log": env.get("ACCESS_LOG", "on").lower() != "off",
             "read_database_url": env.get("READ_DATABASE_URL", ""),
             "listen_database_url": env.get("LISTEN_DATABASE_URL", ""),
             "redis_sentinels": env.get("REDIS_SENTINELS", ""),
@@ -227,9 +231,7 @@ async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awai
         metrics.CACHE_HITS.inc()
         return JSONBytes(lookup.value, cache=b"HIT")
     metrics.CACHE_MISSES.inc()
-    body = await load()
-    await cache.fill(lookup, ttl, body)
-    return JSONBytes(body, cache=b"MISS")
+    return JSONBytes(await cache.load(lookup, ttl, load), cache=b"MISS")
 
 
 async def invalidated(request: Request, keys: tuple[bytes, ...]) -> None:
@@ -497,6 +499,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            logs.ACCESS_LOG.flush()
+            metrics.forget_worker()
             # Requests have drained by now; closing must finish even if we are cancelled.
             await asyncio.shield(asyncio.gather(*(pool.close() for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
@@ -504,7 +508,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[metrics.middleware()],
+        middleware=[metrics.middleware(settings.access_log)],
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http,
@@ -598,9 +602,10 @@ def main() -> None:
     import uvicorn
 
     settings = Settings.from_env()
-    log_config = metrics.logging_config(settings.log_level)
+    log_config = logs.logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
     stack = None
+    metrics_dir = tempfile.TemporaryDirectory(prefix="travel-metrics-")  # the workers' shared metrics
     if not (settings.database_url and settings.redis_url):
         stack = LocalStack(DATA_DIR)
         database_url, redis_url = stack.start()
@@ -626,6 +631,8 @@ def main() -> None:
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, _exit_cleanly)
+        if settings.workers > 1:
+            metrics.prepare_multiprocess(Path(metrics_dir.name))
         uvicorn.run(
             "server:create_app", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
@@ -635,6 +642,7 @@ def main() -> None:
         if stack is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the servers
             stack.stop()
+        metrics_dir.cleanup()
 
 
 if __name__ == "__main__":
