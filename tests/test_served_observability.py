@@ -90,10 +90,11 @@ async def test_a_burst_on_a_cold_key_is_one_load_and_all_200(
         assert found
         return float(found.group(1))
 
-    before = loads(httpx.get(metrics_url).text)
-    await redis_client.delete(cachekeys.TRIPS_TOTAL)
-    statuses = await burst(served.port, "/api/v1/trips/total", 800)
-    after = loads(httpx.get(metrics_url).text)
+    async with httpx.AsyncClient(timeout=10) as http:
+        before = loads((await http.get(metrics_url)).text)
+        await redis_client.delete(cachekeys.TRIPS_TOTAL)
+        statuses = await burst(served.port, "/api/v1/trips/total", 800)
+        after = loads((await http.get(metrics_url)).text)
 
     assert {code: statuses.count(code) for code in set(statuses)} == {200: 800}
     assert after - before == 1

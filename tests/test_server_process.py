@@ -31,7 +31,7 @@ class ServerProcess:
         clean = {name: value for name, value in os.environ.items()
                  if name not in ("DATABASE_URL", "REDIS_URL", "DEMO_SCALE", "ADMIN_TOKEN")}
         # A file, not a pipe: a server that logs more than a pipe holds must not block on it.
-        self.output = tempfile.TemporaryFile("w+")
+        self.output = tempfile.TemporaryFile("w+")  # noqa: SIM115  # lives as long as the server
         self.process = subprocess.Popen(
             [sys.executable, "server.py"], cwd=ROOT, env={**clean, "PORT": str(self.port), **env},
             stdout=self.output, stderr=subprocess.STDOUT, text=True)
