@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import select
+import threading
 import time
 import uuid
 from typing import Any
@@ -78,6 +79,7 @@ class AccessLog:
         self._buffer = bytearray()
         self._encoder = msgspec.json.Encoder()
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._thread = threading.get_ident()  # the event loop's, which appends lines
         self._millisecond = -1
         self._ts = ""
 
@@ -94,13 +96,19 @@ class AccessLog:
         buffer = self._buffer
         if not buffer:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            self._thread = threading.get_ident()
         self._encoder.encode_into(line, buffer, -1)
         buffer += b"\n"
         if len(buffer) >= BUFFER_BYTES:
             self.flush()
 
+    def flush_if_mine(self) -> None:
+        """Flush, unless called from a thread other than the one appending (it could lose a line)."""
+        if threading.get_ident() == self._thread:
+            self.flush()
+
     def flush(self) -> None:
-        """Write every buffered line now, in writes of whole lines."""
+        """Write every buffered line now, in writes of whole lines (from the appending thread)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -152,7 +160,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr, after the request lines buffered before this record (one file, in time order)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        ACCESS_LOG.flush()
+        ACCESS_LOG.flush_if_mine()
         super().emit(record)
 
 

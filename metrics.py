@@ -12,7 +12,6 @@ counted and logged as status 499 (nginx's "client closed request"), never as a 5
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import shutil
 import time
@@ -113,15 +112,15 @@ async def endpoint(_: Request) -> Response:
     return Response(generate_latest(_SCRAPED), media_type=CONTENT_TYPE_LATEST)
 
 
-@functools.cache
-def _request_counter(route: str, method: str, status: int) -> Any:
-    """The labelled child of REQUESTS, looked up once per (route, method, status)."""
-    return REQUESTS.labels(route, method, status)
+# The labelled children of REQUESTS and LATENCY by (route, method, status): found once, then
+# one dict lookup per request.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
-@functools.cache
-def _latency_histogram(route: str) -> Any:
-    return LATENCY.labels(route)
+def _children(key: tuple[str, str, int]) -> tuple[Any, Any]:
+    route, method, status = key
+    _CHILDREN[key] = REQUESTS.labels(route, method, status), LATENCY.labels(route)
+    return _CHILDREN[key]
 
 
 class _Exchange:
@@ -168,11 +167,12 @@ class _Observe:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
-            _request_counter(route, scope["method"], exchange.status).inc()
-            _latency_histogram(route).observe(elapsed)
+            key = (route, scope["method"], exchange.status)
+            requests, latency = _CHILDREN.get(key) or _children(key)
+            requests.inc()
+            latency.observe(elapsed)
             if self.access_log is not None:
-                self.access_log.request(exchange.rid, scope["method"], scope["path"], route, exchange.status,
-                                        elapsed, exchange.cache)
+                self.access_log.request(exchange.rid, key[1], scope["path"], route, key[2], elapsed, exchange.cache)
 
 
 def middleware(access_log: bool = True) -> Middleware:
