@@ -1,10 +1,11 @@
 """Cache-aside on Redis: coalesced reads, generation-guarded fills, one-trip invalidation.
 
 Read: the keys asked for during one event-loop tick go to Redis as one MGET (each key with
-its generation), so a hit costs a share of one round trip. Miss: the caller reads
-PostgreSQL and calls `fill`, which stores the value only if the key's generation is still
-the one the read saw: a write that committed in between bumped it, so a slow miss cannot
-put back the row it read before the write (DESIGN §6). Write: `invalidate` bumps the
+its generation), so a hit costs a share of one round trip. Miss: `load` reads PostgreSQL and
+fills, once for all the concurrent misses of a key that saw the same generation (single
+flight: a burst on a cold key is one query, not one per request). The fill stores the value
+only if the key's generation is still the one the read saw: a write that committed in
+between bumped it, so a slow miss cannot put back the row it read before the write (DESIGN §6). Write: `invalidate` bumps the
 generations and DELs the keys, in one round trip, after the commit.
 
 Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is
@@ -17,9 +18,11 @@ what was cached before is never read again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -59,6 +62,9 @@ return 0
 BYPASS_SECONDS = 0.5
 # A shared-generation family's value is stored as b"<generation it was filled under>|<value>".
 TAG_END = b"|"
+# A miss whose MGET went out before a load of its key finished takes that load's answer
+# (it only missed the fill by a hair) if it arrives within this long after the load ended.
+LOAD_REUSE_SECONDS = 1.0
 
 
 class Lookup:
@@ -70,7 +76,8 @@ class Lookup:
 
     __slots__ = ("generation", "names", "started", "tagged", "value")
 
-    def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes]) -> None:
+    def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes],
+                 started: float) -> None:
         self.tagged = names[1] != cachekeys.GENERATION_PREFIX + names[0]
         if value is not None and self.tagged:
             filled_under, _, value = value.partition(TAG_END)
@@ -79,7 +86,17 @@ class Lookup:
         self.value = value
         self.generation = generation
         self.names = names
-        self.started = time.monotonic()
+        self.started = started  # when the read went out to Redis
+
+
+class _Load:
+    """One PostgreSQL load and fill of a key, shared by the misses that wait for it."""
+
+    __slots__ = ("finished", "task")
+
+    def __init__(self, task: asyncio.Task[bytes]) -> None:
+        self.task = task
+        self.finished = float("inf")
 
 
 def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float = 0.1,
@@ -101,10 +118,11 @@ def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float 
         parsed = urlsplit(url)
         addresses = [(host, int(port)) for host, port in
                      (address.rsplit(":", 1) for address in sentinels.split(","))]
-        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout},
+        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout},  # type: ignore[no-untyped-call]
                             username=parsed.username or None, password=parsed.password,
                             db=int(parsed.path.lstrip("/") or 0), **options)
-        return sentinel.master_for(service, max_connections=max_connections)
+        primary: aioredis.Redis = sentinel.master_for(service, max_connections=max_connections)
+        return primary
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections,
         timeout=timeout,  # wait for a free connection at most this long
@@ -125,6 +143,7 @@ class Cache:
         self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
         self._flush_scheduled = False
         self._fetches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._loads: dict[tuple[bytes, bytes], _Load] = {}  # by (Redis name, generation seen)
 
     # ------------------------------------------------------------------ reads
     def lookup(self, key: bytes) -> asyncio.Future[Lookup]:
@@ -132,7 +151,7 @@ class Cache:
         Shortly after a failure the answer is a miss at once, without asking Redis."""
         if not self.healthy and time.monotonic() < self._bypass_until:
             bypassed = asyncio.get_running_loop().create_future()
-            bypassed.set_result(Lookup(None, b"", self._names(key)))
+            bypassed.set_result(Lookup(None, b"", self._names(key), time.monotonic()))
             return bypassed
         future = self._pending.get(key)
         if future is None:
@@ -153,15 +172,48 @@ class Cache:
     async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
         pairs = [self._names(key) for key in batch]
         values: list[bytes | None] = [None] * (2 * len(pairs))
+        sent = time.monotonic()
         try:
-            values = await self.client.mget([name for pair in pairs for name in pair])
+            values = cast("list[bytes | None]", await self.client.mget([name for pair in pairs for name in pair]))
             self.healthy = True
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._unhealthy("read", error)
         finally:  # whatever happened, every waiting request gets an answer (a miss at worst)
             for index, future in enumerate(batch.values()):
                 if not future.done():
-                    future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index]))
+                    future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index], sent))
+
+    # ------------------------------------------------------------------ misses
+    async def load(self, lookup: Lookup, ttl: int, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        """What `load()` reads from PostgreSQL for this missed `lookup`, filled into Redis
+        before it is returned. Concurrent misses of the key that saw the same generation share
+        one load and one fill (a miss that saw a newer generation, after a write, does not),
+        and a failed load fails each of them with its error; the next miss loads again."""
+        flight = (lookup.names[0], lookup.generation)
+        shared = self._loads.get(flight)
+        if shared is None or shared.finished <= lookup.started:
+            shared = _Load(asyncio.ensure_future(self._load_and_fill(lookup, ttl, load)))
+            shared.task.add_done_callback(functools.partial(self._landed, flight, shared))
+            self._loads[flight] = shared
+        # Shielded: one waiter going away must not cancel the load for the others.
+        return await asyncio.shield(shared.task)
+
+    async def _load_and_fill(self, lookup: Lookup, ttl: int, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        metrics.CACHE_LOADS.inc()
+        body = await load()
+        await self.fill(lookup, ttl, body)
+        return body
+
+    def _landed(self, flight: tuple[bytes, bytes], shared: _Load, task: asyncio.Task[bytes]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._forget(flight, shared)
+            return
+        shared.finished = time.monotonic()
+        asyncio.get_running_loop().call_later(LOAD_REUSE_SECONDS, self._forget, flight, shared)
+
+    def _forget(self, flight: tuple[bytes, bytes], shared: _Load) -> None:
+        if self._loads.get(flight) is shared:
+            del self._loads[flight]
 
     # ------------------------------------------------------------------ fills and writes
     async def fill(self, lookup: Lookup, ttl: int, value: bytes) -> None:

@@ -1,35 +1,48 @@
-"""Observability: Prometheus metrics and one structured log line per request.
+"""Observability: Prometheus metrics and the request log, in one ASGI middleware.
 
 Metrics use the official client (prometheus_client) rather than hand-written exposition. A
 request is labelled by its route template (`/api/v1/cards/{card_id}/balance`), never its raw
-path, so the label set stays bounded. The request log line (logger `travel.access`, level
-INFO) carries method, path, status, duration, cache HIT/MISS and a request id, and never a
-header value or a body, so no token and no personal data reach the logs.
+path, so the label set stays bounded. With several workers (`prepare_multiprocess` before
+uvicorn starts them) each worker writes its values to files of a private directory and a
+scrape of any worker sums them all (prometheus_client's multiprocess mode), so /metrics shows
+the service, not one random worker. A client that goes away before its answer is sent is
+counted and logged as status 499 (nginx's "client closed request"), never as a 500.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import logging
+import asyncio
+import os
+import shutil
 import time
-import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import logs
 import stats
 
 if TYPE_CHECKING:
     from db import Database
 
-ACCESS = logging.getLogger("travel.access")
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+CLIENT_CLOSED_REQUEST = 499
+POOL_SAMPLE_SECONDS = 1.0
+
 REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
     "travel_request_seconds", "Time from request to the end of the answer", ["route"],
@@ -37,118 +50,133 @@ LATENCY = Histogram(
 )
 CACHE_HITS = Counter("travel_cache_hits_total", "Cached reads answered from Redis")
 CACHE_MISSES = Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL")
+CACHE_LOADS = Counter("travel_cache_loads_total",
+                      "PostgreSQL loads for cache misses (concurrent misses of one key share one)")
 CACHE_ERRORS = Counter("travel_cache_invalidation_errors_total", "Invalidations Redis did not take")
 OVERLOADED = Counter("travel_overloaded_total", "Requests refused with 503 OVERLOADED")
 REDIS_ERRORS = Counter("travel_redis_errors_total", "Redis calls that failed or timed out", ["operation"])
 DATABASE_ERRORS = Counter("travel_database_unavailable_total", "Requests answered 503 DATABASE_UNAVAILABLE")
-POOL_SIZE = Gauge("travel_db_pool_size", "Open PostgreSQL connections")
-POOL_IDLE = Gauge("travel_db_pool_idle", "Idle PostgreSQL connections")
-POOL_IN_FLIGHT = Gauge("travel_db_in_flight", "Requests using or waiting for a connection")
+# Summed over live workers when there are several.
+POOL_SIZE = Gauge("travel_db_pool_size", "Open PostgreSQL connections", multiprocess_mode="livesum")
+POOL_IDLE = Gauge("travel_db_pool_idle", "Idle PostgreSQL connections", multiprocess_mode="livesum")
+POOL_IN_FLIGHT = Gauge("travel_db_in_flight", "Requests using or waiting for a connection",
+                       multiprocess_mode="livesum")
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Before uvicorn starts several workers: make `directory` empty and private and have the
+    workers (which inherit the environment) keep their metrics in it. This process's own
+    metrics were made before and stay in memory; it serves no requests."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROCESS_DIR] = str(directory)
+
+
+def _scraped_registry() -> CollectorRegistry:
+    if MULTIPROCESS_DIR not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+_SCRAPED = _scraped_registry()
 
 
 def watch_pool(database: Database) -> None:
-    """Read the pool's figures at scrape time."""
-    POOL_SIZE.set_function(database.pool.get_size)
-    POOL_IDLE.set_function(database.pool.get_idle_size)
-    POOL_IN_FLIGHT.set_function(lambda: database.in_flight)
+    """Report the pool's figures: read at scrape time with one worker, sampled every second
+    into the shared files with several (a scrape reads only those)."""
+    if MULTIPROCESS_DIR not in os.environ:
+        POOL_SIZE.set_function(database.pool.get_size)
+        POOL_IDLE.set_function(database.pool.get_idle_size)
+        POOL_IN_FLIGHT.set_function(lambda: database.in_flight)
+        return
+    loop = asyncio.get_running_loop()
+
+    def sample() -> None:
+        POOL_SIZE.set(database.pool.get_size())
+        POOL_IDLE.set(database.pool.get_idle_size())
+        POOL_IN_FLIGHT.set(database.in_flight)
+        loop.call_later(POOL_SAMPLE_SECONDS, sample)
+
+    sample()
+
+
+def forget_worker() -> None:
+    """At a worker's shutdown: its pool gauges no longer count (its counters still do)."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
 async def endpoint(_: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_SCRAPED), media_type=CONTENT_TYPE_LATEST)
 
 
-# New request ids: this process's random prefix and a counter (a uuid4 per request costs more).
-_ID_PREFIX = uuid.uuid4().hex[:12].encode()
-_ID_NUMBERS = itertools.count(1)
+# The labelled children of REQUESTS and LATENCY by (route, method, status): found once, then
+# one dict lookup per request.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
-def request_id(scope: Scope) -> bytes:
-    """The caller's X-Request-ID when it is a short plain token, else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            if 0 < len(value) <= 64 and value.isascii() and value.replace(b"-", b"").isalnum():
-                return value
-            break
-    return b"%s-%d" % (_ID_PREFIX, next(_ID_NUMBERS))
+def _children(key: tuple[str, str, int]) -> tuple[Any, Any]:
+    route, method, status = key
+    _CHILDREN[key] = REQUESTS.labels(route, method, status), LATENCY.labels(route)
+    return _CHILDREN[key]
 
 
-@functools.cache
-def _request_counter(route: str, method: str, status: int) -> Any:
-    """The labelled child of REQUESTS, looked up once per (route, method, status)."""
-    return REQUESTS.labels(route, method, status)
+class _Exchange:
+    """One request's answer as it goes out: its status, X-Cache, and the request id added."""
 
+    __slots__ = ("cache", "downstream", "rid", "status")
 
-@functools.cache
-def _latency_histogram(route: str) -> Any:
-    return LATENCY.labels(route)
+    def __init__(self, downstream: Send, rid: bytes) -> None:
+        self.downstream = downstream
+        self.rid = rid
+        self.status = 500
+        self.cache = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = message["headers"]
+            for name, value in headers:
+                if name == b"x-cache":
+                    self.cache = value
+                    break
+            # In place: every response object is built for its request (none is sent twice).
+            headers.append((b"x-request-id", self.rid))
+        try:
+            await self.downstream(message)
+        except OSError:  # an ASGI 2.4 server's way to say the client has gone
+            raise ClientDisconnect() from None
 
 
 class _Observe:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: logs.AccessLog | None) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = 500
-        cache = b""
-        rid = request_id(scope)
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status, cache
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = message.setdefault("headers", [])
-                cache = next((value for name, value in headers if name == b"x-cache"), b"")
-                message["headers"] = [*headers, (b"x-request-id", rid)]
-            await send(message)
-
+        exchange = _Exchange(send, logs.request_id(scope["headers"]))
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, exchange.send)
+        except ClientDisconnect:  # mid-body or mid-answer: nobody is left to answer, nothing failed
+            exchange.status = CLIENT_CLOSED_REQUEST
         finally:
             elapsed = time.perf_counter() - started
-            template = getattr(scope.get("route"), "path", "unmatched")
-            _request_counter(template, scope["method"], status).inc()
-            _latency_histogram(template).observe(elapsed)
-            stats.RECENT.observe(template, elapsed, cache)
-            if ACCESS.isEnabledFor(logging.INFO):
-                ACCESS.info("request", extra={"request": {
-                    "id": rid.decode(), "method": scope["method"], "path": scope["path"],
-                    "route": template, "status": status, "ms": round(elapsed * 1000, 3),
-                    "cache": cache.decode() or None}})
+            route = getattr(scope.get("route"), "path", "unmatched")
+            key = (route, scope["method"], exchange.status)
+            requests, latency = _CHILDREN.get(key) or _children(key)
+            requests.inc()
+            latency.observe(elapsed)
+            stats.RECENT.observe(route, elapsed, exchange.cache)
+            if self.access_log is not None:
+                self.access_log.request(exchange.rid, key[1], scope["path"], route, key[2], elapsed, exchange.cache)
 
 
-def middleware() -> Middleware:
-    return Middleware(_Observe)
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC), level, logger, message, a record's `request`."""
-
-    converter = time.gmtime
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
-        }
-        request = getattr(record, "request", None)
-        if request is not None:
-            line["request"] = request
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(line).decode()
-
-
-def logging_config(level: str) -> dict[str, Any]:
-    """dictConfig for JSON lines on stderr at `level` (LOG_LEVEL), ours and uvicorn's alike;
-    uvicorn applies it in every worker process too."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JSONFormatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
-    }
+def middleware(access_log: bool = True) -> Middleware:
+    """The middleware; requests are logged when `access_log` (ACCESS_LOG) and LOG_LEVEL allow."""
+    return Middleware(_Observe, access_log=logs.ACCESS_LOG if logs.access_log_wanted(access_log) else None)

@@ -29,6 +29,7 @@ import cachekeys
 import dashboard
 import db
 import hourly
+import logs
 import metrics
 import models
 import openapi
@@ -147,9 +148,7 @@ async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awai
         metrics.CACHE_HITS.inc()
         return JSONBytes(lookup.value, cache=b"HIT")
     metrics.CACHE_MISSES.inc()
-    body = await load()
-    await cache.fill(lookup, ttl, body)
-    return JSONBytes(body, cache=b"MISS")
+    return JSONBytes(await cache.load(lookup, ttl, load), cache=b"MISS")
 
 
 BUMP_CACHE_EPOCH = query("bump-cache-epoch")
@@ -452,6 +451,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            logs.ACCESS_LOG.flush()
+            metrics.forget_worker()
             # Requests have drained by now; closing must finish even if we are cancelled.
             await asyncio.shield(asyncio.gather(*(db.close_pool(pool) for pool in pools), redis.aclose(),
                                                 return_exceptions=True))
@@ -459,7 +460,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[metrics.middleware()],
+        middleware=[metrics.middleware(settings.access_log)],
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http,

@@ -33,6 +33,7 @@ class Settings:
     demo_scale: int | None = None  # None: the embedded default loads scale 1, others none
     admin_token: str = ""  # registered at start as an admin write token
     log_level: str = "info"
+    access_log: bool = True  # ACCESS_LOG=off: no request log, whatever LOG_LEVEL says
     read_database_url: str = ""  # a streaming replica for the reads that tolerate lag
     # LISTEN needs a session of its own: behind a transaction-pooling PgBouncer, point this
     # at PostgreSQL directly (default: database_url).

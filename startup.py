@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ import asyncpg
 import auth
 import db
 import edge
+import logs
 import metrics
 from localstack import LocalStack, StackBusy
 from processes import write_secret
@@ -87,10 +89,13 @@ def serve(settings: Settings, log_config: dict[str, Any], banner: str) -> None:
     )
     socket = config.bind_socket()  # a busy port: uvicorn logs the error and exits 1
     print(banner, flush=True)
-    if config.workers > 1:
-        Multiprocess(config, sockets=[socket]).run()
-    else:
+    if config.workers == 1:
         uvicorn.Server(config).run(sockets=[socket])
+        return
+    # Chosen before the workers import prometheus_client: /metrics then sums them all.
+    with tempfile.TemporaryDirectory(prefix="travel-metrics-") as metrics_dir:
+        metrics.prepare_multiprocess(Path(metrics_dir))
+        Multiprocess(config, sockets=[socket]).run()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -103,7 +108,7 @@ def main() -> None:
         settings = Settings.from_env()
     except SettingsError as error:
         sys.exit(f"configuration: {error}")
-    log_config = metrics.logging_config(settings.log_level)
+    log_config = logs.logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):

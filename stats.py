@@ -15,7 +15,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import cast, TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -164,7 +164,8 @@ class KeyFamilies:
             counts: Counter[str] = Counter()
             cursor, counted = 0, 0
             while True:
-                cursor, names = await cache.client.scan(cursor, count=SCAN_BATCH)
+                cursor, found = await cache.client.scan(cursor, count=SCAN_BATCH)
+                names = cast("list[bytes]", found)  # the client never decodes
                 counts.update(cachekeys.family(name) for name in names)
                 counted += len(names)
                 if cursor == 0 or counted >= SCAN_MAX_NAMES:

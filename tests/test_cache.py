@@ -7,13 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from conftest import Api
 
 import cachekeys
 import db
 from cache import Cache, Lookup
-from conftest import Api
 
 pytestmark = pytest.mark.asyncio
 
@@ -216,3 +217,83 @@ async def test_redis_down_reads_and_writes_go_on_from_postgresql(api_without_red
     assert recharge.status_code == 201
     assert (balance.status_code, balance.headers["x-cache"], balance.json()["balance"]) == (200, "MISS", 3000)
     assert elapsed < 3.0  # six requests, each bounded by the 100 ms Redis timeouts
+
+
+# ---------------------------------------------------------------- single flight
+async def test_concurrent_misses_of_a_key_share_one_query_and_one_fill(
+        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    await api.http.get("/finance/revenue")  # loads the fill script
+    database_calls.clear()
+    before = await command_calls(redis_client)
+    answers = await asyncio.gather(*(api.http.get("/trips/total") for _ in range(50)))
+    after = await command_calls(redis_client)
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert len({answer.content for answer in answers}) == 1
+    assert database_calls == ["trips-total"]
+    assert delta(before, after).get("evalsha") == 1  # one fill
+    assert await redis_client.get(cachekeys.TRIPS_TOTAL) == answers[0].content
+
+
+async def test_a_failed_load_fails_each_waiter_with_its_error_and_the_next_miss_loads_again(
+        redis_client: aioredis.Redis, pool: Any) -> None:
+    cache = Cache(redis_client)
+    loads: list[str] = []
+
+    async def load(sql: str) -> bytes:
+        loads.append(sql)
+        async with pool.acquire() as conn:
+            return str(await conn.fetchval(sql)).encode()
+
+    lookups = [await cache.lookup(b"routes:all") for _ in range(20)]  # twenty misses, each its own read
+    failed = await asyncio.gather(*(cache.load(lookup, 60, lambda: load("SELECT 1 / 0")) for lookup in lookups),
+                                  return_exceptions=True)
+    assert loads == ["SELECT 1 / 0"]
+    assert all(isinstance(error, asyncpg.DivisionByZeroError) and error is failed[0] for error in failed)
+    assert await redis_client.get(b"routes:all") is None
+
+    retry = await cache.lookup(b"routes:all")
+    assert await cache.load(retry, 60, lambda: load("SELECT 7")) == b"7"
+    assert loads == ["SELECT 1 / 0", "SELECT 7"]
+    assert await redis_client.get(b"routes:all") == b"7"
+
+
+async def test_a_miss_after_a_write_does_not_join_a_load_begun_before_it(redis_client: aioredis.Redis) -> None:
+    """A load that began before a write may have read the old row: a miss that saw the
+    write's new generation loads for itself."""
+    cache = Cache(redis_client)
+    before_write = await cache.lookup(b"card:9:balance")
+    release = asyncio.Event()
+
+    async def old_row() -> bytes:
+        await release.wait()
+        return b"old"
+
+    async def new_row() -> bytes:
+        return b"new"
+
+    slow = asyncio.ensure_future(cache.load(before_write, 60, old_row))
+    await cache.invalidate([b"card:9:balance"])
+    after_write = await cache.lookup(b"card:9:balance")
+    assert await cache.load(after_write, 60, new_row) == b"new"
+    release.set()
+    assert await slow == b"old"
+    assert await redis_client.get(b"card:9:balance") == b"new"
+
+
+async def test_a_waiter_going_away_does_not_cancel_the_load_for_the_others(redis_client: aioredis.Redis) -> None:
+    cache = Cache(redis_client)
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def row() -> bytes:
+        loading.set()
+        await release.wait()
+        return b"row"
+
+    first = asyncio.ensure_future(cache.load(await cache.lookup(b"stations:all"), 60, row))
+    second = asyncio.ensure_future(cache.load(await cache.lookup(b"stations:all"), 60, row))
+    await loading.wait()  # the load starts after both have asked for it
+    first.cancel()
+    release.set()
+    assert await second == b"row"
+    assert first.cancelled()

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,16 +31,18 @@ class ServerProcess:
         self.port = free_port()
         clean = {name: value for name, value in os.environ.items()
                  if name not in ("DATABASE_URL", "REDIS_URL", "DEMO_SCALE", "ADMIN_TOKEN")}
+        # A file, not a pipe: a server that logs more than a pipe holds must not block on it.
+        self.output = tempfile.TemporaryFile("w+")  # noqa: SIM115  # lives as long as the server
         self.process = subprocess.Popen(
             [sys.executable, "server.py"], cwd=ROOT, env={**clean, "PORT": str(self.port), **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=self.output, stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{self.port}/api/v1"
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.process.stdout.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"server exited: {self.printed()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -51,8 +54,11 @@ class ServerProcess:
     def stop(self) -> tuple[int, str]:
         """SIGTERM, as systemd stops it; return the exit status and everything it printed."""
         self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, output
+        return self.process.wait(timeout=30), self.printed()
+
+    def printed(self) -> str:
+        self.output.seek(0)
+        return self.output.read()
 
 
 @pytest.fixture
