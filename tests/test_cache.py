@@ -232,7 +232,7 @@ async def test_concurrent_misses_of_a_key_share_one_query_and_one_fill(
     assert len({answer.content for answer in answers}) == 1
     assert database_calls == ["trips-total"]
     assert delta(before, after).get("evalsha") == 1  # one fill
-    assert await redis_client.get(cachekeys.TRIPS_TOTAL) == answers[0].content
+    assert await redis_client.get(cachekeys.trips_total()) == answers[0].content
 
 
 async def test_a_failed_load_fails_each_waiter_with_its_error_and_the_next_miss_loads_again(

@@ -98,7 +98,7 @@ async def test_a_burst_on_a_cold_key_is_one_load_and_all_200(
 
     async with httpx.AsyncClient(timeout=10) as http:
         before = loads((await http.get(metrics_url)).text)
-        await redis_client.delete(cachekeys.TRIPS_TOTAL)
+        await redis_client.delete(cachekeys.trips_total())
         statuses = await burst(served.port, "/api/v1/trips/total", 800)
         after = loads((await http.get(metrics_url)).text)
 

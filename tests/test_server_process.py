@@ -145,8 +145,8 @@ def test_a_second_run_on_the_same_data_says_which_process_holds_it(
     data_dir = tmp_path / "data"
     first = start_embedded(data_dir, run_server)
     second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
-    output, _ = second.process.communicate(timeout=60)
-    assert second.process.returncode != 0
+    assert second.process.wait(timeout=60) != 0
+    output = second.printed()
     pid = int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
     assert f"another `make run` is using {data_dir} (PostgreSQL pid {pid})" in output, output
     assert "Traceback" not in output and "serving on" not in output
@@ -159,9 +159,8 @@ def test_a_second_run_on_the_same_data_says_which_process_holds_it(
                                                ("abc", "PORT='abc': expected a whole number")])
 def test_a_bad_setting_is_one_clear_line(port: str, message: str) -> None:
     server = ServerProcess(PORT=port, DATABASE_URL="postgresql://unused", REDIS_URL="redis://unused")
-    output, _ = server.process.communicate(timeout=30)
-    assert server.process.returncode != 0
-    assert output.strip() == f"configuration: {message}"
+    assert server.process.wait(timeout=30) != 0
+    assert server.printed().strip() == f"configuration: {message}"
 
 
 async def test_a_busy_port_fails_before_announcing_it_serves(
@@ -172,8 +171,8 @@ async def test_a_busy_port_fails_before_announcing_it_serves(
         busy = str(taken.getsockname()[1])
         server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, PORT=busy)
         run_server.append(server)
-        output, _ = server.process.communicate(timeout=60)
-    assert server.process.returncode != 0
+        assert server.process.wait(timeout=60) != 0
+    output = server.printed()
     assert "address already in use" in output.lower(), output
     assert "serving on" not in output and "Traceback" not in output
 
