@@ -87,13 +87,16 @@ async def authorize(request: Request, *roles: str) -> Caller:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
-        raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
     tokens: TokenCache = request.state.tokens
     caller = await tokens.caller(request.state.db, token)
     if caller is None:
-        raise Problem(401, "UNAUTHORIZED", "unknown or revoked token",
-                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise Problem(
+            401,
+            "UNAUTHORIZED",
+            "unknown or revoked token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
     if caller.role != "admin" and caller.role not in roles:
         raise Problem(403, "FORBIDDEN", f"a {caller.role} token cannot do this")
     return caller

@@ -50,8 +50,16 @@ Outcome: TypeAlias = "asyncpg.Record | BaseException"
 class WriteBatcher:
     """Sends the writes submitted together as one call of `query`, a batch function."""
 
-    def __init__(self, database: Database, query: Query, stale_keys: StaleKeys, invalidate: Invalidate,
-                 *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        database: Database,
+        query: Query,
+        stale_keys: StaleKeys,
+        invalidate: Invalidate,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.database = database
         self.query = query
         self.stale_keys = stale_keys
@@ -94,8 +102,9 @@ class WriteBatcher:
         outcomes: list[Outcome] = []
         try:
             outcomes = await self._call([item for item, _ in batch])
-            stale = dict.fromkeys(key for outcome in outcomes if isinstance(outcome, asyncpg.Record)
-                                  for key in self.stale_keys(outcome))
+            stale = dict.fromkeys(
+                key for outcome in outcomes if isinstance(outcome, asyncpg.Record) for key in self.stale_keys(outcome)
+            )
             if stale:
                 await self.invalidate(list(stale))
         finally:  # committed and invalidated (or failed): now, and only now, the answers
@@ -115,11 +124,12 @@ class WriteBatcher:
             rows = await self.database.run(self.query, *columns(items))
         except UNANSWERED as error:
             return [error] * len(items)
-        except Exception as error:  # noqa: BLE001 - whatever aborted the batch: find its item
+        except Exception as error:
             if len(items) == 1:
                 return [error]
-            log.warning("a batch of %d writes failed (%s); running them one by one",
-                        len(items), error.__class__.__name__)
+            log.warning(
+                "a batch of %d writes failed (%s); running them one by one", len(items), error.__class__.__name__
+            )
             return [(await self._call([item]))[0] for item in items]
         by_item = {row["item"]: row for row in rows}
         return [answer(by_item[number]) for number in range(1, len(items) + 1)]
@@ -139,10 +149,22 @@ def columns(items: list[Item]) -> list[list[Any]]:
 def write_batchers(database: Database, invalidate: Invalidate) -> dict[str, WriteBatcher]:
     """The API's batched writes, by the name the handlers find them under in the app state."""
     return {
-        "recharges": WriteBatcher(database, QUERIES["recharge-cards"], invalidate=invalidate,
-                                  stale_keys=lambda row: cachekeys.after_recharge(row["card_id"], row["user_id"])),
-        "boardings": WriteBatcher(database, QUERIES["board-cards"], invalidate=invalidate,
-                                  stale_keys=lambda row: cachekeys.after_boarding(row["card_id"])),
-        "trip_ends": WriteBatcher(database, QUERIES["end-trips"], invalidate=invalidate,
-                                  stale_keys=lambda row: cachekeys.after_trip_end(row["trip_id"], row["card_id"])),
+        "recharges": WriteBatcher(
+            database,
+            QUERIES["recharge-cards"],
+            invalidate=invalidate,
+            stale_keys=lambda row: cachekeys.after_recharge(row["card_id"], row["user_id"]),
+        ),
+        "boardings": WriteBatcher(
+            database,
+            QUERIES["board-cards"],
+            invalidate=invalidate,
+            stale_keys=lambda row: cachekeys.after_boarding(row["card_id"]),
+        ),
+        "trip_ends": WriteBatcher(
+            database,
+            QUERIES["end-trips"],
+            invalidate=invalidate,
+            stale_keys=lambda row: cachekeys.after_trip_end(row["trip_id"], row["card_id"]),
+        ),
     }

@@ -5,8 +5,9 @@ its generation), so a hit costs a share of one round trip. Miss: `load` reads Po
 fills, once for all the concurrent misses of a key that saw the same generation (single
 flight: a burst on a cold key is one query, not one per request). The fill stores the value
 only if the key's generation is still the one the read saw: a write that committed in
-between bumped it, so a slow miss cannot put back the row it read before the write (DESIGN §6). Write: `invalidate` bumps the
-generations and DELs the keys, in one round trip, after the commit.
+between bumped it, so a slow miss cannot put back the row it read before the write (DESIGN
+§6). Write: `invalidate` bumps the generations and DELs the keys, in one round trip, after
+the commit.
 
 Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is
 dropped, and `healthy` turns False until Redis answers again. A write whose invalidation
@@ -26,8 +27,8 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -76,8 +77,7 @@ class Lookup:
 
     __slots__ = ("generation", "names", "started", "tagged", "value")
 
-    def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes],
-                 started: float) -> None:
+    def __init__(self, value: bytes | None, generation: bytes, names: tuple[bytes, bytes], started: float) -> None:
         self.tagged = names[1] != cachekeys.GENERATION_PREFIX + names[0]
         if value is not None and self.tagged:
             filled_under, _, value = value.partition(TAG_END)
@@ -99,8 +99,9 @@ class _Load:
         self.finished = float("inf")
 
 
-def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float = 0.1,
-            max_connections: int = 32) -> aioredis.Redis:
+def connect(
+    url: str, *, sentinels: str = "", service: str = "", timeout: float = 0.1, max_connections: int = 32
+) -> aioredis.Redis:
     """A client with a bounded pool and short timeouts: Redis is an optimisation, so waiting
     long for it is never worth it. With `sentinels` ("host:port,..."), the primary of
     `service` is found through Sentinel and found again after a failover; `url` then gives
@@ -110,23 +111,28 @@ def connect(url: str, *, sentinels: str = "", service: str = "", timeout: float 
         "socket_connect_timeout": timeout,
         # A dropped connection (Redis restarted) is retried once; a timeout is not: the
         # request would wait twice as long for an optional answer.
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1,
-                       supported_errors=(RedisConnectionError,)),
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": 5,
     }
     if sentinels:
         parsed = urlsplit(url)
-        addresses = [(host, int(port)) for host, port in
-                     (address.rsplit(":", 1) for address in sentinels.split(","))]
-        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout},  # type: ignore[no-untyped-call]
-                            username=parsed.username or None, password=parsed.password,
-                            db=int(parsed.path.lstrip("/") or 0), **options)
+        addresses = [(host, int(port)) for host, port in (address.rsplit(":", 1) for address in sentinels.split(","))]
+        sentinel = Sentinel(
+            addresses,
+            sentinel_kwargs={"socket_timeout": timeout},  # type: ignore[no-untyped-call]
+            username=parsed.username or None,
+            password=parsed.password,
+            db=int(parsed.path.lstrip("/") or 0),
+            **options,
+        )
         primary: aioredis.Redis = sentinel.master_for(service, max_connections=max_connections)
         return primary
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections,
+        url,
+        max_connections=max_connections,
         timeout=timeout,  # wait for a free connection at most this long
-        **options)
+        **options,
+    )
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -176,7 +182,7 @@ class Cache:
         try:
             values = cast("list[bytes | None]", await self.client.mget([name for pair in pairs for name in pair]))
             self.healthy = True
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("read", error)
         finally:  # whatever happened, every waiting request gets an answer (a miss at worst)
             for index, future in enumerate(batch.values()):
@@ -225,7 +231,7 @@ class Cache:
             value = lookup.generation + TAG_END + value
         try:
             await self._fill_script(keys=lookup.names, args=[lookup.generation, ttl, value])
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("fill", error)
 
     async def invalidate(self, keys: Sequence[bytes]) -> bool:
@@ -239,7 +245,7 @@ class Cache:
             await self._invalidate_script(keys=names, args=[cachekeys.GENERATION_TTL])
             self.healthy = True
             return True
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("invalidate", error)
             return False
 
@@ -252,7 +258,7 @@ class Cache:
         try:
             await self.client.ping()
             self.healthy = True
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("ping", error)
         return self.healthy
 

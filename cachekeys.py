@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-
 _PLACEHOLDER = re.compile(r"\{\w+\}")
 
 
@@ -24,7 +23,7 @@ class CachedKey:
     the generation it was filled under, and serves it only while that is still current.
     """
 
-    __slots__ = ("family", "family_name", "pattern", "shared_generation", "ttl", "_template")
+    __slots__ = ("_template", "family", "family_name", "pattern", "shared_generation", "ttl")
 
     def __init__(self, pattern: str, ttl: int, *, shared_generation: bool = False) -> None:
         self.pattern = pattern
@@ -53,12 +52,22 @@ card_balance = CachedKey("card:{id}:balance", 300)
 user_recharges = CachedKey("user:{id}:recharges", 300)
 routes_all = CachedKey("routes:all", 300)
 stations_all = CachedKey("stations:all", 300)
-CACHED_KEYS = (trip, trips_total, trips_by_locality, trips_hourly, card_trips, revenue_total,
-               revenue_by_locality, card_balance, user_recharges, routes_all, stations_all)
+CACHED_KEYS = (
+    trip,
+    trips_total,
+    trips_by_locality,
+    trips_hourly,
+    card_trips,
+    revenue_total,
+    revenue_by_locality,
+    card_balance,
+    user_recharges,
+    routes_all,
+    stations_all,
+)
 
 # Every aggregate a trip changes (trips:hourly:{N} through its family's one generation).
-TRIP_AGGREGATES = (trips_total(), trips_by_locality(), revenue_total(), revenue_by_locality(),
-                   trips_hourly.family_name)
+TRIP_AGGREGATES = (trips_total(), trips_by_locality(), revenue_total(), revenue_by_locality(), trips_hourly.family_name)
 
 # How long a generation is kept; fills older than MAX_FILL_AGE are dropped anyway.
 GENERATION_TTL = 600
@@ -91,8 +100,9 @@ def in_epoch(epoch: int, key: bytes) -> bytes:
 # Key families, as /stats counts what Redis holds.
 GENERATIONS_FAMILY = "gen:*"
 OTHER_FAMILY = "other"
-_FAMILY_PATTERNS = [(key.family, re.compile(re.escape(key.family).replace(r"\*", r"\d+").encode()))
-                    for key in CACHED_KEYS]
+_FAMILY_PATTERNS = [
+    (key.family, re.compile(re.escape(key.family).replace(r"\*", r"\d+").encode())) for key in CACHED_KEYS
+]
 _EPOCH_PREFIX = re.compile(rb"e\d+:")
 
 
@@ -103,7 +113,7 @@ def family(name: bytes) -> str:
     if name.startswith(GENERATION_PREFIX):
         return GENERATIONS_FAMILY
     if epoch := _EPOCH_PREFIX.match(name):
-        name = name[epoch.end():]
+        name = name[epoch.end() :]
     return next((label for label, pattern in _FAMILY_PATTERNS if pattern.fullmatch(name)), OTHER_FAMILY)
 
 

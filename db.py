@@ -59,7 +59,7 @@ def load_queries(directory: Path = SQL_DIR / "queries") -> dict[str, Query]:
         name, returns = header.groups()
         if name in queries:
             raise ValueError(f"{path}: query {name!r} is defined twice")
-        queries[name] = Query(name, text[header.end():].strip().rstrip(";"), returns)
+        queries[name] = Query(name, text[header.end() :].strip().rstrip(";"), returns)
     return queries
 
 
@@ -83,8 +83,10 @@ async def apply_schema(conn: asyncpg.Connection) -> bool:
     digest = schema_digest()
     # Checked first without taking locks or creating anything, so that the least-privilege
     # runtime role (no CREATE on the schema) starts on a database its owner migrated.
-    if await conn.fetchval("SELECT to_regclass('schema_state') IS NOT NULL") and \
-            await conn.fetchval("SELECT digest FROM schema_state") == digest:
+    if (
+        await conn.fetchval("SELECT to_regclass('schema_state') IS NOT NULL")
+        and await conn.fetchval("SELECT digest FROM schema_state") == digest
+    ):
         return False
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
@@ -131,8 +133,9 @@ ACQUIRE_TIMEOUT = 2.0
 CLOSE_TIMEOUT = 5.0
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int,
-                      command_timeout: float = COMMAND_TIMEOUT) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, command_timeout: float = COMMAND_TIMEOUT
+) -> asyncpg.Pool:
     """The API's pool: bounded statement and connect time (a dead socket must not hang a
     request for minutes), connections recycled after idling (they may point at a
     failed-over server), JIT off (it only slows statements this short)."""
@@ -155,7 +158,7 @@ async def close_pool(pool: asyncpg.Pool) -> None:
     `close()` waits for every connection to be released, however long that takes)."""
     try:
         await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("pool did not close within %.0f s: terminated", CLOSE_TIMEOUT)
         pool.terminate()
 
@@ -178,7 +181,7 @@ class Database:
         try:
             try:
                 conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Every connection busy all along: overload. Otherwise connecting timed out.
                 if self.pool.get_size() >= self.pool.get_max_size():
                     raise Overloaded(self.in_flight) from None
@@ -186,7 +189,7 @@ class Database:
             try:
                 try:
                     return await query(conn, *args)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # The server stopped answering: drop the connection now, or releasing
                     # it would wait out another command_timeout trying to reset it.
                     conn.terminate()
@@ -212,8 +215,12 @@ class Listener:
     RETRY_SECONDS = 1.0
     PROBE_SECONDS = 5.0
 
-    def __init__(self, dsn: str, on_notify: dict[str, Callable[[str], None]],
-                 on_connect: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        on_notify: dict[str, Callable[[str], None]],
+        on_connect: Callable[[asyncpg.Connection], Awaitable[None]],
+    ) -> None:
         self.dsn = dsn
         self.on_notify = on_notify
         self.on_connect = on_connect
@@ -226,7 +233,7 @@ class Listener:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=2.0)
-                conn.add_termination_listener(lambda _: lost.set())
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 for channel, handler in self.on_notify.items():
                     await conn.add_listener(channel, lambda *notification, run=handler: run(notification[3]))
                 await self.on_connect(conn)
@@ -236,7 +243,7 @@ class Listener:
                         await asyncio.wait_for(lost.wait(), self.PROBE_SECONDS)
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1", timeout=self.PROBE_SECONDS)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("listener on %s: %s", ", ".join(self.on_notify), error.__class__.__name__)
             finally:
                 self.connected.clear()

@@ -63,8 +63,15 @@ class EdgeProtocol(HttpToolsProtocol):
     once it has all arrived; `_Sweep` closes the connections past their deadline.
     """
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None, *, read_timeout: float = MAX_READ_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        read_timeout: float = MAX_READ_TIMEOUT,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.read_timeout = read_timeout
         self.head_room = HEAD_LIMIT
@@ -93,7 +100,7 @@ class EdgeProtocol(HttpToolsProtocol):
             allowed = self.head_room
             self.head_room = 0
             if allowed:
-                super().data_received(data[start:start + allowed])
+                super().data_received(data[start : start + allowed])
                 start += allowed
             if self.transport.is_closing():
                 return
@@ -187,13 +194,17 @@ class _Sweep:
 
     def run(self) -> None:
         now = self.loop.time()
-        late = [connection for connection in self.connections
-                if isinstance(connection, EdgeProtocol) and connection.read_deadline < now]
+        late = [
+            connection
+            for connection in self.connections
+            if isinstance(connection, EdgeProtocol) and connection.read_deadline < now
+        ]
         for connection in late:
             connection.read_timed_out()
         if late:
-            log.info("closed %d connection(s) whose request had not arrived within %.3g s",
-                     len(late), late[0].read_timeout)
+            log.info(
+                "closed %d connection(s) whose request had not arrived within %.3g s", len(late), late[0].read_timeout
+            )
         self.timer = self.loop.call_later(self.period, self.run) if self.connections else None
 
 
@@ -227,8 +238,12 @@ def connection_cap(requested: int, open_file_limit: int) -> int:
     room = max(16, open_file_limit - FD_RESERVE)
     cap = min(requested or DEFAULT_MAX_CONNECTIONS, room)
     if requested > room:
-        log.warning("MAX_CONNECTIONS=%d leaves no descriptors for the pools under the open-file "
-                    "limit %d: using %d", requested, open_file_limit, cap)
+        log.warning(
+            "MAX_CONNECTIONS=%d leaves no descriptors for the pools under the open-file limit %d: using %d",
+            requested,
+            open_file_limit,
+            cap,
+        )
     return cap
 
 

@@ -62,10 +62,18 @@ SQLSTATE_CLASS_PROBLEMS: dict[str, tuple[int, str, str]] = {
 RETRY_AFTER_SECONDS = {"TRANSACTION_CONFLICT": "1", "DATABASE_UNAVAILABLE": "2"}
 
 TITLES = {
-    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-    415: "Unsupported Media Type", 422: "Unprocessable Content",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -99,8 +107,9 @@ class ProblemBody(msgspec.Struct):
 class Problem(Exception):
     """Raise to answer with a problem; `extra` members go into the body beside `code`."""
 
-    def __init__(self, status: int, code: str, detail: str = "", /, *,
-                 headers: dict[str, str] | None = None, **extra: object) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str = "", /, *, headers: dict[str, str] | None = None, **extra: object
+    ) -> None:
         super().__init__(detail or code)
         self.status = status
         self.code = code
@@ -130,8 +139,7 @@ def from_postgres(error: asyncpg.PostgresError) -> Problem | None:
             return None
         status, code, text = by_class
         retry = RETRY_AFTER_SECONDS.get(code)
-        return Problem(status, code, text, headers={"Retry-After": retry} if retry else None,
-                       sqlstate=error.sqlstate)
+        return Problem(status, code, text, headers={"Retry-After": retry} if retry else None, sqlstate=error.sqlstate)
     detail = getattr(error, "detail", None)
     if error.sqlstate.startswith("TR"):
         return refusal(error.sqlstate, error.args[0], detail)
@@ -152,8 +160,9 @@ def refusal(sqlstate: str, message: str, detail: str | None) -> Problem:
 
 
 def database_unavailable() -> Problem:
-    return Problem(503, "DATABASE_UNAVAILABLE", "the database cannot be reached; retry shortly",
-                   headers={"Retry-After": "2"})
+    return Problem(
+        503, "DATABASE_UNAVAILABLE", "the database cannot be reached; retry shortly", headers={"Retry-After": "2"}
+    )
 
 
 async def handle_problem(_: Request, exc: Exception) -> Response:

@@ -34,5 +34,9 @@ def hours_asked(request: Request) -> int:
 
 def encode_hours(rows: Sequence[Any]) -> bytes:
     """The query's rows as JSON, each hour stamped in Bogotá's time."""
-    return msgspec.json.encode([models.HourTrips(hour.astimezone(BOGOTA), trips, completed, revenue)
-                                for hour, trips, completed, revenue in rows])
+    return msgspec.json.encode(
+        [
+            models.HourTrips(hour.astimezone(BOGOTA), trips, completed, revenue)
+            for hour, trips, completed, revenue in rows
+        ]
+    )

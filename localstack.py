@@ -93,8 +93,9 @@ class Unprivileged:
         if _user_namespaces_work():
             return cls(prefix=tuple(_USERNS_PREFIX))
         owner = pwd.getpwnam(UNPRIVILEGED_USER)
-        return cls(prefix=("setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"),
-                   owner=owner)
+        return cls(
+            prefix=("setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"), owner=owner
+        )
 
     def hand_over(self, path: Path) -> None:
         """Give `path` to the user PostgreSQL runs as (a no-op unless that is `nobody`)."""
@@ -145,8 +146,9 @@ class LocalPostgres:
 
     def _pg(self, tool: str, *args: str, env: dict[str, str] | None = None) -> None:
         command = [*self.enter, *self._as.prefix, str(postgres_bin_dir() / tool), *args]
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, env=env)
+        done = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout.decode(errors='replace')}")
 
@@ -160,9 +162,18 @@ class LocalPostgres:
         self._as.hand_over(self.data_dir)
         try:
             self._pg(
-                "initdb", "-D", str(self.data_dir), "-U", "travel", "--pwfile", str(pwfile),
-                "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C", "--no-instructions",
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "travel",
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
             )
         finally:
             pwfile.unlink()
@@ -186,8 +197,10 @@ class LocalPostgres:
         """Start the server (creating the cluster first if needed) and return its URL."""
         pid = self.running_pid()
         if pid is not None:
-            raise StackBusy(f"another `make run` is using {self.data_dir.parent.parent} (PostgreSQL pid {pid});"
-                            " stop it first, or set DATA_DIR to another directory")
+            raise StackBusy(
+                f"another `make run` is using {self.data_dir.parent.parent} (PostgreSQL pid {pid});"
+                " stop it first, or set DATA_DIR to another directory"
+            )
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
             created = True
@@ -214,9 +227,20 @@ class LocalPostgres:
         log = self.data_dir / "server.log"
         self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", options)
         if created:
-            self._pg("psql", "-h", str(self.data_dir / "run"), "-p", str(self.port), "-U", "travel",
-                     "-d", "postgres", "-qc", "CREATE DATABASE travel",
-                     env={**os.environ, "PGPASSWORD": self.password_file.read_text().strip()})
+            self._pg(
+                "psql",
+                "-h",
+                str(self.data_dir / "run"),
+                "-p",
+                str(self.port),
+                "-U",
+                "travel",
+                "-d",
+                "postgres",
+                "-qc",
+                "CREATE DATABASE travel",
+                env={**os.environ, "PGPASSWORD": self.password_file.read_text().strip()},
+            )
         return self.url
 
     def stop(self) -> None:
@@ -250,10 +274,25 @@ class LocalRedis:
         self.password = self.password or secrets.token_urlsafe(24)
         self.process = subprocess.Popen(
             [
-                str(redis_server_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
-                "--requirepass", self.password, "--save", "", "--appendonly", "no",
-                "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "server.log"),
-                "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru",
+                str(redis_server_binary()),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--requirepass",
+                self.password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+                "--logfile",
+                str(self.data_dir / "server.log"),
+                "--maxmemory",
+                "512mb",
+                "--maxmemory-policy",
+                "allkeys-lru",
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C on `make run` reaches us, and we stop it in order

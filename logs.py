@@ -83,16 +83,24 @@ class AccessLog:
         self._millisecond = -1
         self._ts = ""
 
-    def request(self, rid: bytes, method: str, path: str, route: str, status: int, seconds: float,
-                cache: bytes) -> None:
+    def request(
+        self, rid: bytes, method: str, path: str, route: str, status: int, seconds: float, cache: bytes
+    ) -> None:
         """Append one request's line; write the buffer once it is full."""
         now = time.time()
         millisecond = int(now * 1000)
         if millisecond != self._millisecond:  # format the time once a millisecond, not per request
             self._millisecond = millisecond
             self._ts = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{millisecond % 1000:03d}Z"
-        line = RequestLine(self._ts, "info", ACCESS_LOGGER, "request", RequestFields(
-            rid.decode(), method, path, route, status, int(seconds * 1_000_000) / 1000, cache.decode() or None))
+        line = RequestLine(
+            self._ts,
+            "info",
+            ACCESS_LOGGER,
+            "request",
+            RequestFields(
+                rid.decode(), method, path, route, status, int(seconds * 1_000_000) / 1000, cache.decode() or None
+            ),
+        )
         buffer = self._buffer
         if not buffer:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
@@ -118,8 +126,7 @@ class AccessLog:
         view = memoryview(data)
         start = 0
         while start < len(data):
-            end = len(data) if len(data) - start <= ATOMIC_WRITE else \
-                data.rfind(b"\n", start, start + ATOMIC_WRITE) + 1
+            end = len(data) if len(data) - start <= ATOMIC_WRITE else data.rfind(b"\n", start, start + ATOMIC_WRITE) + 1
             if end <= start:  # one line longer than PIPE_BUF: alone in its write(s)
                 end = data.index(b"\n", start) + 1
             while start < end:
@@ -149,7 +156,9 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
         }
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)

@@ -45,13 +45,16 @@ POOL_SAMPLE_SECONDS = 1.0
 
 REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
-    "travel_request_seconds", "Time from request to the end of the answer", ["route"],
+    "travel_request_seconds",
+    "Time from request to the end of the answer",
+    ["route"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 CACHE_HITS = Counter("travel_cache_hits_total", "Cached reads answered from Redis")
 CACHE_MISSES = Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL")
-CACHE_LOADS = Counter("travel_cache_loads_total",
-                      "PostgreSQL loads for cache misses (concurrent misses of one key share one)")
+CACHE_LOADS = Counter(
+    "travel_cache_loads_total", "PostgreSQL loads for cache misses (concurrent misses of one key share one)"
+)
 CACHE_ERRORS = Counter("travel_cache_invalidation_errors_total", "Invalidations Redis did not take")
 OVERLOADED = Counter("travel_overloaded_total", "Requests refused with 503 OVERLOADED")
 REDIS_ERRORS = Counter("travel_redis_errors_total", "Redis calls that failed or timed out", ["operation"])
@@ -59,8 +62,7 @@ DATABASE_ERRORS = Counter("travel_database_unavailable_total", "Requests answere
 # Summed over live workers when there are several.
 POOL_SIZE = Gauge("travel_db_pool_size", "Open PostgreSQL connections", multiprocess_mode="livesum")
 POOL_IDLE = Gauge("travel_db_pool_idle", "Idle PostgreSQL connections", multiprocess_mode="livesum")
-POOL_IN_FLIGHT = Gauge("travel_db_in_flight", "Requests using or waiting for a connection",
-                       multiprocess_mode="livesum")
+POOL_IN_FLIGHT = Gauge("travel_db_in_flight", "Requests using or waiting for a connection", multiprocess_mode="livesum")
 
 
 def prepare_multiprocess(directory: Path) -> None:

@@ -34,14 +34,20 @@ def text(max_length: int, *, min_length: int = 1, pattern: str = r"[^\x00-\x1f\x
 
 
 Name = Annotated[str, text(100)]
-Email = Annotated[str, text(254, pattern=r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+")]
+Email = Annotated[
+    str, text(254, pattern=r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+")
+]
 IdNumber = Annotated[str, text(20, min_length=4, pattern=r"[0-9A-Za-z-]+")]
 Phone = Annotated[str, text(20, pattern=r"\+?[0-9 ()-]+")]
 CardNumber = Annotated[str, text(20, min_length=8, pattern=r"[0-9]+")]
 Address = Annotated[str, text(255)]
 EARLIEST_BIRTH = dt.date(1900, 1, 2)  # schema.sql: CHECK (date_of_birth > '1900-01-01')
-BirthDate = Annotated[dt.date, Meta(
-    description=f"from {EARLIEST_BIRTH} to today", extra_json_schema={"formatMinimum": EARLIEST_BIRTH.isoformat()})]
+BirthDate = Annotated[
+    dt.date,
+    Meta(
+        description=f"from {EARLIEST_BIRTH} to today", extra_json_schema={"formatMinimum": EARLIEST_BIRTH.isoformat()}
+    ),
+]
 CardStatus = Literal["active", "blocked", "lost", "inactive"]
 
 
@@ -98,8 +104,10 @@ TokenRole = Literal["admin", "recharge_point", "validator"]
 class TokenRequest(Body):
     role: TokenRole
     label: Name
-    recharge_point_id: Annotated[IntId | None, Meta(
-        description="the point a recharge_point token recharges at; required for that role, refused for others")] = None
+    recharge_point_id: Annotated[
+        IntId | None,
+        Meta(description="the point a recharge_point token recharges at; required for that role, refused for others"),
+    ] = None
 
     def __post_init__(self) -> None:
         if (self.role == "recharge_point") != (self.recharge_point_id is not None):

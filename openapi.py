@@ -27,8 +27,10 @@ VALIDATION_ERRORS = (400, 413, 415, 422)
 
 
 def _problem_response(status: int) -> dict[str, Any]:
-    return {"description": TITLES.get(status, "Error"),
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}}
+    return {
+        "description": TITLES.get(status, "Error"),
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}},
+    }
 
 
 def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         types.update(t for t in (op.body, op.answer, op.unavailable) if t is not None)
     typed = list(types)
     refs, components = msgspec.json.schema_components(typed, ref_template="#/components/schemas/{name}")
-    ref_of = dict(zip(typed, refs))
+    ref_of = dict(zip(typed, refs, strict=False))
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         entry: dict[str, Any] = {
@@ -58,20 +60,28 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         if description:
             entry["description"] = " ".join(description)
         parameters = [
-            {"name": name, "in": "path", "required": True,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+            }
             for name in op.path_ids()
         ]
-        parameters += [{"name": header, "in": "header", "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
-                       for header in op.headers]
-        parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
-                       for name, schema in op.query]
+        parameters += [
+            {
+                "name": header,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+            for header in op.headers
+        ]
+        parameters += [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in op.query]
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:
-            entry["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": ref_of[op.body]}}}
+            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[op.body]}}}
         answer: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(op.status, "OK")}
         if op.answer is not None:
             answer["content"] = {"application/json": {"schema": ref_of[op.answer]}}
@@ -84,14 +94,19 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         for status in sorted(errors):
             entry["responses"][str(status)] = _problem_response(status)
         if op.unavailable is not None:
-            entry["responses"]["503"] = {"description": TITLES[503],
-                                         "content": {"application/json": {"schema": ref_of[op.unavailable]}}}
+            entry["responses"]["503"] = {
+                "description": TITLES[503],
+                "content": {"application/json": {"schema": ref_of[op.unavailable]}},
+            }
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version,
-                 "description": "Transit-card recharge backend. Money is integer Colombian pesos. "
-                                "Errors are RFC 9457 problem+json with a stable `code`."},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Transit-card recharge backend. Money is integer Colombian pesos. "
+            "Errors are RFC 9457 problem+json with a stable `code`.",
+        },
         "paths": paths,
         "components": {
             "schemas": components,

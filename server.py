@@ -40,8 +40,13 @@ from cachekeys import CachedKey
 from db import QUERIES, Database, Overloaded, Query
 from endpoints import Endpoint
 from errors import (
-    DATABASE_ERRORS, DATABASE_UNAVAILABLE_ERRORS, Problem, handle_postgres, handle_problem,
-    handle_unavailable, handle_unexpected,
+    DATABASE_ERRORS,
+    DATABASE_UNAVAILABLE_ERRORS,
+    Problem,
+    handle_postgres,
+    handle_problem,
+    handle_unavailable,
+    handle_unexpected,
 )
 from settings import Settings
 
@@ -90,8 +95,7 @@ def path_id(request: Request, name: str, maximum: int = models.BIGINT_MAX) -> in
         value = int(raw)
         if 1 <= value <= maximum:
             return value
-    raise Problem(422, "VALIDATION_ERROR", f"{name} must be a positive integer up to {maximum}",
-                  field=name)
+    raise Problem(422, "VALIDATION_ERROR", f"{name} must be a positive integer up to {maximum}", field=name)
 
 
 async def read_body(request: Request, body_type: type[BodyT]) -> BodyT:
@@ -184,8 +188,17 @@ async def health(request: Request) -> Response:
     return JSONBytes(encode(answer), 200 if database == "ok" else 503)
 
 
-def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct: type, *,
-                many: bool = False, missing: str = "", roles: tuple[str, ...] | None = None) -> Endpoint:
+def cached_read(
+    path: str,
+    summary: str,
+    key: CachedKey,
+    query_name: str,
+    struct: type,
+    *,
+    many: bool = False,
+    missing: str = "",
+    roles: tuple[str, ...] | None = None,
+) -> Endpoint:
     """The declaration of a cached GET of what a named query finds, answered as `struct`
     (a list of them when `many`). With an id in the path it reads the primary (it must show
     a write as soon as that returned) and finding nothing is 404 `missing`; without one
@@ -193,14 +206,17 @@ def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct
     one of them (or admin) is checked before anything is read."""
     statement = query(query_name)
     if many:  # LEFT JOINs give one all-NULL row when nothing matched: not an item
+
         def answer(found: Any) -> Any:
             return [struct(*row) for row in found if row[0] is not None]
     else:
+
         def answer(found: Any) -> Any:
             return struct(*found)
 
     param = next((part[1:-1] for part in path.split("/") if part.startswith("{")), "")
     if param:
+
         async def read(request: Request) -> Response:
             if roles is not None:
                 await authorize(request, *roles)
@@ -224,8 +240,16 @@ def cached_read(path: str, summary: str, key: CachedKey, query_name: str, struct
             return await cached(request, fixed_key, key.ttl, load)
 
     read.__name__ = query_name.replace("-", "_")
-    return Endpoint("GET", path, read, summary, list[struct] if many else struct,  # type: ignore[valid-type]
-                    errors=(404,) if param else (), roles=roles, cache=key)
+    return Endpoint(
+        "GET",
+        path,
+        read,
+        summary,
+        list[struct] if many else struct,  # type: ignore[valid-type]
+        errors=(404,) if param else (),
+        roles=roles,
+        cache=key,
+    )
 
 
 USERS_COUNT = query("users-count")
@@ -280,13 +304,15 @@ def idempotency_key(request: Request) -> str | None:
         return None
     key = keys[0]
     if len(keys) > 1:
-        raise Problem(422, "VALIDATION_ERROR", "send one Idempotency-Key header, not several",
-                      field="Idempotency-Key")
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable() \
-            or key != key.strip():
-        raise Problem(422, "VALIDATION_ERROR",
-                      f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters,"
-                      " without leading or trailing spaces", field="Idempotency-Key")
+        raise Problem(422, "VALIDATION_ERROR", "send one Idempotency-Key header, not several", field="Idempotency-Key")
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable() or key != key.strip():
+        raise Problem(
+            422,
+            "VALIDATION_ERROR",
+            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters,"
+            " without leading or trailing spaces",
+            field="Idempotency-Key",
+        )
     return key
 
 
@@ -300,8 +326,7 @@ async def create_recharge(request: Request) -> Response:
             raise Problem(403, "FORBIDDEN", "a recharge point token recharges at its own point only")
         point = caller.recharge_point_id
     # A replay invalidates too: it may answer before the first request's DEL has gone out.
-    *answer, _, replayed = await request.state.recharges.submit(body.card_id, body.amount, point,
-                                                                caller.token_id, key)
+    *answer, _, replayed = await request.state.recharges.submit(body.card_id, body.amount, point, caller.token_id, key)
     response = JSONBytes(encode(models.Recharge(*answer)), 201)
     if replayed:
         response.raw_headers.append((b"idempotent-replayed", b"true"))
@@ -327,8 +352,17 @@ async def create_user(request: Request) -> Response:
     await authorize(request)
     body = await read_body(request, models.UserRequest)
     row = await request.state.db.run(
-        CREATE_USER, body.first_name, body.last_name, body.email, body.id_number,
-        body.contact_number, body.gender, body.date_of_birth, body.residential_address, body.city_of_birth)
+        CREATE_USER,
+        body.first_name,
+        body.last_name,
+        body.email,
+        body.id_number,
+        body.contact_number,
+        body.gender,
+        body.date_of_birth,
+        body.residential_address,
+        body.city_of_birth,
+    )
     return JSONBytes(encode(models.User(*row)), 201)
 
 
@@ -386,8 +420,9 @@ async def handle_http(_: Request, exc: Exception) -> Response:
 
 async def handle_overloaded(_: Request, exc: Exception) -> Response:
     metrics.OVERLOADED.inc()
-    return Problem(503, "OVERLOADED", "too many requests wait for the database; retry shortly",
-                   headers={"Retry-After": "1"}).response()
+    return Problem(
+        503, "OVERLOADED", "too many requests wait for the database; retry shortly", headers={"Retry-After": "1"}
+    ).response()
 
 
 # ---------------------------------------------------------------- lifespan and app
@@ -411,7 +446,6 @@ async def prune_idempotency_keys(database: Database) -> None:
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
 
-
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app. Pools open in the lifespan, never at import; the schema is applied
     before (startup.py), once per start rather than once per worker."""
@@ -419,10 +453,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        pools = [await db.create_pool(url, min_size=settings.pool_min, max_size=settings.pool_max)
-                 for url in (settings.database_url, settings.read_database_url) if url]
-        redis = connect(settings.redis_url, sentinels=settings.redis_sentinels,
-                        service=settings.redis_sentinel_service)
+        pools = [
+            await db.create_pool(url, min_size=settings.pool_min, max_size=settings.pool_max)
+            for url in (settings.database_url, settings.read_database_url)
+            if url
+        ]
+        redis = connect(settings.redis_url, sentinels=settings.redis_sentinels, service=settings.redis_sentinel_service)
         database = Database(pools[0], settings.max_waiting)
         # Aggregates, counts and reference data may come from a replica; balances, trips,
         # recharges and every write stay on the primary.
@@ -439,14 +475,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
             on_epoch(str(await CACHE_EPOCH(conn)))
             tokens.forget_all()
 
-        listener = db.Listener(settings.listen_database_url or settings.database_url,
-                               {"cache_epoch": on_epoch, auth.REVOCATIONS_CHANNEL: tokens.forget}, catch_up)
-        background = [asyncio.create_task(listener.run()),
-                      asyncio.create_task(prune_idempotency_keys(database))]
+        listener = db.Listener(
+            settings.listen_database_url or settings.database_url,
+            {"cache_epoch": on_epoch, auth.REVOCATIONS_CHANNEL: tokens.forget},
+            catch_up,
+        )
+        background = [asyncio.create_task(listener.run()), asyncio.create_task(prune_idempotency_keys(database))]
         try:
-            yield {"db": database, "lagging_db": lagging_database, "cache": cache,
-                   "tokens": tokens, "listener": listener,
-                   **batching.write_batchers(database, functools.partial(invalidated, cache, database))}
+            yield {
+                "db": database,
+                "lagging_db": lagging_database,
+                "cache": cache,
+                "tokens": tokens,
+                "listener": listener,
+                **batching.write_batchers(database, functools.partial(invalidated, cache, database)),
+            }
         finally:
             for task in background:
                 task.cancel()
@@ -454,8 +497,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logs.ACCESS_LOG.flush()
             metrics.forget_worker()
             # Requests have drained by now; closing must finish even if we are cancelled.
-            await asyncio.shield(asyncio.gather(*(db.close_pool(pool) for pool in pools), redis.aclose(),
-                                                return_exceptions=True))
+            await asyncio.shield(
+                asyncio.gather(*(db.close_pool(pool) for pool in pools), redis.aclose(), return_exceptions=True)
+            )
 
     app = Starlette(
         routes=ROUTES,
@@ -477,61 +521,180 @@ def create_app(settings: Settings | None = None) -> Starlette:
 # ---------------------------------------------------------------- the route table
 ADMIN: tuple[str, ...] = ()
 ENDPOINTS = [
-    Endpoint("GET", f"{API}/health", health, "Liveness of the API, PostgreSQL and Redis",
-             models.Health, errors=(503,), unavailable=models.Health),
-    cached_read(f"{API}/trips/total", "Trip totals and revenue",
-                cachekeys.trips_total, "trips-total", models.TripsTotal),
-    cached_read(f"{API}/trips/total/localities", "Trips per locality",
-                cachekeys.trips_by_locality, "trips-by-locality", models.LocalityTrips, many=True),
+    Endpoint(
+        "GET",
+        f"{API}/health",
+        health,
+        "Liveness of the API, PostgreSQL and Redis",
+        models.Health,
+        errors=(503,),
+        unavailable=models.Health,
+    ),
+    cached_read(
+        f"{API}/trips/total", "Trip totals and revenue", cachekeys.trips_total, "trips-total", models.TripsTotal
+    ),
+    cached_read(
+        f"{API}/trips/total/localities",
+        "Trips per locality",
+        cachekeys.trips_by_locality,
+        "trips-by-locality",
+        models.LocalityTrips,
+        many=True,
+    ),
     # Before /trips/{trip_id}, which would take "hourly" for an id.
-    Endpoint("GET", f"{API}/trips/hourly", trips_hourly, "Trips and revenue per hour (Bogotá), the last N hours",
-             list[models.HourTrips], cache=cachekeys.trips_hourly,
-             query=(("hours", {"type": "integer", "minimum": 1, "maximum": hourly.MAX_HOURS,
-                               "default": hourly.DEFAULT_HOURS}),)),
-    Endpoint("GET", f"{API}/stats", instance_stats, "This instance: request rates, latency, cache, Redis, pool",
-             models.Stats),
-    cached_read(f"{API}/trips/card/{{card_id}}", "A card's 20 latest trips",
-                cachekeys.card_trips, "card-trips", models.Trip, many=True, missing="CARD_NOT_FOUND"),
-    cached_read(f"{API}/trips/{{trip_id}}", "One trip",
-                cachekeys.trip, "trip", models.Trip, missing="TRIP_NOT_FOUND"),
-    Endpoint("POST", f"{API}/trips", board, "Board: debit the fare (or the transfer fare)",
-             models.Boarding, 201, models.BoardRequest, (402, 404, 409), ("validator",)),
-    Endpoint("POST", f"{API}/trips/{{trip_id}}/end", end_trip, "Alight: close an open trip",
-             models.Trip, 200, models.EndTripRequest, (404, 409), ("validator",)),
-    cached_read(f"{API}/finance/revenue", "Revenue: the fares boardings debited",
-                cachekeys.revenue_total, "revenue-total", models.Revenue),
-    cached_read(f"{API}/finance/revenue/localities", "Revenue per locality",
-                cachekeys.revenue_by_locality, "revenue-by-locality", models.LocalityRevenue, many=True),
-    Endpoint("POST", f"{API}/cards", issue_card, "Issue a card (balance 0, active)",
-             models.Card, 201, models.CardRequest, (404, 409), ADMIN),
-    Endpoint("PATCH", f"{API}/cards/{{card_id}}", set_card_status, "Set a card's status (block a lost card)",
-             models.Card, 200, models.CardStatusRequest, (404,), ADMIN),
-    cached_read(f"{API}/cards/{{card_id}}/balance", "A card's balance and status",
-                cachekeys.card_balance, "card-balance", models.CardBalance, missing="CARD_NOT_FOUND"),
-    Endpoint("POST", f"{API}/recharges", create_recharge, "Recharge a card (Idempotency-Key replays)",
-             models.Recharge, 201, models.RechargeRequest, (404, 409), ("recharge_point",),
-             headers=("Idempotency-Key",)),
-    Endpoint("POST", f"{API}/users", create_user, "Register a user",
-             models.User, 201, models.UserRequest, (409,), ADMIN),
+    Endpoint(
+        "GET",
+        f"{API}/trips/hourly",
+        trips_hourly,
+        "Trips and revenue per hour (Bogotá), the last N hours",
+        list[models.HourTrips],
+        cache=cachekeys.trips_hourly,
+        query=(
+            ("hours", {"type": "integer", "minimum": 1, "maximum": hourly.MAX_HOURS, "default": hourly.DEFAULT_HOURS}),
+        ),
+    ),
+    Endpoint(
+        "GET", f"{API}/stats", instance_stats, "This instance: request rates, latency, cache, Redis, pool", models.Stats
+    ),
+    cached_read(
+        f"{API}/trips/card/{{card_id}}",
+        "A card's 20 latest trips",
+        cachekeys.card_trips,
+        "card-trips",
+        models.Trip,
+        many=True,
+        missing="CARD_NOT_FOUND",
+    ),
+    cached_read(f"{API}/trips/{{trip_id}}", "One trip", cachekeys.trip, "trip", models.Trip, missing="TRIP_NOT_FOUND"),
+    Endpoint(
+        "POST",
+        f"{API}/trips",
+        board,
+        "Board: debit the fare (or the transfer fare)",
+        models.Boarding,
+        201,
+        models.BoardRequest,
+        (402, 404, 409),
+        ("validator",),
+    ),
+    Endpoint(
+        "POST",
+        f"{API}/trips/{{trip_id}}/end",
+        end_trip,
+        "Alight: close an open trip",
+        models.Trip,
+        200,
+        models.EndTripRequest,
+        (404, 409),
+        ("validator",),
+    ),
+    cached_read(
+        f"{API}/finance/revenue",
+        "Revenue: the fares boardings debited",
+        cachekeys.revenue_total,
+        "revenue-total",
+        models.Revenue,
+    ),
+    cached_read(
+        f"{API}/finance/revenue/localities",
+        "Revenue per locality",
+        cachekeys.revenue_by_locality,
+        "revenue-by-locality",
+        models.LocalityRevenue,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        f"{API}/cards",
+        issue_card,
+        "Issue a card (balance 0, active)",
+        models.Card,
+        201,
+        models.CardRequest,
+        (404, 409),
+        ADMIN,
+    ),
+    Endpoint(
+        "PATCH",
+        f"{API}/cards/{{card_id}}",
+        set_card_status,
+        "Set a card's status (block a lost card)",
+        models.Card,
+        200,
+        models.CardStatusRequest,
+        (404,),
+        ADMIN,
+    ),
+    cached_read(
+        f"{API}/cards/{{card_id}}/balance",
+        "A card's balance and status",
+        cachekeys.card_balance,
+        "card-balance",
+        models.CardBalance,
+        missing="CARD_NOT_FOUND",
+    ),
+    Endpoint(
+        "POST",
+        f"{API}/recharges",
+        create_recharge,
+        "Recharge a card (Idempotency-Key replays)",
+        models.Recharge,
+        201,
+        models.RechargeRequest,
+        (404, 409),
+        ("recharge_point",),
+        headers=("Idempotency-Key",),
+    ),
+    Endpoint(
+        "POST", f"{API}/users", create_user, "Register a user", models.User, 201, models.UserRequest, (409,), ADMIN
+    ),
     Endpoint("GET", f"{API}/users/count", users_count, "How many users", models.Count),
-    Endpoint("GET", f"{API}/users/active/count", users_active_count,
-             "How many users hold an active card", models.Count),
+    Endpoint(
+        "GET", f"{API}/users/active/count", users_active_count, "How many users hold an active card", models.Count
+    ),
     # These two name a person: admin only (a public answer never does).
-    Endpoint("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User],
-             roles=ADMIN),
-    cached_read(f"{API}/users/{{user_id}}/recharges", "A user's 20 latest recharges",
-                cachekeys.user_recharges, "user-recharges", models.UserRecharge, many=True,
-                missing="USER_NOT_FOUND", roles=ADMIN),
+    Endpoint("GET", f"{API}/users/latest", users_latest, "The 10 latest registrations", list[models.User], roles=ADMIN),
+    cached_read(
+        f"{API}/users/{{user_id}}/recharges",
+        "A user's 20 latest recharges",
+        cachekeys.user_recharges,
+        "user-recharges",
+        models.UserRecharge,
+        many=True,
+        missing="USER_NOT_FOUND",
+        roles=ADMIN,
+    ),
     cached_read(f"{API}/routes", "Every route", cachekeys.routes_all, "routes-all", models.Route, many=True),
-    cached_read(f"{API}/stations", "Every station", cachekeys.stations_all, "stations-all", models.Station,
-                many=True),
-    Endpoint("POST", f"{API}/tokens", create_token, "Make a write token: its secret is shown this once",
-             models.NewToken, 201, models.TokenRequest, (404,), ADMIN),
-    Endpoint("GET", f"{API}/tokens", list_tokens, "Every live token (never a secret or hash)",
-             list[models.TokenInfo], roles=ADMIN),
-    Endpoint("DELETE", f"{API}/tokens/{{token_id}}", revoke_token,
-             "Revoke a token, on every instance at once (not the last admin token)",
-             None, 204, errors=(404, 409), roles=ADMIN),
+    cached_read(f"{API}/stations", "Every station", cachekeys.stations_all, "stations-all", models.Station, many=True),
+    Endpoint(
+        "POST",
+        f"{API}/tokens",
+        create_token,
+        "Make a write token: its secret is shown this once",
+        models.NewToken,
+        201,
+        models.TokenRequest,
+        (404,),
+        ADMIN,
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/tokens",
+        list_tokens,
+        "Every live token (never a secret or hash)",
+        list[models.TokenInfo],
+        roles=ADMIN,
+    ),
+    Endpoint(
+        "DELETE",
+        f"{API}/tokens/{{token_id}}",
+        revoke_token,
+        "Revoke a token, on every instance at once (not the last admin token)",
+        None,
+        204,
+        errors=(404, 409),
+        roles=ADMIN,
+    ),
 ]
 ROUTES: list[BaseRoute] = [
     *(endpoint.route() for endpoint in ENDPOINTS),

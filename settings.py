@@ -57,7 +57,11 @@ class Settings:
             ("pool_min", 0 <= self.pool_min <= self.pool_max, "0..POOL_MAX"),
             ("pool_max", 1 <= self.pool_max <= 1000, "1..1000"),
             ("max_waiting", 0 <= self.max_waiting, "0 or more"),
-            ("read_timeout", 0 < self.read_timeout <= MAX_READ_TIMEOUT, f"seconds, more than 0 and at most {MAX_READ_TIMEOUT:g}"),
+            (
+                "read_timeout",
+                0 < self.read_timeout <= MAX_READ_TIMEOUT,
+                f"seconds, more than 0 and at most {MAX_READ_TIMEOUT:g}",
+            ),
             ("max_connections", 0 <= self.max_connections, "0 (automatic) or more"),
         )
         for name, valid, expected in checks:

@@ -18,8 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -55,8 +55,9 @@ async def prepare_database(settings: Settings) -> None:
         if settings.demo_scale:
             started = time.monotonic()
             if await db.load_demo_data(conn, settings.demo_scale):
-                print(f"loaded demo data at scale {settings.demo_scale} in {time.monotonic() - started:.1f} s",
-                      flush=True)
+                print(
+                    f"loaded demo data at scale {settings.demo_scale} in {time.monotonic() - started:.1f} s", flush=True
+                )
         if settings.admin_token:
             await db.QUERIES["register-token"](conn, auth.digest(settings.admin_token), "admin", "ADMIN_TOKEN", None)
     finally:
@@ -83,8 +84,14 @@ def serve(settings: Settings, log_config: dict[str, Any], banner: str) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
-        "server:create_app", factory=True, workers=settings.workers, loop="uvloop", access_log=False,
-        log_level=settings.log_level, log_config=log_config, timeout_graceful_shutdown=10,
+        "server:create_app",
+        factory=True,
+        workers=settings.workers,
+        loop="uvloop",
+        access_log=False,
+        log_level=settings.log_level,
+        log_config=log_config,
+        timeout_graceful_shutdown=10,
         **edge.uvicorn_options(settings),
     )
     socket = config.bind_socket()  # a busy port: uvicorn logs the error and exits 1
@@ -126,8 +133,9 @@ def main() -> None:
             where = urlsplit(settings.database_url)
             sys.exit(f"cannot connect to PostgreSQL at {where.hostname}:{where.port}: {error}")
         # Workers build their app from the environment: hand them what was decided here.
-        os.environ.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
-                          ADMIN_TOKEN=settings.admin_token)
+        os.environ.update(
+            DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, ADMIN_TOKEN=settings.admin_token
+        )
         if settings.unix_socket:
             banner = f"serving on unix:{settings.unix_socket} (behind nginx)"
         else:

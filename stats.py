@@ -15,7 +15,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from typing import cast, TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 from redis.exceptions import RedisError
 
@@ -46,7 +46,7 @@ def _bin_middle_ms(index: int) -> float:
 class _Second:
     """What one second of one route saw: answers, and their latencies by bin."""
 
-    __slots__ = ("second", "answers", "bins")
+    __slots__ = ("answers", "bins", "second")
 
     def __init__(self) -> None:
         self.second = -1
@@ -127,17 +127,31 @@ class Recent:
             bins: Counter[int] = Counter()
             for slot in slots:
                 bins.update(slot.bins)
-            answers.append(models.RouteStats(route, total, round(total / window, 3), _percentile_ms(bins, total, 0.5),
-                                             _percentile_ms(bins, total, 0.99)))
+            answers.append(
+                models.RouteStats(
+                    route,
+                    total,
+                    round(total / window, 3),
+                    _percentile_ms(bins, total, 0.5),
+                    _percentile_ms(bins, total, 0.99),
+                )
+            )
         answers.sort(key=lambda stats: (-stats.requests, stats.route))
         return answers
 
-    def cache_stats(self, status: str) -> models.CacheStats:
+    def cache_stats(self, status: Literal["ok", "down"]) -> models.CacheStats:
         slots = self._cache.recent(int(time.monotonic()))
         hits = sum(slot.answers for slot in slots)
         misses = sum(slot.bins.get(0, 0) for slot in slots)
-        return models.CacheStats(status, self.hits, self.misses, _ratio(self.hits, self.misses),  # type: ignore[arg-type]
-                                 hits, misses, _ratio(hits, misses))
+        return models.CacheStats(
+            status,
+            self.hits,
+            self.misses,
+            _ratio(self.hits, self.misses),
+            hits,
+            misses,
+            _ratio(hits, misses),
+        )
 
 
 def _ratio(hits: int, misses: int) -> float | None:
@@ -195,9 +209,16 @@ async def redis_stats(cache: Cache) -> models.RedisStats | None:
         await KEY_FAMILIES.count(cache, keys)
     except REDIS_FAILURES:
         return None
-    return models.RedisStats(memory["used_memory"], counters["keyspace_hits"], counters["keyspace_misses"],
-                             counters["evicted_keys"], clients["connected_clients"], keys,
-                             KEY_FAMILIES.counts, KEY_FAMILIES.counted)
+    return models.RedisStats(
+        memory["used_memory"],
+        counters["keyspace_hits"],
+        counters["keyspace_misses"],
+        counters["evicted_keys"],
+        clients["connected_clients"],
+        keys,
+        KEY_FAMILIES.counts,
+        KEY_FAMILIES.counted,
+    )
 
 
 async def collect(database: Database, cache: Cache) -> models.Stats:

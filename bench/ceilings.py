@@ -69,12 +69,14 @@ async def pg_update(request: Request) -> Response:
 async def lifespan(_: Starlette) -> AsyncIterator[dict[str, object]]:
     # The naive client gets a connection per request in flight; a blocking pool because
     # redis-py's default pool raises past its limit, which turns 128 connections into errors.
-    redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        os.environ["REDIS_URL"], max_connections=256))
+    redis = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(os.environ["REDIS_URL"], max_connections=256)
+    )
     await redis.set(REDIS_KEY, CACHED_VALUE)
     # The API's pool size, so that the SELECT app gets the same PostgreSQL parallelism.
-    pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=16, max_size=16,
-                                     server_settings={"jit": "off"})
+    pool = await asyncpg.create_pool(
+        os.environ["DATABASE_URL"], min_size=16, max_size=16, server_settings={"jit": "off"}
+    )
     try:
         yield {"redis": redis, "pool": pool}
     finally:
@@ -90,5 +92,13 @@ def create_app(kind: str) -> Starlette:
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in KINDS:
         sys.exit(f"usage: ceilings.py {{{','.join(KINDS)}}}  (env DATABASE_URL, REDIS_URL, PORT)")
-    uvicorn.run(create_app(sys.argv[1]), host="127.0.0.1", port=int(os.environ["PORT"]), workers=1,
-                loop="uvloop", http="httptools", access_log=False, log_level="warning")
+    uvicorn.run(
+        create_app(sys.argv[1]),
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )

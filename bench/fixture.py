@@ -106,8 +106,11 @@ async def metric_total(target: Target, name: str) -> float | None:
     if not target.has_metrics:
         return None
     _, _, body = await fetch(target.url, Request("GET", "/metrics"))
-    samples = [line.rpartition(" ")[2] for line in body.decode().splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{")]
+    samples = [
+        line.rpartition(" ")[2]
+        for line in body.decode().splitlines()
+        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{")
+    ]
     return sum(float(value) for value in samples) if samples else None
 
 
@@ -119,8 +122,15 @@ async def serves_metrics(target: Target) -> bool:
 
 async def issue_cards(target: Target, owners: list[int], count: int, key_prefix: str) -> list[int]:
     """`count` new cards (never read, so nothing of theirs is cached), spread over `owners`."""
-    cards = expect(await send_all(target.url, [post("/cards", {"user_id": owners[n % len(owners)]}, target.auth())
-                                               for n in range(count)], key_prefix), 201, "POST /cards")
+    cards = expect(
+        await send_all(
+            target.url,
+            [post("/cards", {"user_id": owners[n % len(owners)]}, target.auth()) for n in range(count)],
+            key_prefix,
+        ),
+        201,
+        "POST /cards",
+    )
     return [card["card_id"] for card in cards]
 
 
@@ -133,15 +143,52 @@ async def prepare_fixture(target: Target, run_id: str) -> Fixture:
     if len(route_ids) < 2 or not stations:
         raise RuntimeError(f"{target.label} needs two active non-cable routes and a station (load demo data)")
     station_id = stations[0]["station_id"]
-    users = expect(await send_all(url, [
-        post("/users", {"first_name": "Bench", "last_name": f"User {n}", "email": f"{run_id}-{n}@bench.example",
-                        "id_number": f"{run_id}-{n}"}, auth) for n in range(BENCH_USERS)], run_id), 201, "POST /users")
+    users = expect(
+        await send_all(
+            url,
+            [
+                post(
+                    "/users",
+                    {
+                        "first_name": "Bench",
+                        "last_name": f"User {n}",
+                        "email": f"{run_id}-{n}@bench.example",
+                        "id_number": f"{run_id}-{n}",
+                    },
+                    auth,
+                )
+                for n in range(BENCH_USERS)
+            ],
+            run_id,
+        ),
+        201,
+        "POST /users",
+    )
     user_ids = [u["user_id"] for u in users]
     card_ids = await issue_cards(target, user_ids, BENCH_CARDS, run_id)
-    expect(await send_all(url, [post("/recharges", {"card_id": card, "amount": 1_000_000}, auth, unique_key=True)
-                                for card in card_ids for _ in range(FUNDING_RECHARGES)], run_id + "-fund"),
-           201, "POST /recharges")
-    trips = expect(await send_all(url, [post("/trips", {"card_id": card, "route_id": route_ids[0],
-                                                        "boarding_station_id": station_id}, auth)
-                                        for card in card_ids], run_id), 201, "POST /trips")
+    expect(
+        await send_all(
+            url,
+            [
+                post("/recharges", {"card_id": card, "amount": 1_000_000}, auth, unique_key=True)
+                for card in card_ids
+                for _ in range(FUNDING_RECHARGES)
+            ],
+            run_id + "-fund",
+        ),
+        201,
+        "POST /recharges",
+    )
+    trips = expect(
+        await send_all(
+            url,
+            [
+                post("/trips", {"card_id": card, "route_id": route_ids[0], "boarding_station_id": station_id}, auth)
+                for card in card_ids
+            ],
+            run_id,
+        ),
+        201,
+        "POST /trips",
+    )
     return Fixture(user_ids, card_ids, trips[0]["trip_id"], route_ids, station_id)

@@ -10,8 +10,14 @@ CEILING_NAMES = {"redis-get": "one-GET app", "pg-select": "one-SELECT app", "pg-
 
 
 def point(report: dict[str, Any], server: str, scenario: str, connections: int) -> dict[str, Any] | None:
-    return next((p for p in report.get("throughput", []) if p["server"] == server and p["scenario"] == scenario
-                 and p["connections"] == connections), None)
+    return next(
+        (
+            p
+            for p in report.get("throughput", [])
+            if p["server"] == server and p["scenario"] == scenario and p["connections"] == connections
+        ),
+        None,
+    )
 
 
 def open_loop(report: dict[str, Any], scenario: str) -> dict[str, Any] | None:
@@ -46,17 +52,35 @@ def grade(report: dict[str, Any]) -> list[dict[str, Any]]:
     level = 32 if 32 in report["settings"]["connections"] else max(report["settings"]["connections"])
     goals = [g for scenario in GOAL_RATIO if (g := ratio_goal(report, scenario, level)) is not None]
     if (log := report.get("log_cost")) and log["cost"] is not None:
-        goals.append(goal("request log (hit req/s, on vs off)", f"costs {log['cost']:.1%}",
-                          f"≤ {LOG_COST_MAX:.0%}", None if log["invalid"] else log["cost"] <= LOG_COST_MAX))
+        goals.append(
+            goal(
+                "request log (hit req/s, on vs off)",
+                f"costs {log['cost']:.1%}",
+                f"≤ {LOG_COST_MAX:.0%}",
+                None if log["invalid"] else log["cost"] <= LOG_COST_MAX,
+            )
+        )
     tail = report.get("tail", {})
     if burst := tail.get("burst"):
-        goals.append(goal(f"{burst['requests']} concurrent requests for one cold key",
-                          f"{burst['loads']} PostgreSQL load(s) ({burst['loads_from']}), {burst['not_200']} "
-                          f"answers other than 200", "1 load, 0 answers other than 200", burst["passed"]))
+        goals.append(
+            goal(
+                f"{burst['requests']} concurrent requests for one cold key",
+                f"{burst['loads']} PostgreSQL load(s) ({burst['loads_from']}), {burst['not_200']} "
+                f"answers other than 200",
+                "1 load, 0 answers other than 200",
+                burst["passed"],
+            )
+        )
     if sustained := tail.get("sustained"):
-        goals.append(goal(f"sustained mix, {sustained['seconds']:.0f} s", f"max {sustained['max_ms']:.0f} ms, "
-                          f"{sustained['silent_seconds']} silent second(s), {sustained['errors']} errors",
-                          "no stall > 1 s", not sustained["stalled"]))
+        goals.append(
+            goal(
+                f"sustained mix, {sustained['seconds']:.0f} s",
+                f"max {sustained['max_ms']:.0f} ms, "
+                f"{sustained['silent_seconds']} silent second(s), {sustained['errors']} errors",
+                "no stall > 1 s",
+                not sustained["stalled"],
+            )
+        )
     return goals
 
 
@@ -66,9 +90,16 @@ def invalid_rows(report: dict[str, Any]) -> list[str]:
     reasons += [reason for r in report.get("tail", {}).get("open_loop", []) for reason in r["invalid"]]
     reasons += report.get("log_cost", {}).get("invalid", [])
     for label, rows in report.get("latency", {}).items():
-        reasons += [f"latency {label} {r['endpoint']} {r['case']}: {r['unexpected']} of {r['n']} answers did not "
-                    f"say X-Cache: {r['case']}" for r in rows if r.get("unexpected")]
+        reasons += [
+            f"latency {label} {r['endpoint']} {r['case']}: {r['unexpected']} of {r['n']} answers did not "
+            f"say X-Cache: {r['case']}"
+            for r in rows
+            if r.get("unexpected")
+        ]
     for scale in report.get("scale", []):
-        reasons += [f"scale {scale['scale']} {path}: {c['unexpected']} answers were not misses"
-                    for path, c in scale["costs"].items() if c.get("unexpected")]
+        reasons += [
+            f"scale {scale['scale']} {path}: {c['unexpected']} answers were not misses"
+            for path, c in scale["costs"].items()
+            if c.get("unexpected")
+        ]
     return reasons

@@ -39,18 +39,30 @@ class Writer:
     async def board(self) -> dict[str, Any]:
         fixture = self.target.data
         route = fixture.route_ids[next(self.sent) % 2]  # alternating: transfers, cheap fares
-        return await self.write(post("/trips", {"card_id": fixture.card_ids[0], "route_id": route,
-                                                "boarding_station_id": fixture.station_id}, self.target.auth()))
+        return await self.write(
+            post(
+                "/trips",
+                {"card_id": fixture.card_ids[0], "route_id": route, "boarding_station_id": fixture.station_id},
+                self.target.auth(),
+            )
+        )
 
     async def recharge(self) -> dict[str, Any]:
-        return await self.write(post("/recharges", {"card_id": self.target.data.card_ids[0], "amount": 100},
-                                     self.target.auth(), unique_key=True))
+        return await self.write(
+            post(
+                "/recharges",
+                {"card_id": self.target.data.card_ids[0], "amount": 100},
+                self.target.auth(),
+                unique_key=True,
+            )
+        )
 
 
 def after(write: Callable[[], Awaitable[Any]], path: str) -> MakeCold:
     async def make_cold() -> str:
         await write()
         return path
+
     return make_cold
 
 
@@ -83,12 +95,21 @@ class Timed:
     unexpected: int = 0  # answers whose X-Cache is not the row's
 
     def row(self) -> dict[str, Any]:
-        return {"n": len(self.latencies), "errors": self.errors, "unexpected": self.unexpected,
-                **summarize(self.latencies)}
+        return {
+            "n": len(self.latencies),
+            "errors": self.errors,
+            "unexpected": self.unexpected,
+            **summarize(self.latencies),
+        }
 
 
-async def timed(connection: Connection, n: int, make_request: Callable[[], Awaitable[Request]],
-                expected_cache: str | None, key_prefix: str) -> dict[str, Any]:
+async def timed(
+    connection: Connection,
+    n: int,
+    make_request: Callable[[], Awaitable[Request]],
+    expected_cache: str | None,
+    key_prefix: str,
+) -> dict[str, Any]:
     """`n` requests, one at a time, each made by `make_request` (untimed), then timed and checked."""
     result = Timed([])
     for number in range(n):
@@ -104,6 +125,7 @@ async def timed(connection: Connection, n: int, make_request: Callable[[], Await
 def reads(path: str, auth: tuple[tuple[str, str], ...] = ()) -> Callable[[], Awaitable[Request]]:
     async def make() -> Request:
         return get(path, auth)
+
     return make
 
 
@@ -112,17 +134,20 @@ def cycling(requests: list[Request]) -> Callable[[], Awaitable[Request]]:
 
     async def make() -> Request:
         return next(lap)
+
     return make
 
 
 def cold_read(make_cold: MakeCold, auth: tuple[tuple[str, str], ...] = ()) -> Callable[[], Awaitable[Request]]:
     async def make() -> Request:
         return get(await make_cold(), auth)
+
     return make
 
 
-async def cached_row(connection: Connection, target: Target, name: str, make_cold: MakeCold, n: int,
-                     run_id: str) -> list[dict[str, Any]]:
+async def cached_row(
+    connection: Connection, target: Target, name: str, make_cold: MakeCold, n: int, run_id: str
+) -> list[dict[str, Any]]:
     """The MISS row (made cold before each read), then the HIT row (the same path, read again)."""
     auth = target.auth()  # some reads name a person: admin only; the header costs the others nothing
     miss = await timed(connection, n, cold_read(make_cold, auth), "MISS", run_id)
@@ -141,14 +166,27 @@ async def latency_rows(target: Target, n: int, run_id: str) -> list[dict[str, An
             rows += await cached_row(connection, target, name, make_cold, n, run_id)
         for path in NEVER_INVALIDATED:
             await connection.send(get(path))  # filled, if it was not
-            rows.append({"endpoint": "GET " + path, "case": "HIT",
-                         **await timed(connection, n, reads(path), "HIT", run_id)})
+            rows.append(
+                {"endpoint": "GET " + path, "case": "HIT", **await timed(connection, n, reads(path), "HIT", run_id)}
+            )
         for path in UNCACHED:
-            rows.append({"endpoint": "GET " + path, "case": "uncached",
-                         **await timed(connection, n, reads(path, target.auth()), None, run_id)})
+            rows.append(
+                {
+                    "endpoint": "GET " + path,
+                    "case": "uncached",
+                    **await timed(connection, n, reads(path, target.auth()), None, run_id),
+                }
+            )
         for kind, name in (("recharge", "POST /recharges"), ("boarding", "POST /trips")):
-            rows.append({"endpoint": name, "case": "write", **await timed(
-                connection, n, cycling(write_requests(target, kind)), None, f"{run_id}-latency-{target.label}")})
+            rows.append(
+                {
+                    "endpoint": name,
+                    "case": "write",
+                    **await timed(
+                        connection, n, cycling(write_requests(target, kind)), None, f"{run_id}-latency-{target.label}"
+                    ),
+                }
+            )
     finally:
         await connection.close()
         await writer.connection.close()

@@ -85,7 +85,7 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted sequence."""
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 
@@ -99,9 +99,13 @@ class Percentiles(TypedDict):
 
 def summarize(latencies_ms: list[float]) -> Percentiles:
     ordered = sorted(latencies_ms)
-    return {"p50_ms": percentile(ordered, 0.50), "p90_ms": percentile(ordered, 0.90),
-            "p99_ms": percentile(ordered, 0.99), "p999_ms": percentile(ordered, 0.999),
-            "max_ms": ordered[-1] if ordered else float("nan")}
+    return {
+        "p50_ms": percentile(ordered, 0.50),
+        "p90_ms": percentile(ordered, 0.90),
+        "p99_ms": percentile(ordered, 0.99),
+        "p999_ms": percentile(ordered, 0.999),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+    }
 
 
 def x_cache(head: bytes) -> str:
@@ -111,7 +115,7 @@ def x_cache(head: bytes) -> str:
     if start < 0:
         return "-"
     end = lowered.find(b"\r\n", start + 2)
-    return head[start + 10:end if end >= 0 else None].strip().decode()
+    return head[start + 10 : end if end >= 0 else None].strip().decode()
 
 
 def tally(counts: dict[str, int], key: str) -> None:
@@ -154,7 +158,7 @@ class Connection:
         start = lowered.find(b"\r\ncontent-length:")
         if start >= 0:
             end = lowered.index(b"\r\n", start + 2)
-            body = await self.reader.readexactly(int(lowered[start + 17:end]))
+            body = await self.reader.readexactly(int(lowered[start + 17 : end]))
         elif b"\r\ntransfer-encoding: chunked" in lowered:
             body = await self._read_chunked()
         else:
@@ -177,8 +181,9 @@ class Connection:
         return await asyncio.wait_for(self.exchange(request.render(self.host_header, key)), REQUEST_TIMEOUT)
 
 
-async def run_builtin(url: str, scenario: Scenario, connections: int, duration: float,
-                      warmup: float, key_prefix: str) -> LoadResult:
+async def run_builtin(
+    url: str, scenario: Scenario, connections: int, duration: float, warmup: float, key_prefix: str
+) -> LoadResult:
     """`connections` keep-alive connections sending back to back for `warmup + duration`
     seconds; only the answers to requests sent after the warm-up are counted.
 
@@ -222,8 +227,15 @@ async def run_builtin(url: str, scenario: Scenario, connections: int, duration: 
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
     # Counted requests are those sent within the window, so the window is the time base.
-    return LoadResult(requests=len(latencies), errors=errors, seconds=duration, generator="builtin",
-                      cache=cache, statuses=statuses, **summarize(latencies))
+    return LoadResult(
+        requests=len(latencies),
+        errors=errors,
+        seconds=duration,
+        generator="builtin",
+        cache=cache,
+        statuses=statuses,
+        **summarize(latencies),
+    )
 
 
 # ---------------------------------------------------------------- wrk
@@ -316,8 +328,10 @@ def wrk_script(scenario: Scenario, key_prefix: str) -> str:
             headers["Content-Type"] = "application/json"
         header_table = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items())
         body = _lua_string(r.body) if r.body is not None else "nil"
-        entries.append(f"{{method = {_lua_string(r.method)}, path = {_lua_string(r.path)}, "
-                       f"headers = {{{header_table}}}, body = {body}, unique = {str(r.unique_key).lower()}}}")
+        entries.append(
+            f"{{method = {_lua_string(r.method)}, path = {_lua_string(r.path)}, "
+            f"headers = {{{header_table}}}, body = {body}, unique = {str(r.unique_key).lower()}}}"
+        )
     return _WRK_SCRIPT % {"requests": ",\n  ".join(entries), "key_prefix": _lua_string(key_prefix)}
 
 
@@ -326,8 +340,18 @@ async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int
         script.write(wrk_script(scenario, key_prefix))
     try:
         process = await asyncio.create_subprocess_exec(
-            wrk_binary() or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{REQUEST_TIMEOUT:.0f}s",
-            "-s", script.name, url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            wrk_binary() or "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            f"{REQUEST_TIMEOUT:.0f}s",
+            "-s",
+            script.name,
+            url,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             output, _ = await asyncio.wait_for(process.communicate(), seconds + 30)
         except TimeoutError:
@@ -338,12 +362,19 @@ async def _wrk_once(url: str, scenario: Scenario, connections: int, seconds: int
         os.unlink(script.name)
     for line in output.decode(errors="replace").splitlines():
         if line.startswith("WRK_RESULT "):
-            return json.loads(line[len("WRK_RESULT "):])
+            return json.loads(line[len("WRK_RESULT ") :])
     raise RuntimeError(f"wrk printed no result: {output.decode(errors='replace')[-2000:]}")
 
 
-async def run_wrk(url: str, scenario: Scenario, connections: int, duration: float,
-                  warmup: float, key_prefix: str, prepare: Prepare | None = None) -> LoadResult:
+async def run_wrk(
+    url: str,
+    scenario: Scenario,
+    connections: int,
+    duration: float,
+    warmup: float,
+    key_prefix: str,
+    prepare: Prepare | None = None,
+) -> LoadResult:
     """`prepare` (refreshing the keys a hit run reads, say), a warm-up run whose figures are
     thrown away, then the measured run (one wrk thread: the load generator gets one core of
     its own)."""
@@ -352,16 +383,32 @@ async def run_wrk(url: str, scenario: Scenario, connections: int, duration: floa
     if warmup > 0:
         await _wrk_once(url, scenario, connections, max(1, round(warmup)), key_prefix + "w")
     figures = await _wrk_once(url, scenario, connections, max(1, round(duration)), key_prefix)
-    return LoadResult(requests=figures["requests"], errors=figures["errors"],
-                      seconds=figures["duration_us"] / 1e6, p50_ms=figures["p50_us"] / 1000,
-                      p90_ms=figures["p90_us"] / 1000, p99_ms=figures["p99_us"] / 1000,
-                      p999_ms=figures["p999_us"] / 1000, max_ms=figures["max_us"] / 1000, generator="wrk",
-                      cache=figures["cache"], statuses=figures["statuses"],
-                      silent_seconds=figures["silent_seconds"])
+    return LoadResult(
+        requests=figures["requests"],
+        errors=figures["errors"],
+        seconds=figures["duration_us"] / 1e6,
+        p50_ms=figures["p50_us"] / 1000,
+        p90_ms=figures["p90_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        p999_ms=figures["p999_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
+        generator="wrk",
+        cache=figures["cache"],
+        statuses=figures["statuses"],
+        silent_seconds=figures["silent_seconds"],
+    )
 
 
-async def run_load(url: str, scenario: Scenario, connections: int, duration: float, warmup: float,
-                   key_prefix: str, generator: str = "wrk", prepare: Prepare | None = None) -> LoadResult:
+async def run_load(
+    url: str,
+    scenario: Scenario,
+    connections: int,
+    duration: float,
+    warmup: float,
+    key_prefix: str,
+    generator: str = "wrk",
+    prepare: Prepare | None = None,
+) -> LoadResult:
     """Load `url` with `scenario` by wrk (or the built-in client when asked: a smoke test).
     `prepare` (making a scenario's keys fresh, say) runs before the load starts."""
     if generator == "wrk":

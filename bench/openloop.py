@@ -37,11 +37,11 @@ class _Answers(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0 or self.waiting is None:
             return
-        head = bytes(self.buffer[:end + 2])
+        head = bytes(self.buffer[: end + 2])
         start = head.lower().find(b"\r\ncontent-length:")
-        length = int(head[start + 17:head.index(b"\r\n", start + 2)]) if start >= 0 else 0
+        length = int(head[start + 17 : head.index(b"\r\n", start + 2)]) if start >= 0 else 0
         if len(self.buffer) >= end + 4 + length:  # answers are small: no chunked encoding here
-            del self.buffer[:end + 4 + length]
+            del self.buffer[: end + 4 + length]
             self.waiting.set_result(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -65,8 +65,9 @@ async def loop_lag(until: float, samples: list[float], period: float = 0.01) -> 
         samples.append((loop.time() - asked) * 1000.0)
 
 
-async def run_open_loop(url: str, scenario: Scenario, rate: float, duration: float, key_prefix: str,
-                        connections: int = 32) -> tuple[LoadResult, list[float]]:
+async def run_open_loop(
+    url: str, scenario: Scenario, rate: float, duration: float, key_prefix: str, connections: int = 32
+) -> tuple[LoadResult, list[float]]:
     """Send `scenario` at `rate` requests/s for `duration` s; latencies from intended starts.
     Also returns the generator's own event-loop lag samples (ms)."""
     loop = asyncio.get_running_loop()
@@ -104,11 +105,19 @@ async def run_open_loop(url: str, scenario: Scenario, rate: float, duration: flo
 
     lag: list[float] = []
     try:
-        await asyncio.gather(loop_lag(stop_at, lag),
-                             *(one_connection(n, answers) for n, (_, answers) in enumerate(opened)))
+        await asyncio.gather(
+            loop_lag(stop_at, lag), *(one_connection(n, answers) for n, (_, answers) in enumerate(opened))
+        )
     finally:
         for transport, _ in opened:
             transport.close()
     errors = sum(n for status, n in statuses.items() if not status.startswith("2"))
-    return LoadResult(requests=len(latencies), errors=errors, seconds=duration, generator="open loop",
-                      cache=cache, statuses=statuses, **summarize(latencies)), lag
+    return LoadResult(
+        requests=len(latencies),
+        errors=errors,
+        seconds=duration,
+        generator="open loop",
+        cache=cache,
+        statuses=statuses,
+        **summarize(latencies),
+    ), lag

@@ -32,11 +32,15 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"{' / '.join(map(str, facts['load_average']))} before, {' / '.join(map(str, report['load_average_after']))}"
         f" after; Python {facts['python']}, Linux {facts['kernel']}",
         f"- servers: {servers or 'none (scale only)'}"
-        + (f"; PostgreSQL {stack['postgres']} (fsync {stack['fsync']}, synchronous_commit "
-           f"{stack['synchronous_commit']})" if "postgres" in stack else "")
+        + (
+            f"; PostgreSQL {stack['postgres']} (fsync {stack['fsync']}, synchronous_commit "
+            f"{stack['synchronous_commit']})"
+            if "postgres" in stack
+            else ""
+        )
         + (f"; {stack['trips']:,} trips" if "trips" in stack else ""),
         "- as deployed: the API runs with its defaults (request log and metrics on), 1 worker unless --workers; "
-        "only the row \"request log cost\" turns the log off, on a second instance on the same servers",
+        'only the row "request log cost" turns the log off, on a second instance on the same servers',
         f"- load: {report['generator']}, -t1, {settings['duration']:g} s per point after {settings['warmup']:g} s of "
         f"warm-up, {settings['rounds']} interleaved round(s), figures from the median round; {report['pinning']}",
         f"- note: {facts['cores']} cores shared by the load generator, the app, PostgreSQL and Redis, so every "
@@ -50,8 +54,19 @@ def header_lines(report: dict[str, Any]) -> list[str]:
 
 def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
     if "B" not in latency:  # a row with answers other than its case is listed as invalid below the report
-        rows = [[r["endpoint"], r["case"], str(r["n"]), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
-                 ms(r["max_ms"]), str(r["errors"])] for r in latency["A"]]
+        rows = [
+            [
+                r["endpoint"],
+                r["case"],
+                str(r["n"]),
+                ms(r["p50_ms"]),
+                ms(r["p90_ms"]),
+                ms(r["p99_ms"]),
+                ms(r["max_ms"]),
+                str(r["errors"]),
+            ]
+            for r in latency["A"]
+        ]
         return markdown_table(["endpoint", "case", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"], rows)
     b_rows = {(r["endpoint"], r["case"]): r for r in latency["B"]}  # B has no MISS rows without its Redis
     rows = []
@@ -59,18 +74,25 @@ def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
         cells = [a["endpoint"], a["case"], ms(a["p50_ms"]), ms(a["p99_ms"])]
         b = b_rows.get((a["endpoint"], a["case"]))
         if b is None:
-            rows.append(cells + ["", "", "", str(a["errors"])])
+            rows.append([*cells, "", "", "", str(a["errors"])])
         else:
-            rows.append(cells + [ms(b["p50_ms"]), ms(b["p99_ms"]), f"{b['p50_ms'] / a['p50_ms']:.2f}",
-                                 str(a["errors"] + b["errors"])])
-    return markdown_table(["endpoint", "case", "A p50 ms", "A p99 ms", "B p50 ms", "B p99 ms", "B/A p50",
-                           "errors"], rows)
+            rows.append(
+                [
+                    *cells,
+                    ms(b["p50_ms"]),
+                    ms(b["p99_ms"]),
+                    f"{b['p50_ms'] / a['p50_ms']:.2f}",
+                    str(a["errors"] + b["errors"]),
+                ]
+            )
+    return markdown_table(
+        ["endpoint", "case", "A p50 ms", "A p99 ms", "B p50 ms", "B p99 ms", "B/A p50", "errors"], rows
+    )
 
 
 def throughput_table(points: list[dict[str, Any]]) -> str:
     b_points = {(p["scenario"], p["connections"]): p for p in points if p["server"] == "B"}
-    header = ["server", "scenario", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-              "ratio"]
+    header = ["server", "scenario", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "ratio"]
     if b_points:
         header += ["B req/s", "B p99 ms", "B errors", "B/A req/s"]
     rows = []
@@ -85,12 +107,30 @@ def throughput_table(points: list[dict[str, Any]]) -> str:
         else:
             ratio = ""
         name = point["scenario"] + (" **INVALID**" if point["invalid"] else "")
-        cells = [point["server"], name, str(point["connections"]), f"{m['rps']:,.0f}", ms(m["p50_ms"]),
-                 ms(m["p99_ms"]), ms(m["p999_ms"]), ms(m["max_ms"]), str(m["errors"]), ratio]
+        cells = [
+            point["server"],
+            name,
+            str(point["connections"]),
+            f"{m['rps']:,.0f}",
+            ms(m["p50_ms"]),
+            ms(m["p99_ms"]),
+            ms(m["p999_ms"]),
+            ms(m["max_ms"]),
+            str(m["errors"]),
+            ratio,
+        ]
         if b_points:
             b = b_points.get((point["scenario"], point["connections"]))
-            cells += ([f"{b['median']['rps']:,.0f}", ms(b["median"]["p99_ms"]), str(b["median"]["errors"]),
-                       f"{b['ratio_to_a']:.2f}"] if b and point["server"] == "A" else [""] * 4)
+            cells += (
+                [
+                    f"{b['median']['rps']:,.0f}",
+                    ms(b["median"]["p99_ms"]),
+                    str(b["median"]["errors"]),
+                    f"{b['ratio_to_a']:.2f}",
+                ]
+                if b and point["server"] == "A"
+                else [""] * 4
+            )
         rows.append(cells)
     return markdown_table(header, rows)
 
@@ -99,36 +139,69 @@ def log_cost_line(log: dict[str, Any]) -> str:
     if log["invalid"]:
         return f"request log cost: **invalid**: {log['invalid'][0]}"
     cost = "n/a" if log["cost"] is None else f"{log['cost']:.1%}"
-    return (f"request log cost: {cost} of cache-hit req/s (A as deployed vs the same API with {log['env']}, "
-            "interleaved rounds, same servers; median of per-round ratios)")
+    return (
+        f"request log cost: {cost} of cache-hit req/s (A as deployed vs the same API with {log['env']}, "
+        "interleaved rounds, same servers; median of per-round ratios)"
+    )
 
 
 def tail_parts(tail: dict[str, Any]) -> list[str]:
-    rows = [[r["scenario"] + (" **INVALID**" if r["invalid"] else ""), f"{r['rate']:,.0f}", f"{r['rps']:,.0f}",
-             ms(r["p50_ms"]), ms(r["p99_ms"]), ms(r["p999_ms"]), ms(r["max_ms"]), str(r["errors"]),
-             ms(r["generator_lag_p99_ms"])] for r in tail["open_loop"]]
-    parts = ["## Open loop: a fixed rate, latency from each request's intended start",
-             "At 70 % of the median round's req/s; coordinated omission cannot hide a stall here. Generator "
-             "lag: how late the generator's own event loop woke (p99), included in every latency; when it is not "
-             "small beside p99, the generator, not the API, made the tail.",
-             markdown_table(["scenario", "asked req/s", "answered req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
-                             "errors", "generator lag p99 ms"], rows)]
+    rows = [
+        [
+            r["scenario"] + (" **INVALID**" if r["invalid"] else ""),
+            f"{r['rate']:,.0f}",
+            f"{r['rps']:,.0f}",
+            ms(r["p50_ms"]),
+            ms(r["p99_ms"]),
+            ms(r["p999_ms"]),
+            ms(r["max_ms"]),
+            str(r["errors"]),
+            ms(r["generator_lag_p99_ms"]),
+        ]
+        for r in tail["open_loop"]
+    ]
+    parts = [
+        "## Open loop: a fixed rate, latency from each request's intended start",
+        "At 70 % of the median round's req/s; coordinated omission cannot hide a stall here. Generator "
+        "lag: how late the generator's own event loop woke (p99), included in every latency; when it is not "
+        "small beside p99, the generator, not the API, made the tail.",
+        markdown_table(
+            [
+                "scenario",
+                "asked req/s",
+                "answered req/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "errors",
+                "generator lag p99 ms",
+            ],
+            rows,
+        ),
+    ]
     s = tail["sustained"]
-    parts.append(f"**Sustained mix** (90 % reads / 10 % writes, {s['connections']} connections, {s['seconds']:.0f} s): "
-                 f"{s['rps']:,.0f} req/s, p50 {ms(s['p50_ms'])} ms, p99 {ms(s['p99_ms'])} ms, p99.9 "
-                 f"{ms(s['p999_ms'])} ms, max {ms(s['max_ms'])} ms, {s['errors']} errors, {s['silent_seconds']} "
-                 f"second(s) without an answer: {'**stalled** (> 1 s)' if s['stalled'] else 'no stall > 1 s'}.")
+    parts.append(
+        f"**Sustained mix** (90 % reads / 10 % writes, {s['connections']} connections, {s['seconds']:.0f} s): "
+        f"{s['rps']:,.0f} req/s, p50 {ms(s['p50_ms'])} ms, p99 {ms(s['p99_ms'])} ms, p99.9 "
+        f"{ms(s['p999_ms'])} ms, max {ms(s['max_ms'])} ms, {s['errors']} errors, {s['silent_seconds']} "
+        f"second(s) without an answer: {'**stalled** (> 1 s)' if s['stalled'] else 'no stall > 1 s'}."
+    )
     b = tail["burst"]
-    parts.append(f"**Burst**: {b['requests']} concurrent GET {b['path']} right after a boarding made it cold: "
-                 f"{b['loads']} PostgreSQL load(s) (from {b['loads_from']}); answers {b['statuses']}; X-Cache "
-                 f"{b['cache']}.")
+    parts.append(
+        f"**Burst**: {b['requests']} concurrent GET {b['path']} right after a boarding made it cold: "
+        f"{b['loads']} PostgreSQL load(s) (from {b['loads_from']}); answers {b['statuses']}; X-Cache "
+        f"{b['cache']}."
+    )
     return parts
 
 
 def goals_table(goals: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
-    return markdown_table(["goal (DESIGN §9)", "measured", "target", "result"],
-                          [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals])
+    return markdown_table(
+        ["goal (DESIGN §9)", "measured", "target", "result"],
+        [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals],
+    )
 
 
 def scale_table(points: list[dict[str, Any]]) -> str:
@@ -146,16 +219,19 @@ def scale_table(points: list[dict[str, Any]]) -> str:
         rows.append([path, *(ms(c) for c in costs), f"{growth:.2f}×", verdict])
     return markdown_table(header, rows) + (
         f"\n\nGoal: p50 ≤ {AGGREGATE_MISS_P50_MS:g} ms at ≥ 10M trips, and ≤ {AGGREGATE_GROWTH}× its cost at the "
-        "smallest scale. /users/count and /users/active/count are uncached: every request reads PostgreSQL.")
+        "smallest scale. /users/count and /users/active/count are uncached: every request reads PostgreSQL."
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
     parts = ["# Travel Recharge API — bench", "\n".join(header_lines(report))]
     if report.get("latency"):
-        parts += ["## Latency: sequential requests on one keep-alive connection",
-                  "MISS: made cold before each read by a write through the API (or an id never read); HIT: "
-                  "read again; every answer's X-Cache is checked. uncached: read from PostgreSQL every time.",
-                  latency_table(report["latency"])]
+        parts += [
+            "## Latency: sequential requests on one keep-alive connection",
+            "MISS: made cold before each read by a write through the API (or an id never read); HIT: "
+            "read again; every answer's X-Cache is checked. uncached: read from PostgreSQL every time.",
+            latency_table(report["latency"]),
+        ]
     if report.get("throughput"):
         parts += ["## Throughput (closed loop)", throughput_table(report["throughput"])]
     if report.get("log_cost"):
@@ -174,6 +250,7 @@ def save_chart(report: dict[str, Any], path: Path) -> bool:
     with --vs, B's bars (hatched) stand beside A's. False when matplotlib is not installed."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -198,8 +275,15 @@ def save_chart(report: dict[str, Any], path: Path) -> bool:
                         continue
                     xs.append(x - 0.4 + width * (t_index * len(percentiles) + p_index + 0.5))
                     heights.append(point["median"][attribute])
-                axis.bar(xs, heights, width, color=f"C{p_index}", hatch="//" if t_index else "",
-                         alpha=0.6 if t_index else 1.0, label=f"{label} {percent}" if len(labels) > 1 else percent)
+                axis.bar(
+                    xs,
+                    heights,
+                    width,
+                    color=f"C{p_index}",
+                    hatch="//" if t_index else "",
+                    alpha=0.6 if t_index else 1.0,
+                    label=f"{label} {percent}" if len(labels) > 1 else percent,
+                )
         axis.set_xticks(range(len(names)), names, rotation=20, ha="right")
         axis.set_yscale("log")
         axis.set_ylabel("latency, ms (log scale)")

@@ -84,8 +84,9 @@ class Settings:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = parser.add_argument_group("what to measure")
     target.add_argument("--url", help="benchmark this running API (root URL) instead of starting one")
     target.add_argument("--token", help="admin token of --url (creates the bench's users, cards, trips)")
@@ -95,29 +96,54 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target.add_argument("--vs-token", help="admin token of B (default: --token)")
     target.add_argument("--data", type=Path, help="reuse (or create) the local stack in DIR, keeping its data")
     target.add_argument("--workers", type=int, default=1, help="WORKERS of the started API (default 1)")
-    target.add_argument("--log-off-env", default=LOG_OFF_ENV, metavar="NAME=VALUE",
-                        help=f"what turns the second instance's request log off (default {LOG_OFF_ENV})")
+    target.add_argument(
+        "--log-off-env",
+        default=LOG_OFF_ENV,
+        metavar="NAME=VALUE",
+        help=f"what turns the second instance's request log off (default {LOG_OFF_ENV})",
+    )
     shape = parser.add_argument_group("how much")
     shape.add_argument("--quick", action="store_true", help="a smoke run: short runs, one round (~1-2 min)")
     shape.add_argument("--duration", type=float, help="seconds measured per point (default 5)")
     shape.add_argument("--warmup", type=float, help="seconds of warm-up per point, not counted (default 1)")
     shape.add_argument("--rounds", type=int, help="interleaved rounds; figures are medians (default 3)")
-    shape.add_argument("--connections", default=str(GRADED_CONNECTIONS),
-                       help="comma-separated concurrency levels (default 32; e.g. 1,8,32,128)")
+    shape.add_argument(
+        "--connections",
+        default=str(GRADED_CONNECTIONS),
+        help="comma-separated concurrency levels (default 32; e.g. 1,8,32,128)",
+    )
     shape.add_argument("--requests", type=int, help="sequential requests per latency-table row (default 200)")
-    shape.add_argument("--scenarios", default=",".join(API_SCENARIOS),
-                       help="comma-separated subset of " + ", ".join(API_SCENARIOS))
+    shape.add_argument(
+        "--scenarios", default=",".join(API_SCENARIOS), help="comma-separated subset of " + ", ".join(API_SCENARIOS)
+    )
     shape.add_argument("--no-latency", action="store_true", help="skip the latency table")
     shape.add_argument("--no-throughput", action="store_true", help="skip the throughput rounds and the tail")
     shape.add_argument("--no-tail", action="store_true", help="skip open-loop, sustained and burst runs")
-    shape.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=None,
-                       help="measure the minimal apps (default: on when the bench can reach the stack)")
-    shape.add_argument("--scale", nargs="?", const="1,10,100", metavar="SCALES",
-                       help="aggregate miss cost at these DEMO_SCALE values (default 1,10,100)")
-    shape.add_argument("--scale-root", type=Path, default=Path("/tmp"),
-                       help="scale N keeps its stack in ROOT/demoN, reused across runs (default /tmp)")
-    shape.add_argument("--generator", choices=("wrk", "builtin"), default="wrk",
-                       help="closed-loop load: wrk (graded), or the built-in client (a smoke test, not graded)")
+    shape.add_argument(
+        "--ceilings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the minimal apps (default: on when the bench can reach the stack)",
+    )
+    shape.add_argument(
+        "--scale",
+        nargs="?",
+        const="1,10,100",
+        metavar="SCALES",
+        help="aggregate miss cost at these DEMO_SCALE values (default 1,10,100)",
+    )
+    shape.add_argument(
+        "--scale-root",
+        type=Path,
+        default=Path("/tmp"),
+        help="scale N keeps its stack in ROOT/demoN, reused across runs (default /tmp)",
+    )
+    shape.add_argument(
+        "--generator",
+        choices=("wrk", "builtin"),
+        default="wrk",
+        help="closed-loop load: wrk (graded), or the built-in client (a smoke test, not graded)",
+    )
     shape.add_argument("--no-pin", action="store_true", help="do not pin the API and load generator to cores")
     shape.add_argument("--strict", action="store_true", help="exit 1 when a goal fails (for CI-style gating)")
     args = parser.parse_args(argv)
@@ -130,8 +156,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if "=" not in args.log_off_env:
         parser.error("--log-off-env takes NAME=VALUE")
     if args.generator == "wrk" and not (args.no_throughput or shutil.which("wrk")):
-        parser.error("graded throughput runs need wrk: `make bench` installs it as root (apt-get install wrk); "
-                     "or pass --generator builtin for an ungraded smoke run")
+        parser.error(
+            "graded throughput runs need wrk: `make bench` installs it as root (apt-get install wrk); "
+            "or pass --generator builtin for an ungraded smoke run"
+        )
     return args
 
 
@@ -169,8 +197,7 @@ def stop_all(servers: Servers) -> None:
         process.stop()
 
 
-def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path,
-                  cleanup: contextlib.ExitStack) -> Servers:
+def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path, cleanup: contextlib.ExitStack) -> Servers:
     """A (this tree on a private stack, or --url), its log-off twin, B (--vs), the ceilings."""
     servers = Servers(database_url=args.database_url, redis_url=args.redis)
     cleanup.callback(stop_all, servers)
@@ -181,15 +208,25 @@ def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path,
         servers.database_url, servers.redis_url = stack.start()  # before the bench pins itself
         cleanup.callback(stack.stop)  # after the servers stop (the callbacks run last first)
         token = secrets.token_urlsafe(24)
-        api = start_api(servers.database_url, servers.redis_url, token, args.workers, pinning, work_dir,
-                        {"DEMO_SCALE": "1"})
+        api = start_api(
+            servers.database_url, servers.redis_url, token, args.workers, pinning, work_dir, {"DEMO_SCALE": "1"}
+        )
         servers.processes["A"] = api
         servers.targets.append(Target("A", api.url, token))
         if not args.no_throughput and "hit" in args.scenarios.split(","):
             name, value = args.log_off_env.split("=", 1)
             # Started once A is up: two processes applying the schema at once would collide.
-            servers.start_log_off = functools.partial(start_api, servers.database_url, servers.redis_url, token,
-                                                      args.workers, pinning, work_dir, {name: value}, "api-log-off")
+            servers.start_log_off = functools.partial(
+                start_api,
+                servers.database_url,
+                servers.redis_url,
+                token,
+                args.workers,
+                pinning,
+                work_dir,
+                {name: value},
+                "api-log-off",
+            )
     if args.vs:
         servers.targets.append(Target("B", args.vs.rstrip("/").removesuffix(API), args.vs_token or args.token))
     reach = bool(servers.database_url and servers.redis_url)
@@ -207,33 +244,41 @@ async def get_ready(servers: Servers, run_id: str, progress: Progress) -> None:
         progress.step(f"{target.label}: waiting for {target.url}, then creating the bench's data")
         process = servers.processes.get(target.label)
         if process is not None:
-            await process.wait_ready(API + "/health", timeout=600)
+            await process.wait_ready(API + "/health", within=600)
         target.has_metrics = await serves_metrics(target)
         target.fixture = await prepare_fixture(target, f"{run_id}{target.label.lower()}")
     if servers.start_log_off is not None:
         twin = servers.processes[LOG_OFF] = servers.start_log_off()
-        await twin.wait_ready(API + "/health", timeout=600)
+        await twin.wait_ready(API + "/health", within=600)
         servers.log_off = Target(LOG_OFF, twin.url, servers.targets[0].token, servers.targets[0].fixture)
     for process in servers.ceilings.values():
-        await process.wait_ready("/ceiling/1", timeout=60)
+        await process.wait_ready("/ceiling/1", within=60)
 
 
-async def throughput(servers: Servers, settings: Settings, run_id: str, progress: Progress,
-                     log_off_env: str) -> dict[str, Any]:
+async def throughput(
+    servers: Servers, settings: Settings, run_id: str, progress: Progress, log_off_env: str
+) -> dict[str, Any]:
     """The interleaved rounds, the request log's cost, and the checks of what they claim."""
-    runs: list[Run] = plan_runs(servers.targets, servers.log_off, servers.ceilings, settings.scenarios,
-                                settings.connections, run_id)
+    runs: list[Run] = plan_runs(
+        servers.targets, servers.log_off, servers.ceilings, settings.scenarios, settings.connections, run_id
+    )
     for round_number in range(1, settings.rounds + 1):
         for run in runs:
-            progress.step(f"round {round_number}/{settings.rounds} · {run.server} · {run.name} · "
-                          f"{run.connections} conns")
+            progress.step(
+                f"round {round_number}/{settings.rounds} · {run.server} · {run.name} · {run.connections} conns"
+            )
             await measure(run, runs, settings.duration, settings.warmup, settings.generator, run_id)
     result: dict[str, Any] = {"throughput": throughput_points(runs), "runs": runs}
     if servers.log_off is not None:
         lines = servers.processes[LOG_OFF].log_line_count()
-        result["log_cost"] = {"env": log_off_env, "cost": log_cost(runs, settings.graded_level), "lines": lines,
-                              "invalid": [f"the instance started with {log_off_env} wrote {lines} log lines: "
-                                          "its request log was not off"] if lines > LOG_OFF_MAX_LINES else []}
+        result["log_cost"] = {
+            "env": log_off_env,
+            "cost": log_cost(runs, settings.graded_level),
+            "lines": lines,
+            "invalid": [f"the instance started with {log_off_env} wrote {lines} log lines: its request log was not off"]
+            if lines > LOG_OFF_MAX_LINES
+            else [],
+        }
     return result
 
 
@@ -247,11 +292,15 @@ async def tail(target: Target, runs: list[Run], settings: Settings, run_id: str,
 
 
 def new_report(settings: Settings, pinning: Pinning) -> dict[str, Any]:
-    return {"command": shlex.join([sys.executable, *masked(sys.argv)]),
-            "started": dt.datetime.now().astimezone().isoformat(), "machine": machine_facts(),
-            "settings": asdict(settings), "pinning": pinning.describe(),
-            "generator": (wrk_version() or "wrk") if settings.generator == "wrk" else "built-in asyncio client",
-            "servers": {}}
+    return {
+        "command": shlex.join([sys.executable, *masked(sys.argv)]),
+        "started": dt.datetime.now().astimezone().isoformat(),
+        "machine": machine_facts(),
+        "settings": asdict(settings),
+        "pinning": pinning.describe(),
+        "generator": (wrk_version() or "wrk") if settings.generator == "wrk" else "built-in asyncio client",
+        "servers": {},
+    }
 
 
 async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextlib.ExitStack) -> dict[str, Any]:
@@ -265,14 +314,19 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
         os.sched_setaffinity(0, pinning.load)  # the bench itself, the built-in client and wrk (its child)
     scales = [int(s) for s in args.scale.split(",")] if args.scale else []
     runs_per_round = len(settings.connections) * (len(settings.scenarios) * (len(servers.targets) + 1) + 4)
-    progress = Progress(len(servers.targets) * (1 if args.no_latency else 2) + len(scales)
-                        + (0 if args.no_throughput else settings.rounds * runs_per_round + 3))  # roughly
+    progress = Progress(
+        len(servers.targets) * (1 if args.no_latency else 2)
+        + len(scales)
+        + (0 if args.no_throughput else settings.rounds * runs_per_round + 3)
+    )  # roughly
     await get_ready(servers, run_id, progress)
     report["servers"] = {t.label: t.url for t in [*servers.targets, *filter(None, [servers.log_off])]}
     if servers.targets:
         a = servers.targets[0]
-        report["stack"] = {"trips": (await fetch_json(a.url, API + "/trips/total"))["total_trips"],
-                           **(await database_facts(servers.database_url) if servers.database_url else {})}
+        report["stack"] = {
+            "trips": (await fetch_json(a.url, API + "/trips/total"))["total_trips"],
+            **(await database_facts(servers.database_url) if servers.database_url else {}),
+        }
     if servers.targets and not args.no_latency:
         report["latency"] = {}
         for target in servers.targets:
@@ -288,8 +342,10 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
         report["api_rss_mib_after"] = servers.processes["A"].rss_mib()
     if scales:
         stop_all(servers)  # each scale's stack gets the machine to itself
-        report["scale"] = [await measure_scale(scale, settings.scale_requests, pinning, args.scale_root, work_dir,
-                                               progress) for scale in scales]
+        report["scale"] = [
+            await measure_scale(scale, settings.scale_requests, pinning, args.scale_root, work_dir, progress)
+            for scale in scales
+        ]
     progress.finish()
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["goals"] = grade(report)

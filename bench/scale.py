@@ -13,8 +13,9 @@ from stack import Pinning, Progress, every_core, start_api
 from localstack import LocalStack
 
 
-async def measure_scale(scale: int, requests: int, pinning: Pinning, root: Path, log_dir: Path,
-                        progress: Progress) -> dict[str, Any]:
+async def measure_scale(
+    scale: int, requests: int, pinning: Pinning, root: Path, log_dir: Path, progress: Progress
+) -> dict[str, Any]:
     """The miss cost of every aggregate on a stack holding DEMO_SCALE=`scale` (in root/demoN)."""
     stack = LocalStack(root / f"demo{scale}")
     with every_core():
@@ -23,9 +24,10 @@ async def measure_scale(scale: int, requests: int, pinning: Pinning, root: Path,
     try:
         progress.step(f"scale {scale}: starting the API (the first start loads the demo data)")
         token = secrets.token_urlsafe(16)
-        server = start_api(database_url, redis_url, token, 1, pinning, log_dir, {"DEMO_SCALE": str(scale)},
-                           f"api-scale{scale}")
-        await server.wait_ready(API + "/health", timeout=3600)
+        server = start_api(
+            database_url, redis_url, token, 1, pinning, log_dir, {"DEMO_SCALE": str(scale)}, f"api-scale{scale}"
+        )
+        await server.wait_ready(API + "/health", within=3600)
         target = Target(f"scale{scale}", server.url, token)
         run_id = "s" + secrets.token_hex(4)
         target.fixture = await prepare_fixture(target, run_id)

@@ -33,8 +33,9 @@ def write_requests(target: Target, kind: str, seed: int = 12) -> list[Request]:
     for card in cards:
         boarded[card] = boarded.get(card, 0) + 1
         route = fixture.route_ids[boarded[card] % 2]
-        requests.append(post("/trips", {"card_id": card, "route_id": route,
-                                        "boarding_station_id": fixture.station_id}, auth))
+        requests.append(
+            post("/trips", {"card_id": card, "route_id": route, "boarding_station_id": fixture.station_id}, auth)
+        )
     return requests
 
 

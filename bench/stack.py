@@ -29,13 +29,30 @@ CEILING_KINDS = ("constant", "redis-get", "pg-select", "pg-update")
 
 
 def machine_facts() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
-    memory_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal:")), 0)
-    return {"cores": os.cpu_count(), "cpu_model": model, "memory_gib": round(memory_kb / 2**20, 1),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
-            "kernel": platform.release()}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    memory_kb = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        0,
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 @dataclass(frozen=True)
@@ -89,11 +106,17 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PORT": str(port)},
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**os.environ, **env, "PORT": str(port)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
-    async def wait_ready(self, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, path: str, within: float) -> None:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
@@ -107,7 +130,7 @@ class ServerProcess:
             finally:
                 await connection.close()
             await asyncio.sleep(0.2)  # the port is not open yet: nothing to wait on but time
-        raise RuntimeError(f"{self.name} not ready within {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not ready within {within:.0f} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -126,8 +149,9 @@ class ServerProcess:
         for pid in pids:
             status = Path(f"/proc/{pid}/status")
             if status.exists():
-                total_kb += next((int(line.split()[1]) for line in status.read_text().splitlines()
-                                  if line.startswith("VmRSS:")), 0)
+                total_kb += next(
+                    (int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")), 0
+                )
         return total_kb / 1024 if total_kb else None
 
     def stop(self) -> None:
@@ -159,19 +183,38 @@ class Progress:
             sys.stderr.flush()
 
 
-def start_api(database_url: str, redis_url: str, token: str, workers: int, pinning: Pinning, log_dir: Path,
-              extra_env: dict[str, str], name: str = "api") -> ServerProcess:
+def start_api(
+    database_url: str,
+    redis_url: str,
+    token: str,
+    workers: int,
+    pinning: Pinning,
+    log_dir: Path,
+    extra_env: dict[str, str],
+    name: str = "api",
+) -> ServerProcess:
     """The API as deployed: its own defaults (request log on), the bench's admin token."""
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ADMIN_TOKEN": token,
-           "WORKERS": str(workers), **extra_env}
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "ADMIN_TOKEN": token,
+        "WORKERS": str(workers),
+        **extra_env,
+    }
     return ServerProcess(name, [*pinning.server_prefix(), sys.executable, "server.py"], env, free_port(), log_dir)
 
 
 def start_ceilings(database_url: str, redis_url: str, pinning: Pinning, log_dir: Path) -> dict[str, ServerProcess]:
-    return {kind: ServerProcess(f"ceiling-{kind}", [*pinning.server_prefix(), sys.executable,
-                                                    str(ROOT / "bench" / "ceilings.py"), kind],
-                                {"DATABASE_URL": database_url, "REDIS_URL": redis_url}, free_port(), log_dir)
-            for kind in CEILING_KINDS}
+    return {
+        kind: ServerProcess(
+            f"ceiling-{kind}",
+            [*pinning.server_prefix(), sys.executable, str(ROOT / "bench" / "ceilings.py"), kind],
+            {"DATABASE_URL": database_url, "REDIS_URL": redis_url},
+            free_port(),
+            log_dir,
+        )
+        for kind in CEILING_KINDS
+    }
 
 
 async def database_facts(database_url: str) -> dict[str, Any]:
@@ -179,7 +222,10 @@ async def database_facts(database_url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(database_url)
     try:
         # Writes wait for their commit's flush when these are on, as they would in production.
-        return {"postgres": await conn.fetchval("SHOW server_version"), "fsync": await conn.fetchval("SHOW fsync"),
-                "synchronous_commit": await conn.fetchval("SHOW synchronous_commit")}
+        return {
+            "postgres": await conn.fetchval("SHOW server_version"),
+            "fsync": await conn.fetchval("SHOW fsync"),
+            "synchronous_commit": await conn.fetchval("SHOW synchronous_commit"),
+        }
     finally:
         await conn.close()

@@ -33,8 +33,9 @@ def figures(result: LoadResult) -> dict[str, Any]:
     return asdict(result) | {"rps": result.rps}
 
 
-async def open_loop_rows(target: Target, runs: list[Run], connections: int, seconds: float,
-                         run_id: str) -> list[dict[str, Any]]:
+async def open_loop_rows(
+    target: Target, runs: list[Run], connections: int, seconds: float, run_id: str
+) -> list[dict[str, Any]]:
     """Each scenario at OPEN_LOOP_SHARE of its measured maximum (the median round at `connections`)."""
     rows = []
     for name in OPEN_LOOP_SCENARIOS:
@@ -45,23 +46,31 @@ async def open_loop_rows(target: Target, runs: list[Run], connections: int, seco
         if name == "hit":
             await refresh_hits(target, f"{run_id}-open-refresh")()
             await send_all(target.url, list(hit_cycle(target.data)), run_id)  # the fills, before the clock
-        result, lag = await run_open_loop(target.url, api_scenario(target, name), rate, seconds,
-                                     f"{run_id}-open-{name}", connections)
+        result, lag = await run_open_loop(
+            target.url, api_scenario(target, name), rate, seconds, f"{run_id}-open-{name}", connections
+        )
         expected = EXPECTED_CACHE.get(name)
-        invalid = [f"open loop {name}: X-Cache {result.cache}, every answer should say {expected}"] \
-            if expected is not None and set(result.cache) != {expected} else []
+        invalid = (
+            [f"open loop {name}: X-Cache {result.cache}, every answer should say {expected}"]
+            if expected is not None and set(result.cache) != {expected}
+            else []
+        )
         lag_p99 = summarize(lag)["p99_ms"]
-        rows.append({"scenario": name, "rate": rate, **figures(result), "generator_lag_p99_ms": lag_p99,
-                     "invalid": invalid})
+        rows.append(
+            {"scenario": name, "rate": rate, **figures(result), "generator_lag_p99_ms": lag_p99, "invalid": invalid}
+        )
     return rows
 
 
 async def sustained_mix(target: Target, connections: int, seconds: float, run_id: str) -> dict[str, Any]:
     """The mix for `seconds` at `connections` (wrk); stalls: answers over 1 s, silent seconds."""
-    result = await run_load(target.url, api_scenario(target, "mix"), connections, seconds, 0.0,
-                            f"{run_id}-sustained", "wrk")
-    return figures(result) | {"stalled": result.max_ms > STALL_MS or result.silent_seconds > 0,
-                              "connections": connections}
+    result = await run_load(
+        target.url, api_scenario(target, "mix"), connections, seconds, 0.0, f"{run_id}-sustained", "wrk"
+    )
+    return figures(result) | {
+        "stalled": result.max_ms > STALL_MS or result.silent_seconds > 0,
+        "connections": connections,
+    }
 
 
 async def cold_key_burst(target: Target, run_id: str) -> dict[str, Any]:
@@ -72,8 +81,9 @@ async def cold_key_burst(target: Target, run_id: str) -> dict[str, Any]:
     try:
         loads_before = await metric_total(target, "travel_cache_loads_total")
         await writer.board()  # invalidates every trip aggregate
-        answers = await asyncio.gather(*(connection.send(get(BURST_PATH)) for connection in connections),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(
+            *(connection.send(get(BURST_PATH)) for connection in connections), return_exceptions=True
+        )
         loads_after = await metric_total(target, "travel_cache_loads_total")
     finally:
         await writer.connection.close()
@@ -89,6 +99,13 @@ async def cold_key_burst(target: Target, run_id: str) -> dict[str, Any]:
     counted = loads_before is not None and loads_after is not None
     loads = int(loads_after - loads_before) if counted else cache.get("MISS", 0)  # type: ignore[operator]
     not_ok = sum(n for status, n in statuses.items() if status != "200")
-    return {"path": BURST_PATH, "requests": BURST, "statuses": statuses, "cache": cache, "loads": loads,
-            "loads_from": "travel_cache_loads_total" if counted else "X-Cache: MISS answers",
-            "not_200": not_ok, "passed": loads == 1 and not_ok == 0}
+    return {
+        "path": BURST_PATH,
+        "requests": BURST,
+        "statuses": statuses,
+        "cache": cache,
+        "loads": loads,
+        "loads_from": "travel_cache_loads_total" if counted else "X-Cache: MISS answers",
+        "not_200": not_ok,
+        "passed": loads == 1 and not_ok == 0,
+    }

@@ -20,8 +20,13 @@ from scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
 from stack import ServerProcess
 
 # What each scenario is held against (DESIGN §9), and the least ratio to reach.
-CEILING_OF = {"hit": "redis-get", "uncached": "pg-select", "miss": "pg-select",
-              "recharge": "pg-update", "boarding": "pg-update"}
+CEILING_OF = {
+    "hit": "redis-get",
+    "uncached": "pg-select",
+    "miss": "pg-select",
+    "recharge": "pg-update",
+    "boarding": "pg-update",
+}
 GOAL_RATIO = {"hit": 1.5, "uncached": 0.9, "recharge": 1.0, "boarding": 0.8}  # miss: shown, no goal
 WRITE_P99_MS = 20.0
 LOG_COST_MAX = 0.05
@@ -52,8 +57,17 @@ def refresh_hits(target: Target, key_prefix: str) -> Callable[[], Awaitable[None
     that the warm-up fills them anew and none reaches its TTL inside the measured run."""
     fixture, auth = target.data, target.auth()
     writes = [post("/recharges", {"card_id": card, "amount": 100}, auth, unique_key=True) for card in fixture.card_ids]
-    writes.append(post("/trips", {"card_id": fixture.card_ids[0], "route_id": fixture.route_ids[0],
-                                  "boarding_station_id": fixture.station_id}, auth))
+    writes.append(
+        post(
+            "/trips",
+            {
+                "card_id": fixture.card_ids[0],
+                "route_id": fixture.route_ids[0],
+                "boarding_station_id": fixture.station_id,
+            },
+            auth,
+        )
+    )
     rounds = iter(range(1_000_000))
 
     async def refresh() -> None:
@@ -64,8 +78,14 @@ def refresh_hits(target: Target, key_prefix: str) -> Callable[[], Awaitable[None
     return refresh
 
 
-def plan_runs(targets: list[Target], log_off: Target | None, ceilings: dict[str, ServerProcess],
-              scenarios: tuple[str, ...], levels: tuple[int, ...], run_id: str) -> list[Run]:
+def plan_runs(
+    targets: list[Target],
+    log_off: Target | None,
+    ceilings: dict[str, ServerProcess],
+    scenarios: tuple[str, ...],
+    levels: tuple[int, ...],
+    run_id: str,
+) -> list[Run]:
     """The order of one round: each ceiling beside what it bounds, each scenario on A then B
     (and the hit scenario on A with its request log off, for the log's cost)."""
     runs: list[Run] = []
@@ -106,13 +126,22 @@ async def measure(run: Run, runs: list[Run], duration: float, warmup: float, gen
     scenario, run_warmup = run.scenario, warmup
     if run.name == "miss":
         scenario, run_warmup = await miss_scenario(run, runs, duration, run_id), 0.0  # a warm-up would read them
-    result = await run_load(run.url, scenario, run.connections, duration, run_warmup,
-                            f"{run_id}-{run.server}-{run.name}-{run.connections}-{len(run.results)}".replace(" ", ""),
-                            generator, run.prepare)
+    result = await run_load(
+        run.url,
+        scenario,
+        run.connections,
+        duration,
+        run_warmup,
+        f"{run_id}-{run.server}-{run.name}-{run.connections}-{len(run.results)}".replace(" ", ""),
+        generator,
+        run.prepare,
+    )
     expected = EXPECTED_CACHE.get(run.name) if run.target is not None else None
     if expected is not None and set(result.cache) != {expected}:
-        run.invalid.append(f"{run.server} {run.name} @ {run.connections} conns, round {len(run.results) + 1}: "
-                           f"X-Cache {result.cache}, every answer should say {expected}")
+        run.invalid.append(
+            f"{run.server} {run.name} @ {run.connections} conns, round {len(run.results) + 1}: "
+            f"X-Cache {result.cache}, every answer should say {expected}"
+        )
     run.results.append(result)
 
 
@@ -129,8 +158,10 @@ def ratio_of_rounds(numerator: Run, denominator: Run) -> float | None:
 
 
 def find(runs: list[Run], server: str, scenario: str, connections: int) -> Run | None:
-    return next((r for r in runs if r.server == server and r.name == scenario
-                 and r.connections == connections and r.results), None)
+    return next(
+        (r for r in runs if r.server == server and r.name == scenario and r.connections == connections and r.results),
+        None,
+    )
 
 
 def ceiling_of(runs: list[Run], scenario: str, connections: int) -> Run | None:
@@ -150,15 +181,19 @@ def throughput_points(runs: list[Run]) -> list[dict[str, Any]]:
         middle = representative(run.results)
         ceiling = ceiling_of(runs, run.name, run.connections) if run.server == "A" else None
         twin_a = find(runs, "A", run.name, run.connections) if run.server != "A" and run.target else None
-        points.append({
-            "server": run.server, "scenario": run.name, "connections": run.connections,
-            "median": asdict(middle) | {"rps": middle.rps},
-            "rounds": [asdict(result) | {"rps": result.rps} for result in run.results],
-            "ceiling": CEILING_OF.get(run.name) if ceiling else None,
-            "of_ceiling": ratio_of_rounds(run, ceiling) if ceiling else None,
-            "ratio_to_a": ratio_of_rounds(run, twin_a) if twin_a else None,
-            "invalid": run.invalid,
-        })
+        points.append(
+            {
+                "server": run.server,
+                "scenario": run.name,
+                "connections": run.connections,
+                "median": asdict(middle) | {"rps": middle.rps},
+                "rounds": [asdict(result) | {"rps": result.rps} for result in run.results],
+                "ceiling": CEILING_OF.get(run.name) if ceiling else None,
+                "of_ceiling": ratio_of_rounds(run, ceiling) if ceiling else None,
+                "ratio_to_a": ratio_of_rounds(run, twin_a) if twin_a else None,
+                "invalid": run.invalid,
+            }
+        )
     return points
 
 
@@ -167,4 +202,3 @@ def log_cost(runs: list[Run], connections: int) -> float | None:
     on, off = find(runs, "A", "hit", connections), find(runs, LOG_OFF, "hit", connections)
     ratio = ratio_of_rounds(on, off) if on and off else None
     return None if ratio is None else 1.0 - ratio
-

@@ -47,8 +47,7 @@ BIG_TABLE_ROWS = 10_000
 # Not on a request's path: the reconciliation audit (README: Reliability) and the
 # background pruning task. Everything else serves a request.
 OFF_HOT_PATH = {"unreconciled-cards": "audit", "prune-idempotency-keys": "background task"}
-USER_FUNCTIONS = set(re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\s*\(",
-                                (ROOT / "sql" / "functions.sql").read_text()))
+USER_FUNCTIONS = set(re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\s*\(", (ROOT / "sql" / "functions.sql").read_text()))
 
 
 @dataclass
@@ -121,7 +120,8 @@ class Explainer:
         if relation not in self.rows:
             quoted = '"' + relation.replace('"', '""') + '"'
             self.rows[relation] = await self.conn.fetchval(
-                f"SELECT count(*) FROM (SELECT FROM {quoted} LIMIT {BIG_TABLE_ROWS + 1}) s")
+                f"SELECT count(*) FROM (SELECT FROM {quoted} LIMIT {BIG_TABLE_ROWS + 1}) s"
+            )
         return self.rows[relation]
 
     async def big_seq_scans(self, plan: dict[str, Any]) -> list[str]:
@@ -149,12 +149,14 @@ class Explainer:
         plan = last["Plan"]
         function = calls_function(sql)
         result = Result(
-            name=name, write=write,
+            name=name,
+            write=write,
             planning_ms=statistics.median(o["Planning Time"] for o in outputs),
             execution_ms=statistics.median(o["Execution Time"] for o in outputs),
             nodes=distinct(describe(n) for n in walk(plan)),
             seq_big=await self.big_seq_scans(plan),
-            hit=plan.get("Shared Hit Blocks", 0), read=plan.get("Shared Read Blocks", 0),
+            hit=plan.get("Shared Hit Blocks", 0),
+            read=plan.get("Shared Read Blocks", 0),
             function=function,
         )
         if function:
@@ -171,7 +173,8 @@ class Explainer:
                 "SET LOCAL auto_explain.log_min_duration = 0; SET LOCAL auto_explain.log_nested_statements = on;"
                 " SET LOCAL auto_explain.log_analyze = on; SET LOCAL auto_explain.log_buffers = on;"
                 " SET LOCAL auto_explain.log_format = json; SET LOCAL auto_explain.log_level = notice;"
-                " SET LOCAL client_min_messages = notice")
+                " SET LOCAL client_min_messages = notice"
+            )
             await self.conn.fetch(sql, *args)
             # SET LOCAL statements are logged too when executed: skip everything but plans.
         finally:
@@ -182,14 +185,19 @@ class Explainer:
             match = re.match(r"duration: ([\d.]+) ms\s+plan:\s*", message)
             if not match:
                 continue
-            document = json.loads(message[match.end():])
+            document = json.loads(message[match.end() :])
             text = " ".join(document.get("Query Text", "").split())
             if text == " ".join(sql.split()) or text.startswith("SET LOCAL"):
                 continue  # the top-level call itself
             plan = document["Plan"]
-            nested.append(Nested(text, float(match.group(1)),
-                                 distinct(describe(n) for n in walk(plan)),
-                                 await self.big_seq_scans(plan)))
+            nested.append(
+                Nested(
+                    text,
+                    float(match.group(1)),
+                    distinct(describe(n) for n in walk(plan)),
+                    await self.big_seq_scans(plan),
+                )
+            )
         return nested
 
 
@@ -197,47 +205,69 @@ async def pick_parameters(conn: asyncpg.Connection) -> tuple[str, dict[str, tupl
     """Realistic arguments for every query, each found with a small indexed query."""
     one = conn.fetchrow
     max_trip = await conn.fetchval("SELECT max(trip_id) FROM trips")
-    trip = await one("SELECT trip_id, card_id FROM trips WHERE trip_id >= $1 ORDER BY trip_id LIMIT 1",
-                     max_trip // 2)
+    trip = await one("SELECT trip_id, card_id FROM trips WHERE trip_id >= $1 ORDER BY trip_id LIMIT 1", max_trip // 2)
     max_recharge = await conn.fetchval("SELECT max(recharge_id) FROM recharges")
     recharger = await one(
         "SELECT r.card_id, c.user_id FROM recharges r JOIN cards c USING (card_id)"
-        " WHERE r.recharge_id >= $1 ORDER BY r.recharge_id LIMIT 1", max_recharge // 2)
+        " WHERE r.recharge_id >= $1 ORDER BY r.recharge_id LIMIT 1",
+        max_recharge // 2,
+    )
     # A card with trips that can pay any fare: boarding then reads its latest trip.
     rider = await one(
         "SELECT t.card_id FROM trips t JOIN cards c USING (card_id)"
         " WHERE t.trip_id >= $1 AND c.status = 'active' AND c.balance >= (SELECT max(value) FROM fares)"
-        " ORDER BY t.trip_id LIMIT 1", max_trip // 3)
-    route = await one("SELECT route_id, origin_station_id, destination_station_id FROM routes"
-                      " WHERE is_active ORDER BY route_id LIMIT 1")
+        " ORDER BY t.trip_id LIMIT 1",
+        max_trip // 3,
+    )
+    route = await one(
+        "SELECT route_id, origin_station_id, destination_station_id FROM routes"
+        " WHERE is_active ORDER BY route_id LIMIT 1"
+    )
     # The latest trip still open (a rider who boarded and has not alighted yet).
     open_trip = await conn.fetchval(
-        "SELECT trip_id FROM trips WHERE disembarking_time IS NULL ORDER BY trip_id DESC LIMIT 1")
+        "SELECT trip_id FROM trips WHERE disembarking_time IS NULL ORDER BY trip_id DESC LIMIT 1"
+    )
     point = await conn.fetchval("SELECT recharge_point_id FROM recharge_points ORDER BY 1 LIMIT 1")
     token = await one("SELECT token_id, token_hash FROM write_tokens WHERE revoked_at IS NULL ORDER BY 1 LIMIT 1")
     tag = secrets.token_hex(6)
     trip_count = await conn.fetchval("SELECT count(*) FROM trips WHERE card_id = $1", trip["card_id"])
     recharge_count = await conn.fetchval(
-        "SELECT count(*) FROM recharges r JOIN cards c USING (card_id) WHERE c.user_id = $1",
-        recharger["user_id"])
-    described = (f"trip {trip['trip_id']}; card {trip['card_id']} ({trip_count} trips);"
-                 f" user {recharger['user_id']} ({recharge_count} recharges); boarding and recharged card"
-                 f" {rider['card_id']} on route {route['route_id']}; open trip {open_trip} (end-trips);"
-                 f" recharge point {point}; token {token['token_id'] if token else None}")
+        "SELECT count(*) FROM recharges r JOIN cards c USING (card_id) WHERE c.user_id = $1", recharger["user_id"]
+    )
+    described = (
+        f"trip {trip['trip_id']}; card {trip['card_id']} ({trip_count} trips);"
+        f" user {recharger['user_id']} ({recharge_count} recharges); boarding and recharged card"
+        f" {rider['card_id']} on route {route['route_id']}; open trip {open_trip} (end-trips);"
+        f" recharge point {point}; token {token['token_id'] if token else None}"
+    )
     return described, {
         "board-cards": ([rider["card_id"]], [route["route_id"]], [route["origin_station_id"]]),
         "bump-cache-epoch": (),
         "cache-epoch": (),
         "card-balance": (trip["card_id"],),
         "card-trips": (trip["card_id"],),
-        "create-user": ("Explain", "Bench", f"explain.{tag}@example.com", f"EXPL-{tag}", "3001234567",
-                        "F", dt.date(1990, 5, 17), "Calle 26 # 13-19", "Bogotá"),
+        "create-user": (
+            "Explain",
+            "Bench",
+            f"explain.{tag}@example.com",
+            f"EXPL-{tag}",
+            "3001234567",
+            "F",
+            dt.date(1990, 5, 17),
+            "Calle 26 # 13-19",
+            "Bogotá",
+        ),
         "end-trips": ([open_trip], [route["destination_station_id"]]),
         "issue-card": (recharger["user_id"], None),
         "ping": (),
         "prune-idempotency-keys": (dt.timedelta(hours=24),),
-        "recharge-cards": ([rider["card_id"]], [5000], [point], [token["token_id"] if token else None],
-                           [f"explain-{tag}" if token else None]),
+        "recharge-cards": (
+            [rider["card_id"]],
+            [5000],
+            [point],
+            [token["token_id"] if token else None],
+            [f"explain-{tag}" if token else None],
+        ),
         "register-token": (hashlib.sha256(tag.encode()).digest(), "admin", "explain.py", None),
         "revenue-by-locality": (),
         "revenue-total": (),
@@ -277,31 +307,41 @@ def markdown(results: list[Result], trips: int, runs: int, parameters: str) -> s
         # The first nodes top down, and any big Seq Scan further down.
         nodes = ", ".join(distinct(r.nodes[:7] + [f"Seq Scan on {t}" for t in seq]))
         if r.nested:
-            nested_nodes = distinct(n for s in r.nested for n in s.nodes
-                                    if not n.startswith(("Result", "Limit", "LockRows")))
+            nested_nodes = distinct(
+                n for s in r.nested for n in s.nodes if not n.startswith(("Result", "Limit", "LockRows"))
+            )
             nodes += "; nested: " + ", ".join(nested_nodes)
             seq += [t for s in r.nested for t in s.seq_big]
         seq_text = f"**yes: {', '.join(distinct(seq))}**" if seq else "no"
-        lines.append(f"| {r.name}{' (write)' if r.write else ''} | {path} | {r.planning_ms:.3f} |"
-                     f" {r.execution_ms:.3f} | {nodes} | {seq_text} | {r.hit}/{r.read} |")
+        lines.append(
+            f"| {r.name}{' (write)' if r.write else ''} | {path} | {r.planning_ms:.3f} |"
+            f" {r.execution_ms:.3f} | {nodes} | {seq_text} | {r.hit}/{r.read} |"
+        )
     lines += ["", "### Nested statements of the functions (auto_explain, one run, rolled back)", ""]
     for r in results:
         if not r.nested:
             continue
-        lines += [f"**{r.name}** (`{r.function}`)", "",
-                  "| statement | ms | plan nodes | seq scan > 10k rows |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"**{r.name}** (`{r.function}`)",
+            "",
+            "| statement | ms | plan nodes | seq scan > 10k rows |",
+            "| --- | --- | --- | --- |",
+        ]
         for s in r.nested:
             text = s.text if len(s.text) <= 90 else s.text[:87] + "..."
             text = text.replace("|", "\\|")
-            lines.append(f"| `{text}` | {s.duration_ms:.3f} | {', '.join(s.nodes)} |"
-                         f" {'**yes: ' + ', '.join(s.seq_big) + '**' if s.seq_big else 'no'} |")
+            lines.append(
+                f"| `{text}` | {s.duration_ms:.3f} | {', '.join(s.nodes)} |"
+                f" {'**yes: ' + ', '.join(s.seq_big) + '**' if s.seq_big else 'no'} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 async def run(url: str, runs: int, only: set[str]) -> str:
-    conn = await asyncpg.connect(url, timeout=30, command_timeout=None,
-                                 server_settings={"jit": "off"})  # as the API's pool
+    conn = await asyncpg.connect(
+        url, timeout=30, command_timeout=None, server_settings={"jit": "off"}
+    )  # as the API's pool
     try:
         await db.apply_schema(conn)
         await conn.execute("LOAD 'auto_explain'")

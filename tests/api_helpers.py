@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-
 from conftest import Api
 
 PROBLEM_JSON = "application/problem+json"
@@ -99,8 +98,12 @@ def user_fields(**overrides: Any) -> dict[str, Any]:
     """A valid, unique registration body."""
     n = next(_serial)
     unique = uuid.uuid4().hex[:10]
-    fields: dict[str, Any] = {"first_name": "Camila", "last_name": "Rojas",
-                              "email": f"camila.{n}.{unique}@example.co", "id_number": f"CC{n}{unique}"[:20]}
+    fields: dict[str, Any] = {
+        "first_name": "Camila",
+        "last_name": "Rojas",
+        "email": f"camila.{n}.{unique}@example.co",
+        "id_number": f"CC{n}{unique}"[:20],
+    }
     fields.update(overrides)
     return fields
 
@@ -117,8 +120,9 @@ async def make_card(api: Api, user_id: int, card_number: str | None = None) -> d
     return json_body(await api.http.post("/cards", headers=api.auth("admin"), json=body), 201)
 
 
-async def recharge(api: Api, card_id: int, amount: int, *, role: str = "admin", key: str | None = None,
-                   **extra: Any) -> httpx.Response:
+async def recharge(
+    api: Api, card_id: int, amount: int, *, role: str = "admin", key: str | None = None, **extra: Any
+) -> httpx.Response:
     headers = api.auth(role)
     if key is not None:
         headers["Idempotency-Key"] = key
@@ -136,20 +140,24 @@ async def make_user_with_card(api: Api, balance: int = 0) -> tuple[dict[str, Any
     return user, card
 
 
-async def board(api: Api, card_id: int, route_id: int = 1, station_id: int = 1,
-                role: str = "validator") -> httpx.Response:
-    return await api.http.post("/trips", headers=api.auth(role), json={
-        "card_id": card_id, "route_id": route_id, "boarding_station_id": station_id})
+async def board(
+    api: Api, card_id: int, route_id: int = 1, station_id: int = 1, role: str = "validator"
+) -> httpx.Response:
+    return await api.http.post(
+        "/trips",
+        headers=api.auth(role),
+        json={"card_id": card_id, "route_id": route_id, "boarding_station_id": station_id},
+    )
 
 
 async def end_trip(api: Api, trip_id: int, station_id: int = 2, role: str = "validator") -> httpx.Response:
-    return await api.http.post(f"/trips/{trip_id}/end", headers=api.auth(role),
-                               json={"disembarking_station_id": station_id})
+    return await api.http.post(
+        f"/trips/{trip_id}/end", headers=api.auth(role), json={"disembarking_station_id": station_id}
+    )
 
 
 async def set_status(api: Api, card_id: int, status: str) -> dict[str, Any]:
-    return json_body(await api.http.patch(f"/cards/{card_id}", headers=api.auth("admin"),
-                                          json={"status": status}))
+    return json_body(await api.http.patch(f"/cards/{card_id}", headers=api.auth("admin"), json={"status": status}))
 
 
 async def get_cached(api: Api, path: str, expected: str, role: str | None = None) -> Any:

@@ -24,12 +24,12 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import db  # noqa: E402
-import server  # noqa: E402
-import startup  # noqa: E402
-from settings import Settings  # noqa: E402
-from localstack import LocalStack  # noqa: E402
-from processes import free_port  # noqa: E402
+import db
+import server
+import startup
+from localstack import LocalStack
+from processes import free_port
+from settings import Settings
 
 TEMPLATE = "travel_template"
 _database_numbers = itertools.count(1)
@@ -152,8 +152,11 @@ async def redis_client(stack: LocalStack) -> AsyncIterator[aioredis.Redis]:
 
 
 # One token per role; the recharge point's token belongs to recharge point 1.
-TOKENS = {"admin": "admin-token-for-tests", "recharge_point": "recharge-point-1-token",
-          "validator": "validator-token-for-tests"}
+TOKENS = {
+    "admin": "admin-token-for-tests",
+    "recharge_point": "recharge-point-1-token",
+    "validator": "validator-token-for-tests",
+}
 
 
 @dataclass
@@ -192,13 +195,15 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
     """Run the real server (uvicorn on a free port, in this event loop) until the block ends;
     its client checks every answer (`check_answer`)."""
     await register_test_tokens(database_url)
-    configured = Settings(**{"database_url": database_url, "redis_url": redis_url,
-                             "pool_min": 2, "pool_max": 20, **settings})
+    configured = Settings(
+        **{"database_url": database_url, "redis_url": redis_url, "pool_min": 2, "pool_max": 20, **settings}
+    )
     await startup.prepare_database(configured)  # what `python server.py` does before serving
     app = server.create_app(configured)
     port = free_port()
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                                   log_level="warning", access_log=False))
+    uvicorn_server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False)
+    )
     serving = asyncio.create_task(uvicorn_server.serve())
     while not uvicorn_server.started:  # uvicorn offers a flag, not an event
         if serving.done():
@@ -206,8 +211,9 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
         await asyncio.sleep(0.005)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=10,
-                                     event_hooks={"response": [check_answer]}) as http:
+        async with httpx.AsyncClient(
+            base_url=url + "/api/v1", timeout=10, event_hooks={"response": [check_answer]}
+        ) as http:
             yield Api(http, url, app, database_url, uvicorn_server.lifespan.state)
     finally:
         uvicorn_server.should_exit = True

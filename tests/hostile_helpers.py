@@ -13,10 +13,10 @@ import asyncpg
 import httpx
 import msgspec
 import redis.asyncio as aioredis
-
-import server
 from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
 from conftest import Api, serve_api, with_database
+
+import server
 from endpoints import Endpoint
 from localstack import LocalStack
 
@@ -65,7 +65,10 @@ def op_label(op: Endpoint) -> str:
 def is_problem(response: httpx.Response) -> dict[str, Any]:
     """A 4xx/5xx answer is problem+json with a string `code` and `status` equal to the HTTP status."""
     assert response.headers.get("content-type", "").split(";")[0] == PROBLEM_JSON, (
-        response.status_code, response.headers.get("content-type"), response.content[:300])
+        response.status_code,
+        response.headers.get("content-type"),
+        response.content[:300],
+    )
     body = msgspec.json.decode(response.content)
     assert isinstance(body, dict), body
     assert isinstance(body.get("code"), str) and body["code"], body
@@ -78,8 +81,15 @@ def valid_body(op: Endpoint, ids: dict[str, int]) -> dict[str, Any]:
     the names of its Struct's fields: a new operation fails here until it is taught its fields."""
     assert op.body is not None
     known: dict[str, Any] = {
-        "amount": 700, "route_id": 1, "boarding_station_id": 1, "disembarking_station_id": 2,
-        "status": "blocked", "role": "validator", "label": "a validator's token", **user_fields(), **ids,
+        "amount": 700,
+        "route_id": 1,
+        "boarding_station_id": 1,
+        "disembarking_station_id": 2,
+        "status": "blocked",
+        "role": "validator",
+        "label": "a validator's token",
+        **user_fields(),
+        **ids,
     }
     body = {}
     for field in msgspec.structs.fields(op.body):

@@ -8,13 +8,22 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-
 from api_helpers import (
-    SITP_FARE, assert_problem, balance_in_db, board, fetch, fetchval, json_body, make_card,
-    make_user, make_user_with_card, recharge, snapshot, user_fields,
+    SITP_FARE,
+    assert_problem,
+    balance_in_db,
+    board,
+    fetch,
+    fetchval,
+    json_body,
+    make_card,
+    make_user,
+    make_user_with_card,
+    recharge,
+    snapshot,
+    user_fields,
 )
 from conftest import Api
-
 
 ROLES = (None, "admin", "recharge_point", "validator")
 
@@ -36,26 +45,31 @@ async def write_sender(api: Api, endpoint: str) -> Send:
     if endpoint == "POST /recharges":
         return lambda headers: api.http.post("/recharges", headers=headers, json={"card_id": card_id, "amount": 700})
     if endpoint == "POST /trips":
-        return lambda headers: api.http.post("/trips", headers=headers, json={
-            "card_id": card_id, "route_id": 1, "boarding_station_id": 1})
+        return lambda headers: api.http.post(
+            "/trips", headers=headers, json={"card_id": card_id, "route_id": 1, "boarding_station_id": 1}
+        )
     assert endpoint == "POST /trips/{trip_id}/end"
 
     async def end(headers: dict[str, str]) -> httpx.Response:
         trip = json_body(await board(api, card_id), 201)
-        return await api.http.post(f"/trips/{trip['trip_id']}/end", headers=headers,
-                                   json={"disembarking_station_id": 2})
+        return await api.http.post(
+            f"/trips/{trip['trip_id']}/end", headers=headers, json={"disembarking_station_id": 2}
+        )
 
     return end
 
 
-@pytest.mark.parametrize(("endpoint", "allowed", "status"), [
-    ("POST /users", {"admin"}, 201),
-    ("POST /cards", {"admin"}, 201),
-    ("PATCH /cards/{card_id}", {"admin"}, 200),
-    ("POST /recharges", {"admin", "recharge_point"}, 201),
-    ("POST /trips", {"admin", "validator"}, 201),
-    ("POST /trips/{trip_id}/end", {"admin", "validator"}, 200),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "allowed", "status"),
+    [
+        ("POST /users", {"admin"}, 201),
+        ("POST /cards", {"admin"}, 201),
+        ("PATCH /cards/{card_id}", {"admin"}, 200),
+        ("POST /recharges", {"admin", "recharge_point"}, 201),
+        ("POST /trips", {"admin", "validator"}, 201),
+        ("POST /trips/{trip_id}/end", {"admin", "validator"}, 200),
+    ],
+)
 async def test_role_matrix_of_every_write(api: Api, endpoint: str, allowed: set[str], status: int) -> None:
     send = await write_sender(api, endpoint)
     answers = {}
@@ -68,22 +82,30 @@ async def test_role_matrix_of_every_write(api: Api, endpoint: str, allowed: set[
             assert response.headers["content-type"] == "application/problem+json"
             if endpoint != "POST /trips/{trip_id}/end":  # the sender itself boarded for it
                 assert await snapshot(api) == before, role
-    expected = {role: (status, None) if role in allowed else
-                (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN") for role in ROLES}
+    expected = {
+        role: (status, None) if role in allowed else (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN")
+        for role in ROLES
+    }
     assert answers == expected
 
 
 # ---------------------------------------------------------------- what is stored
 async def test_sql_metacharacters_are_stored_verbatim(api: Api) -> None:
     fields = user_fields(
-        first_name="Robert'); DROP TABLE users;--", last_name="O'Brien \"%_\\ $1 ;",
-        email="o'brien+%_@example.co", residential_address="Calle 10 # 5-51'; DELETE FROM cards; --",
-        city_of_birth="$$ SELECT pg_sleep(10) $$")
+        first_name="Robert'); DROP TABLE users;--",
+        last_name="O'Brien \"%_\\ $1 ;",
+        email="o'brien+%_@example.co",
+        residential_address="Calle 10 # 5-51'; DELETE FROM cards; --",
+        city_of_birth="$$ SELECT pg_sleep(10) $$",
+    )
     user = await make_user(api, **fields)
     assert {k: user[k] for k in fields} == fields
     card = await make_card(api, user["user_id"])
-    rows = await fetch(api, "SELECT first_name, last_name, email, residential_address, city_of_birth "
-                            "FROM users WHERE user_id = $1", user["user_id"])
+    rows = await fetch(
+        api,
+        "SELECT first_name, last_name, email, residential_address, city_of_birth FROM users WHERE user_id = $1",
+        user["user_id"],
+    )
     assert dict(rows[0]) == {k: fields[k] for k in rows[0].keys()}
     assert await fetchval(api, "SELECT count(*) FROM cards WHERE card_id = $1", card["card_id"]) == 1
     assert json_body(await api.http.get("/users/latest", headers=api.auth("admin")))[0] == user
@@ -107,8 +129,9 @@ async def test_32_concurrent_recharges_with_one_key_make_one_recharge(api: Api) 
     assert await balance_in_db(api, card_id) == 2500
 
     # The same key from another token is another key: a second recharge, replayed on its own.
-    theirs = await asyncio.gather(*(recharge(api, card_id, 2500, key="kiosk-9:0001", role="recharge_point")
-                                    for _ in range(8)))
+    theirs = await asyncio.gather(
+        *(recharge(api, card_id, 2500, key="kiosk-9:0001", role="recharge_point") for _ in range(8))
+    )
     assert [response.status_code for response in theirs] == [201] * 8
     assert len({response.json()["recharge_id"] for response in theirs}) == 1
     assert theirs[0].json()["recharge_id"] != bodies[0]["recharge_id"]
@@ -133,8 +156,9 @@ async def test_concurrent_recharges_with_one_key_and_different_bodies_make_one_r
 async def test_64_concurrent_recharges_add_every_amount_once(api: Api) -> None:
     _, card = await make_user_with_card(api)
     card_id = card["card_id"]
-    responses = await asyncio.gather(*(recharge(api, card_id, 1000, role=("admin", "recharge_point")[n % 2])
-                                       for n in range(64)))
+    responses = await asyncio.gather(
+        *(recharge(api, card_id, 1000, role=("admin", "recharge_point")[n % 2]) for n in range(64))
+    )
     assert [response.status_code for response in responses] == [201] * 64
     bodies = [response.json() for response in responses]
     assert len({body["recharge_id"] for body in bodies}) == 64
@@ -152,8 +176,9 @@ async def test_30_concurrent_boardings_on_10_fares_board_10(api: Api) -> None:
     card_id = card["card_id"]
     responses = await asyncio.gather(*(board(api, card_id, 1, 1) for _ in range(30)))
     assert Counter(response.status_code for response in responses) == {201: 10, 402: 20}
-    boarded = sorted((response.json() for response in responses if response.status_code == 201),
-                     key=lambda body: body["trip_id"])
+    boarded = sorted(
+        (response.json() for response in responses if response.status_code == 201), key=lambda body: body["trip_id"]
+    )
     assert [body["balance"] for body in boarded] == [SITP_FARE * n for n in range(9, -1, -1)]
     for response in responses:
         if response.status_code == 402:

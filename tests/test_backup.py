@@ -10,9 +10,10 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
-import localstack
 from conftest import with_database
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
+
+import localstack
 from localstack import LocalStack
 
 BACKUP = Path(__file__).resolve().parent.parent / "deploy" / "backup"
@@ -21,10 +22,16 @@ BACKUP = Path(__file__).resolve().parent.parent / "deploy" / "backup"
 def pg_environment(url: str, **extra: str) -> dict[str, str]:
     """libpq's environment for the server and database of `url`, as the scripts read it."""
     parts = urllib.parse.urlsplit(url)
-    return {**os.environ, "PGHOST": parts.hostname or "", "PGPORT": str(parts.port),
-            "PGUSER": parts.username or "", "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
-            "PGDATABASE": parts.path.lstrip("/"), "PG_BIN_DIR": str(localstack.postgres_bin_dir()),
-            **extra}
+    return {
+        **os.environ,
+        "PGHOST": parts.hostname or "",
+        "PGPORT": str(parts.port),
+        "PGUSER": parts.username or "",
+        "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
+        "PGDATABASE": parts.path.lstrip("/"),
+        "PG_BIN_DIR": str(localstack.postgres_bin_dir()),
+        **extra,
+    }
 
 
 def run(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,26 +45,33 @@ async def make_history(url: str) -> None:
         for number in range(1, 4):
             user = await conn.fetchrow(
                 "SELECT * FROM create_user($1, 'Test', $2, $3, NULL, NULL, NULL, NULL, NULL)",
-                f"User{number}", f"user{number}@example.com", f"CC-{number:05d}")
+                f"User{number}",
+                f"user{number}@example.com",
+                f"CC-{number:05d}",
+            )
             card = await conn.fetchrow("SELECT * FROM issue_card($1, NULL)", user["user_id"])
             for amount in (10_000, 2_500 * number):
                 await conn.fetchrow("SELECT * FROM recharge_card($1, $2, 1, NULL, NULL)", card["card_id"], amount)
             first = await conn.fetchrow("SELECT * FROM board_trip($1, 1, 1)", card["card_id"])
             await conn.fetchrow("SELECT * FROM board_trip($1, 3, 3)", card["card_id"])  # a transfer
             await conn.fetchrow("SELECT * FROM end_trip($1, 2)", first["trip_id"])
-        await conn.execute("UPDATE cards SET opening_balance = 5000, balance = balance + 5000 WHERE card_id = "
-                           "(SELECT min(card_id) FROM cards)")
+        await conn.execute(
+            "UPDATE cards SET opening_balance = 5000, balance = balance + 5000 WHERE card_id = "
+            "(SELECT min(card_id) FROM cards)"
+        )
         await conn.fetchrow("SELECT * FROM set_card_status((SELECT max(card_id) FROM cards), 'blocked')")
 
 
 async def snapshot(url: str) -> dict[str, object]:
     """Every row of every table, and where each identity sequence stands."""
     async with connected(url) as conn:
-        tables = [row[0] for row in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        tables = [
+            row[0] for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        ]
         state: dict[str, object] = {table: await table_rows(conn, table) for table in tables}
         for row in await conn.fetch(
-                "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1"):
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1"
+        ):
             state[f"sequence {row[0]}"] = row[1]
     return state
 
@@ -70,8 +84,9 @@ async def test_dump_wipe_restore_reconcile(stack: LocalStack, database_url: str,
     # The nightly run: dump, check, copy to "another host" (a directory standing in for it).
     remote = tmp_path / "backup-host"
     remote.mkdir()
-    done = run("backup.sh", env=pg_environment(database_url, BACKUP_DIR=str(tmp_path / "local"),
-                                                BACKUP_REMOTE=f"{remote}/"))
+    done = run(
+        "backup.sh", env=pg_environment(database_url, BACKUP_DIR=str(tmp_path / "local"), BACKUP_REMOTE=f"{remote}/")
+    )
     assert done.returncode == 0, done.stderr
     dump = Path(done.stdout.strip().splitlines()[-1])
     name = urllib.parse.urlsplit(database_url).path.lstrip("/")
@@ -109,7 +124,8 @@ async def test_dump_wipe_restore_reconcile(stack: LocalStack, database_url: str,
 
 
 async def test_restore_fails_when_a_balance_does_not_reconcile(
-        stack: LocalStack, database_url: str, tmp_path: Path) -> None:
+    stack: LocalStack, database_url: str, tmp_path: Path
+) -> None:
     await make_history(database_url)
     async with connected(database_url) as conn:
         # A balance changed behind the write functions' back: money from nowhere.
@@ -129,7 +145,8 @@ async def test_restore_fails_when_a_balance_does_not_reconcile(
 
 
 async def test_restore_refuses_a_dump_whose_checksum_does_not_match(
-        stack: LocalStack, database_url: str, tmp_path: Path) -> None:
+    stack: LocalStack, database_url: str, tmp_path: Path
+) -> None:
     done = run("backup.sh", env=pg_environment(database_url, BACKUP_DIR=str(tmp_path)))
     assert done.returncode == 0, done.stderr
     dump = Path(done.stdout.strip().splitlines()[-1])

@@ -22,13 +22,13 @@ pytestmark = pytest.mark.asyncio
 async def command_calls(client: aioredis.Redis) -> dict[str, int]:
     """Calls per Redis command so far (INFO commandstats), without INFO itself."""
     stats = await client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()
-            if name not in ("cmdstat_info",)}
+    return {
+        name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items() if name not in ("cmdstat_info",)
+    }
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: calls - before.get(name, 0) for name, calls in after.items()
-            if calls != before.get(name, 0)}
+    return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
 
 
 @pytest.fixture
@@ -46,9 +46,16 @@ def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def new_card(api: Api, balance: int = 0) -> int:
-    user = await api.http.post("/users", headers=api.auth("admin"), json={
-        "first_name": "Camila", "last_name": "Rojas", "email": f"c{time.monotonic_ns()}@example.co",
-        "id_number": str(time.monotonic_ns())[-12:]})
+    user = await api.http.post(
+        "/users",
+        headers=api.auth("admin"),
+        json={
+            "first_name": "Camila",
+            "last_name": "Rojas",
+            "email": f"c{time.monotonic_ns()}@example.co",
+            "id_number": str(time.monotonic_ns())[-12:],
+        },
+    )
     card = await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
     card_id: int = card.json()["card_id"]
     if balance:
@@ -57,7 +64,8 @@ async def new_card(api: Api, balance: int = 0) -> int:
 
 
 async def test_a_hit_is_one_redis_round_trip_and_no_database_query(
-        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    api: Api, redis_client: aioredis.Redis, database_calls: list[str]
+) -> None:
     card_id = await new_card(api, 5000)
     await api.http.get("/trips/total")  # loads the fill script, so the counts below are the steady state
     miss = await api.http.get(f"/cards/{card_id}/balance")
@@ -75,7 +83,8 @@ async def test_a_hit_is_one_redis_round_trip_and_no_database_query(
 
 
 async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
-        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    api: Api, redis_client: aioredis.Redis, database_calls: list[str]
+) -> None:
     await api.http.get("/trips/total")  # loads the fill script
     database_calls.clear()
     before = await command_calls(redis_client)
@@ -91,7 +100,8 @@ async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
 
 
 async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
-        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    api: Api, redis_client: aioredis.Redis, database_calls: list[str]
+) -> None:
     card_id = await new_card(api, 5000)
     # new_card's writes left the admin token in the server's token cache: no lookup below.
     database_calls.clear()
@@ -111,8 +121,9 @@ async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Re
     cache = Cache(redis_client)
     await redis_client.set(cachekeys.card_balance(1), b'{"balance":1}')
     before = await command_calls(redis_client)
-    lookups = await asyncio.gather(*(cache.lookup(cachekeys.card_balance(n)) for n in range(1, 51)),
-                                   cache.lookup(cachekeys.card_balance(1)))
+    lookups = await asyncio.gather(
+        *(cache.lookup(cachekeys.card_balance(n)) for n in range(1, 51)), cache.lookup(cachekeys.card_balance(1))
+    )
     after = await command_calls(redis_client)
 
     assert delta(before, after) == {"mget": 1}
@@ -122,7 +133,8 @@ async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Re
 
 
 async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
-        api: Api, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    api: Api, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DESIGN §6's race: a miss reads the old row, a write commits and DELs, then the miss
     fills. The miss is paused between its read and its fill, so the order is certain."""
     card_id = await new_card(api, 5000)
@@ -140,8 +152,7 @@ async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
     monkeypatch.setattr(Cache, "fill", fill_after_the_write)
     slow_read = asyncio.create_task(api.http.get(f"/cards/{card_id}/balance"))
     await miss_has_read.wait()
-    recharge = await api.http.post("/recharges", headers=api.auth("admin"),
-                                   json={"card_id": card_id, "amount": 1000})
+    recharge = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 1000})
     assert recharge.status_code == 201
     write_is_done.set()
     stale = await slow_read
@@ -206,8 +217,11 @@ async def test_redis_down_reads_and_writes_go_on_from_postgresql(api_without_red
     started = time.monotonic()
     health = await api.http.get("/health")
     assert (health.status_code, health.json()) == (200, {"status": "degraded", "database": "ok", "cache": "down"})
-    user = await api.http.post("/users", headers=api.auth("admin"), json={
-        "first_name": "Luis", "last_name": "Pérez", "email": "luis@example.co", "id_number": "80123456"})
+    user = await api.http.post(
+        "/users",
+        headers=api.auth("admin"),
+        json={"first_name": "Luis", "last_name": "Pérez", "email": "luis@example.co", "id_number": "80123456"},
+    )
     card = await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
     card_id = card.json()["card_id"]
     recharge = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 3000})
@@ -221,7 +235,8 @@ async def test_redis_down_reads_and_writes_go_on_from_postgresql(api_without_red
 
 # ---------------------------------------------------------------- single flight
 async def test_concurrent_misses_of_a_key_share_one_query_and_one_fill(
-        api: Api, redis_client: aioredis.Redis, database_calls: list[str]) -> None:
+    api: Api, redis_client: aioredis.Redis, database_calls: list[str]
+) -> None:
     await api.http.get("/finance/revenue")  # loads the fill script
     database_calls.clear()
     before = await command_calls(redis_client)
@@ -236,7 +251,8 @@ async def test_concurrent_misses_of_a_key_share_one_query_and_one_fill(
 
 
 async def test_a_failed_load_fails_each_waiter_with_its_error_and_the_next_miss_loads_again(
-        redis_client: aioredis.Redis, pool: Any) -> None:
+    redis_client: aioredis.Redis, pool: Any
+) -> None:
     cache = Cache(redis_client)
     loads: list[str] = []
 
@@ -246,8 +262,9 @@ async def test_a_failed_load_fails_each_waiter_with_its_error_and_the_next_miss_
             return str(await conn.fetchval(sql)).encode()
 
     lookups = [await cache.lookup(b"routes:all") for _ in range(20)]  # twenty misses, each its own read
-    failed = await asyncio.gather(*(cache.load(lookup, 60, lambda: load("SELECT 1 / 0")) for lookup in lookups),
-                                  return_exceptions=True)
+    failed = await asyncio.gather(
+        *(cache.load(lookup, 60, lambda: load("SELECT 1 / 0")) for lookup in lookups), return_exceptions=True
+    )
     assert loads == ["SELECT 1 / 0"]
     assert all(isinstance(error, asyncpg.DivisionByZeroError) and error is failed[0] for error in failed)
     assert await redis_client.get(b"routes:all") is None

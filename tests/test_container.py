@@ -26,6 +26,7 @@ from processes import free_port
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 15  # uvicorn's own drain timeout is 10 s
 
+
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """podman with this project's settings (.ci/podman: vfs, runc, cached storage)."""
     done = subprocess.run([str(ROOT / ".ci" / "podman"), *args], capture_output=True, text=True, timeout=300)

@@ -19,21 +19,25 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from api_helpers import board, json_body, make_user_with_card, recharge
+from conftest import TEMPLATE, Api, serve_api, with_database
+from dbhelpers import connected
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 import db
-from api_helpers import board, json_body, make_user_with_card, recharge
-from conftest import TEMPLATE, Api, serve_api, with_database
-from dbhelpers import connected
 from localstack import LocalRedis, LocalStack
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 FOLLOWS_WITHIN = 5.0  # seconds for a write to show (the page refreshes every 3 s)
-TILES = {"tile-trips": ("/trips/total", "total_trips"), "tile-active-trips": ("/trips/total", "active_trips"),
-         "tile-revenue": ("/trips/total", "total_revenue"), "tile-users": ("/users/count", "count"),
-         "tile-active-users": ("/users/active/count", "count")}
+TILES = {
+    "tile-trips": ("/trips/total", "total_trips"),
+    "tile-active-trips": ("/trips/total", "active_trips"),
+    "tile-revenue": ("/trips/total", "total_revenue"),
+    "tile-users": ("/users/count", "count"),
+    "tile-active-users": ("/users/active/count", "count"),
+}
 T = TypeVar("T")
 
 
@@ -65,9 +69,18 @@ def browser() -> Iterator[WebDriver]:
     assert chromium and driver, "install Debian's chromium and chromium-driver (.ci/system-packages does)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1600,1000", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--disable-default-apps"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1000",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     chrome = webdriver.Chrome(options=options, service=Service(driver))
@@ -95,14 +108,18 @@ async def until(condition: Callable[[], Any], within: float, what: str) -> Any:
 
 
 def attribute(browser: WebDriver, element_id: str, name: str) -> str | None:
-    return browser.execute_script("const e = document.getElementById(arguments[0]);"
-                                  " return e ? e.getAttribute(arguments[1]) : null;", element_id, name)
+    return browser.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+        element_id,
+        name,
+    )
 
 
 def tiles(browser: WebDriver) -> dict[str, int | None]:
     values = browser.execute_script(
         "return Object.fromEntries(arguments[0].map(id => [id, document.querySelector('#' + id + ' output').dataset.value]));",
-        list(TILES))
+        list(TILES),
+    )
     return {key: None if value is None else int(value) for key, value in values.items()}
 
 
@@ -126,18 +143,25 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
     shown = await in_browser(lambda: tiles(browser))
     assert shown == await api_tiles(demo_api)
     assert shown["tile-trips"] == 100_000 and shown["tile-revenue"] > 0
-    revenue_text = await in_browser(lambda: browser.execute_script(
-        "return document.querySelector('#tile-revenue output').textContent;"))
+    revenue_text = await in_browser(
+        lambda: browser.execute_script("return document.querySelector('#tile-revenue output').textContent;")
+    )
     assert revenue_text.startswith("$") and "." in revenue_text  # thousands separated, as in Colombia
     assert "".join(ch for ch in revenue_text if ch.isdigit()) == str(shown["tile-revenue"])
 
     hourly = json_body(await demo_api.http.get("/trips/hourly?hours=24"))
     assert await in_browser(lambda: current_hour(browser)) == (hourly[-1]["trips"], hourly[-1]["revenue"])
-    localities = await in_browser(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('#bars-trips li')].map(li => Number(li.dataset.value));"))
+    localities = await in_browser(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('#bars-trips li')].map(li => Number(li.dataset.value));"
+        )
+    )
     assert localities == [row["total_trips"] for row in json_body(await demo_api.http.get("/trips/total/localities"))]
-    route_rows = await in_browser(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('#routes tr')].map(tr => tr.dataset.route);"))
+    route_rows = await in_browser(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('#routes tr')].map(tr => tr.dataset.route);"
+        )
+    )
     assert "/api/v1/trips/total" in route_rows
     assert await in_browser(lambda: attribute(browser, "cache-state", "data-state")) == "ok"
     assert await in_browser(lambda: attribute(browser, "banner", "hidden")) is not None
@@ -154,9 +178,12 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
     assert {demo_api.url + "/static/uplot/uPlot.iife.min.js", demo_api.url + "/api/v1/stats"} <= asked
 
     for _ in range(2):  # the whole page: charts resize with the window, so measure twice
-        height = await in_browser(lambda: browser.execute_script(
-            "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight + 40;"))
-        await in_browser(lambda: browser.set_window_size(1600, min(height, 2600)))
+        height = await in_browser(
+            lambda: browser.execute_script(
+                "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight + 40;"
+            )
+        )
+        await in_browser(lambda height=height: browser.set_window_size(1600, min(height, 2600)))
     await until(lambda: refreshes(browser) >= 6, 10, "charts redrawn at the new size")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert await in_browser(lambda: browser.save_screenshot(str(SCREENSHOT)))
@@ -171,16 +198,21 @@ async def test_tiles_and_the_current_hour_follow_writes_within_seconds(demo_api:
     _, card = await make_user_with_card(demo_api)  # a user, holding an active card
     assert (await recharge(demo_api, card["card_id"], 20_000)).status_code == 201
     fare = json_body(await board(demo_api, card["card_id"], route_id=1, station_id=1), 201)["fare_charged"]
-    expected = {"tile-trips": before["tile-trips"] + 1, "tile-active-trips": before["tile-active-trips"] + 1,
-                "tile-revenue": before["tile-revenue"] + fare, "tile-users": before["tile-users"] + 1,
-                "tile-active-users": before["tile-active-users"] + 1}
+    expected = {
+        "tile-trips": before["tile-trips"] + 1,
+        "tile-active-trips": before["tile-active-trips"] + 1,
+        "tile-revenue": before["tile-revenue"] + fare,
+        "tile-users": before["tile-users"] + 1,
+        "tile-active-users": before["tile-active-users"] + 1,
+    }
     await until(lambda: tiles(browser) == expected, FOLLOWS_WITHIN, f"tiles {expected}")
     hour_after = (hour_before[0] + 1, hour_before[1] + fare)
     await until(lambda: current_hour(browser) == hour_after, FOLLOWS_WITHIN, f"this hour's bar at {hour_after}")
 
 
 async def test_redis_stopped_is_shown_the_rest_keeps_updating_and_it_recovers(
-        demo_api: Api, browser: WebDriver, own_redis: LocalRedis) -> None:
+    demo_api: Api, browser: WebDriver, own_redis: LocalRedis
+) -> None:
     await in_browser(lambda: browser.get(demo_api.url + "/dashboard"))
     await until(lambda: attribute(browser, "cache-state", "data-state") == "ok", 10, "the cache panel up")
     own_redis.stop()
@@ -208,6 +240,11 @@ async def test_root_redirects_to_the_dashboard_without_echoing_host(demo_api: Ap
         page = await http.get("/dashboard")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "default-src 'none'" in page.headers["content-security-policy"]
-        for asset in ("/static/dashboard/dashboard.js", "/static/dashboard/dashboard.css",
-                      "/static/uplot/uPlot.iife.min.js", "/static/uplot/uPlot.min.css", "/static/uplot/LICENSE"):
+        for asset in (
+            "/static/dashboard/dashboard.js",
+            "/static/dashboard/dashboard.css",
+            "/static/uplot/uPlot.iife.min.js",
+            "/static/uplot/uPlot.min.css",
+            "/static/uplot/LICENSE",
+        ):
             assert (await http.get(asset)).status_code == 200, asset

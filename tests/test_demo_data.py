@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-
-import db
 from conftest import TEMPLATE, with_database
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, refusal
+
+import db
 from localstack import LocalStack
 
 SCALE = 1
@@ -38,8 +38,13 @@ async def test_counts_follow_the_scale(demo: asyncpg.Connection) -> None:
                (SELECT count(*) FROM (SELECT user_id FROM cards GROUP BY user_id HAVING count(*) = 2) two) AS two_cards,
                (SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT FROM cards c WHERE c.user_id = u.user_id)) AS no_card""")
     assert dict(counts) | {"recharges": None} == {
-        "users": 8_000 * SCALE, "cards": 10_000 * SCALE, "trips": 100_000 * SCALE, "recharges": None,
-        "two_cards": 2_000 * SCALE, "no_card": 0}
+        "users": 8_000 * SCALE,
+        "cards": 10_000 * SCALE,
+        "trips": 100_000 * SCALE,
+        "recharges": None,
+        "two_cards": 2_000 * SCALE,
+        "no_card": 0,
+    }
     assert 10_000 * SCALE < counts["recharges"] < 100_000 * SCALE
 
 
@@ -171,8 +176,10 @@ async def test_indexes_are_back_and_ids_continue(demo: asyncpg.Connection, templ
     transaction = demo.transaction()
     await transaction.start()
     try:
-        user = await demo.fetchrow("SELECT * FROM create_user('Ana', 'Gómez Ruiz', 'ana.nueva@example.co',"
-                                   " '1099999999', NULL, 'F', NULL, NULL, NULL)")
+        user = await demo.fetchrow(
+            "SELECT * FROM create_user('Ana', 'Gómez Ruiz', 'ana.nueva@example.co',"
+            " '1099999999', NULL, 'F', NULL, NULL, NULL)"
+        )
         card = await demo.fetchrow("SELECT * FROM issue_card($1, NULL)", user["user_id"])
         last_recharge_id = await demo.fetchval("SELECT max(recharge_id) FROM recharges")
         recharge = await demo.fetchrow("SELECT * FROM recharge_card($1, 10000, NULL, NULL, NULL)", card["card_id"])

@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from conftest import NETWORK_SQL, with_database
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
@@ -37,10 +38,9 @@ import cachekeys
 import db
 import localstack
 import startup
-from settings import Settings
-from conftest import NETWORK_SQL, with_database
 from localstack import LocalStack
 from processes import free_port
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -52,9 +52,17 @@ API_UNIT = DEPLOY / "vm1-api" / "travel-recharge-api.service"
 # ---------------------------------------------------------------- shell scripts
 def test_there_are_scripts_and_units() -> None:
     names = {path.relative_to(DEPLOY).as_posix() for path in [*SCRIPTS, *UNITS]}
-    assert {"vm1-api/install.sh", "vm1-api/travel-recharge-api.service", "vm2-redis/install.sh",
-            "vm3-postgres/install.sh", "vm3-postgres/migrate.sh", "backup/backup.sh",
-            "backup/restore.sh", "backup/travel-backup.service", "backup/travel-backup.timer"} <= names
+    assert {
+        "vm1-api/install.sh",
+        "vm1-api/travel-recharge-api.service",
+        "vm2-redis/install.sh",
+        "vm3-postgres/install.sh",
+        "vm3-postgres/migrate.sh",
+        "backup/backup.sh",
+        "backup/restore.sh",
+        "backup/travel-backup.service",
+        "backup/travel-backup.timer",
+    } <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.relative_to(DEPLOY).as_posix())
@@ -99,9 +107,10 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         text = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", unit.read_text(), flags=re.MULTILINE)
         (tmp_path / unit.name).write_text(text)
     done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", "--generators=no",
-         *(str(tmp_path / unit.name) for unit in UNITS)],
-        capture_output=True, text=True)
+        ["systemd-analyze", "verify", "--man=no", "--generators=no", *(str(tmp_path / unit.name) for unit in UNITS)],
+        capture_output=True,
+        text=True,
+    )
     # verify exits 0 on unknown keys and bad values too: any message at all is a finding.
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
 
@@ -120,10 +129,17 @@ def test_api_unit_runs_unprivileged_stops_gracefully_and_is_hardened() -> None:
     assert seconds(service["TimeoutStopSec"]) > 10
     assert int(service["LimitNOFILE"]) >= 4096
     expected = {
-        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes",
-        "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": "",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+        "CapabilityBoundingSet": "",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
     }
     assert {key: service.get(key) for key in expected} == expected
@@ -169,8 +185,12 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     database = urllib.parse.urlsplit(settings.database_url)
-    assert (database.username, database.hostname, database.port, database.path) == \
-        ("travel_api", "192.168.100.30", 5432, "/travel")
+    assert (database.username, database.hostname, database.port, database.path) == (
+        "travel_api",
+        "192.168.100.30",
+        5432,
+        "/travel",
+    )
     cache_url = urllib.parse.urlsplit(settings.redis_url)
     assert (cache_url.username, cache_url.hostname, cache_url.port) == ("travel_api", "192.168.100.20", 6379)
     # Behind nginx (nginx.conf listens on 192.168.100.10:8000) on the socket the unit makes.
@@ -193,8 +213,12 @@ async def test_postgresql_conf_names_and_values_are_known(stack: LocalStack) -> 
     conf = postgres_conf(DEPLOY / "vm3-postgres" / "postgresql.conf")
     conn = await asyncpg.connect(stack.postgres.url)
     try:
-        rows = {row["name"]: row for row in await conn.fetch(
-            "SELECT name, vartype, enumvals FROM pg_settings WHERE name = any($1::text[])", list(conf))}
+        rows = {
+            row["name"]: row
+            for row in await conn.fetch(
+                "SELECT name, vartype, enumvals FROM pg_settings WHERE name = any($1::text[])", list(conf)
+            )
+        }
     finally:
         await conn.close()
     assert set(conf) == set(rows), f"unknown settings: {set(conf) - set(rows)}"
@@ -208,8 +232,11 @@ async def test_postgresql_conf_names_and_values_are_known(stack: LocalStack) -> 
 
 
 def test_pg_hba_admits_only_the_api_host_from_the_network() -> None:
-    rules = [line.split() for line in (DEPLOY / "vm3-postgres" / "pg_hba.conf").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.split()
+        for line in (DEPLOY / "vm3-postgres" / "pg_hba.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     remote = [rule for rule in rules if rule[0] != "local" and rule[3] != "127.0.0.1/32"]
     assert remote == [["host", "travel", "travel_api", "192.168.100.10/32", "scram-sha-256"]]
     assert all(rule[-1] in {"peer", "scram-sha-256"} for rule in rules), "no trust, md5 or password"
@@ -234,8 +261,9 @@ class RedisUnderTest:
 
     def client(self, user: str | None = None, password: str | None = None) -> aioredis.Redis:
         # No retries: a refusal is the answer under test, not a fault to ride out.
-        return aioredis.Redis(host="127.0.0.1", port=self.port, username=user, password=password,
-                              retry=Retry(NoBackoff(), 0))
+        return aioredis.Redis(
+            host="127.0.0.1", port=self.port, username=user, password=password, retry=Retry(NoBackoff(), 0)
+        )
 
 
 @pytest.fixture(params=redis_binaries(), ids=lambda path: path.name)
@@ -249,10 +277,24 @@ def vm2_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisU
     (tmp_path / "users.acl").write_text(acl)
     port = free_port()
     process = subprocess.Popen(
-        [str(request.param), str(DEPLOY / "vm2-redis" / "redis.conf"), "--bind", "127.0.0.1",
-         "--port", str(port), "--dir", str(tmp_path), "--pidfile", str(tmp_path / "redis.pid"),
-         "--aclfile", str(tmp_path / "users.acl"), "--logfile", str(tmp_path / "redis.log")],
-        stdin=subprocess.DEVNULL)
+        [
+            str(request.param),
+            str(DEPLOY / "vm2-redis" / "redis.conf"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path),
+            "--pidfile",
+            str(tmp_path / "redis.pid"),
+            "--aclfile",
+            str(tmp_path / "users.acl"),
+            "--logfile",
+            str(tmp_path / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     try:
         localstack._wait_for_port(port, process, "redis", timeout=10)
         yield RedisUnderTest(port, api_password, admin_password)
@@ -269,8 +311,7 @@ def every_cache_key() -> list[bytes]:
 
 
 async def test_redis_acl_lets_the_api_cache_work_on_every_key(vm2_redis: RedisUnderTest) -> None:
-    client = cache.connect(f"redis://travel_api:{vm2_redis.api_password}@127.0.0.1:{vm2_redis.port}/0",
-                           timeout=2.0)
+    client = cache.connect(f"redis://travel_api:{vm2_redis.api_password}@127.0.0.1:{vm2_redis.port}/0", timeout=2.0)
     try:
         for epoch in (0, 7):  # plain names, and names in a later cache epoch
             store = cache.Cache(client, epoch)
@@ -292,23 +333,37 @@ async def test_redis_refuses_everything_else(vm2_redis: RedisUnderTest) -> None:
     admin = vm2_redis.client("admin", vm2_redis.admin_password)
     try:
         # redis-py 8 opens with HELLO, which the server refuses before AUTH.
-        with pytest.raises(RedisError, match="(?i)auth"):
+        with pytest.raises(RedisError, match=r"(?i)auth"):
             await anonymous.ping()
         wrong = vm2_redis.client("travel_api", "wrong password")
         with pytest.raises(AuthenticationError):
             await wrong.ping()
         await wrong.aclose()
-        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"),
-                        ("SHUTDOWN",), ("ACL", "LIST"), ("SCRIPT", "FLUSH"),
-                        ("CLIENT", "KILL", "127.0.0.1:1"), ("GET", "session:1"), ("SET", "other", "1")):
+        for command in (
+            ("FLUSHALL",),
+            ("FLUSHDB",),
+            ("CONFIG", "GET", "*"),
+            ("KEYS", "*"),
+            ("SHUTDOWN",),
+            ("ACL", "LIST"),
+            ("SCRIPT", "FLUSH"),
+            ("CLIENT", "KILL", "127.0.0.1:1"),
+            ("GET", "session:1"),
+            ("SET", "other", "1"),
+        ):
             with pytest.raises(NoPermissionError):
                 await api.execute_command(*command)
         # The operator's user: the settings that make this a cache without persistence.
         config = {}
         for name in ("maxmemory", "maxmemory-policy", "save", "appendonly", "protected-mode"):
             config.update(await admin.config_get(name))
-        assert config == {"maxmemory": "536870912", "maxmemory-policy": "allkeys-lru", "save": "",
-                          "appendonly": "no", "protected-mode": "yes"}
+        assert config == {
+            "maxmemory": "536870912",
+            "maxmemory-policy": "allkeys-lru",
+            "save": "",
+            "appendonly": "no",
+            "protected-mode": "yes",
+        }
     finally:
         for client in (anonymous, api, admin):
             await client.aclose()
@@ -318,9 +373,15 @@ async def test_redis_refuses_everything_else(vm2_redis: RedisUnderTest) -> None:
 def pg_environment(url: str, database: str) -> dict[str, str]:
     """libpq's environment for `url` (as the deploy scripts read it), on `database`."""
     parts = urllib.parse.urlsplit(url)
-    return {**os.environ, "PGHOST": parts.hostname or "", "PGPORT": str(parts.port),
-            "PGUSER": parts.username or "", "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
-            "PGDATABASE": database, "PG_BIN_DIR": str(localstack.postgres_bin_dir())}
+    return {
+        **os.environ,
+        "PGHOST": parts.hostname or "",
+        "PGPORT": str(parts.port),
+        "PGUSER": parts.username or "",
+        "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
+        "PGDATABASE": database,
+        "PG_BIN_DIR": str(localstack.postgres_bin_dir()),
+    }
 
 
 _deploy_numbers = iter(range(1, 1_000_000))
@@ -343,16 +404,26 @@ async def vm3_database(stack: LocalStack) -> AsyncIterator[Vm3Database]:
     owner, api, database = f"deploy_owner_{number}", f"deploy_api_{number}", f"deploy_{number}"
     env = pg_environment(stack.postgres.url, "postgres")
     psql = str(localstack.postgres_bin_dir() / "psql")
-    variables = (f"\\set owner_role {owner}\n\\set api_role {api}\n\\set database {database}\n"
-                 f"\\set api_password api-password-{number}\n")
+    variables = (
+        f"\\set owner_role {owner}\n\\set api_role {api}\n\\set database {database}\n"
+        f"\\set api_password api-password-{number}\n"
+    )
     roles = (DEPLOY / "vm3-postgres" / "roles.sql").read_text()
-    done = subprocess.run([psql, "-X", "-q", "-f", "-"], input=variables + roles, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [psql, "-X", "-q", "-f", "-"], input=variables + roles, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     done = subprocess.run(
-        [str(DEPLOY / "vm3-postgres" / "migrate.sh"), str(ROOT)], capture_output=True, text=True,
-        env={**pg_environment(stack.postgres.url, database), "OWNER_ROLE": owner, "API_ROLE": api,
-             "PYTHON": sys.executable})
+        [str(DEPLOY / "vm3-postgres" / "migrate.sh"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env={
+            **pg_environment(stack.postgres.url, database),
+            "OWNER_ROLE": owner,
+            "API_ROLE": api,
+            "PYTHON": sys.executable,
+        },
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "schema applied as " + owner in done.stdout
     superuser_url = with_database(stack.postgres.url, database)
@@ -362,8 +433,9 @@ async def vm3_database(stack: LocalStack) -> AsyncIterator[Vm3Database]:
     finally:
         await conn.close()
     port = urllib.parse.urlsplit(stack.postgres.url).port
-    yield Vm3Database(superuser_url, f"postgresql://{api}:api-password-{number}@127.0.0.1:{port}/{database}",
-                      owner, api)
+    yield Vm3Database(
+        superuser_url, f"postgresql://{api}:api-password-{number}@127.0.0.1:{port}/{database}", owner, api
+    )
     admin = await asyncpg.connect(stack.postgres.url)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
@@ -376,9 +448,13 @@ async def vm3_database(stack: LocalStack) -> AsyncIterator[Vm3Database]:
 async def test_schema_belongs_to_the_owner_role(vm3_database: Vm3Database) -> None:
     conn = await asyncpg.connect(vm3_database.superuser_url)
     try:
-        owners = {row[0] for row in await conn.fetch(
-            "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'"
-            " UNION SELECT proowner::regrole::text FROM pg_proc WHERE pronamespace = 'public'::regnamespace")}
+        owners = {
+            row[0]
+            for row in await conn.fetch(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'"
+                " UNION SELECT proowner::regrole::text FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+            )
+        }
     finally:
         await conn.close()
     assert owners == {vm3_database.owner_role}
@@ -398,12 +474,24 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         token_hash = hashlib.sha256(b"deploy-test-token").digest()
         token_id = await run(conn, "register-token", token_hash, "admin", "ADMIN_TOKEN", None)
         assert (await run(conn, "token-by-hash", token_hash))["token_id"] == token_id  # type: ignore[index]
-        user = await run(conn, "create-user", "Ana", "Rojas", "ana@example.com", "CC-1001",
-                         None, "F", datetime.date(1990, 5, 1), None, "Bogotá")
+        user = await run(
+            conn,
+            "create-user",
+            "Ana",
+            "Rojas",
+            "ana@example.com",
+            "CC-1001",
+            None,
+            "F",
+            datetime.date(1990, 5, 1),
+            None,
+            "Bogotá",
+        )
         card = await run(conn, "issue-card", user["user_id"], None)  # type: ignore[index]
         card_id = card["card_id"]  # type: ignore[index]
-        first, replay = await run(conn, "recharge-cards", [card_id] * 2, [20_000] * 2, [1] * 2, [token_id] * 2,
-                                  ["key-1"] * 2)  # type: ignore[misc]
+        first, replay = await run(
+            conn, "recharge-cards", [card_id] * 2, [20_000] * 2, [1] * 2, [token_id] * 2, ["key-1"] * 2
+        )  # type: ignore[misc]
         assert replay["replayed"] and replay["recharge_id"] == first["recharge_id"]
         boarding, transfer = await run(conn, "board-cards", [card_id] * 2, [1, 3], [1, 3])  # type: ignore[misc]
         assert transfer["is_transfer"] and transfer["balance"] == 20_000 - 2950
@@ -429,7 +517,9 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         assert await run(conn, "unreconciled-cards") == []
         made = await run(conn, "create-token", hashlib.sha256(b"made").digest(), "recharge_point", "till", 1)
         assert [row["token_id"] for row in await run(conn, "tokens-live")] == [  # type: ignore[attr-defined]
-            token_id, made["token_id"]]  # type: ignore[index]
+            token_id,
+            made["token_id"],
+        ]  # type: ignore[index]
         await conn.add_listener("write_tokens", lambda *_: None)
         await run(conn, "revoke-token", made["token_id"])  # type: ignore[index]
     finally:
@@ -443,20 +533,23 @@ async def test_runtime_role_can_start_the_api_on_a_migrated_database(vm3_databas
     await startup.prepare_database(settings)
 
 
-@pytest.mark.parametrize("statement", [
-    "DELETE FROM cards",
-    "DELETE FROM recharges",
-    "TRUNCATE trips",
-    "DROP TABLE trips",
-    "ALTER TABLE cards DROP CONSTRAINT cards_balance_check",
-    "UPDATE fares SET value = 0",
-    "INSERT INTO fares (fare_type, value, start_date) VALUES ('FREE', 0, current_date)",
-    "SELECT * FROM drivers",
-    "CREATE TABLE mine (id int)",
-    "CREATE TEMP TABLE mine (id int)",
-    "SELECT refresh_counters()",
-    "SELECT load_demo_data(1)",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM cards",
+        "DELETE FROM recharges",
+        "TRUNCATE trips",
+        "DROP TABLE trips",
+        "ALTER TABLE cards DROP CONSTRAINT cards_balance_check",
+        "UPDATE fares SET value = 0",
+        "INSERT INTO fares (fare_type, value, start_date) VALUES ('FREE', 0, current_date)",
+        "SELECT * FROM drivers",
+        "CREATE TABLE mine (id int)",
+        "CREATE TEMP TABLE mine (id int)",
+        "SELECT refresh_counters()",
+        "SELECT load_demo_data(1)",
+    ],
+)
 async def test_runtime_role_is_refused_the_rest(vm3_database: Vm3Database, statement: str) -> None:
     conn = await asyncpg.connect(vm3_database.api_url)
     try:
@@ -470,9 +563,16 @@ async def test_grants_sql_can_be_applied_again(vm3_database: Vm3Database, stack:
     """migrate.sh runs at every upgrade: a second run changes nothing and keeps the API working."""
     database = urllib.parse.urlsplit(vm3_database.superuser_url).path.lstrip("/")
     done = subprocess.run(
-        [str(DEPLOY / "vm3-postgres" / "migrate.sh"), str(ROOT)], capture_output=True, text=True,
-        env={**pg_environment(stack.postgres.url, database), "OWNER_ROLE": vm3_database.owner_role,
-             "API_ROLE": vm3_database.api_role, "PYTHON": sys.executable})
+        [str(DEPLOY / "vm3-postgres" / "migrate.sh"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env={
+            **pg_environment(stack.postgres.url, database),
+            "OWNER_ROLE": vm3_database.owner_role,
+            "API_ROLE": vm3_database.api_role,
+            "PYTHON": sys.executable,
+        },
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "schema already current" in done.stdout
     conn = await asyncpg.connect(vm3_database.api_url)
@@ -482,11 +582,13 @@ async def test_grants_sql_can_be_applied_again(vm3_database: Vm3Database, stack:
         await conn.close()
 
 
-
-@pytest.mark.parametrize("host, image, mounts", [
-    ("vm2-redis", "redis:7", {"./redis.conf", "/etc/redis/users.acl"}),
-    ("vm3-postgres", "postgres:16", {"./postgresql.conf", "./pg_hba.conf"}),
-])
+@pytest.mark.parametrize(
+    "host, image, mounts",
+    [
+        ("vm2-redis", "redis:7", {"./redis.conf", "/etc/redis/users.acl"}),
+        ("vm3-postgres", "postgres:16", {"./postgresql.conf", "./pg_hba.conf"}),
+    ],
+)
 def test_compose_files_run_the_seed_images_on_the_host_network(host: str, image: str, mounts: set[str]) -> None:
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((DEPLOY / host / "docker-compose.yml").read_text())

@@ -12,22 +12,25 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-
 from conftest import Api
+
 from openapi import STATIC_DIR
 
 # What makes a browser fetch a URL: an element's src, a CSS url(), a stylesheet import, and the
 # usual CDN hosts. (Plain links, schema ids and XML namespaces name hosts without loading them.)
 LOADS_ANOTHER_HOST = re.compile(
     rb"""src\s*[:=]\s*["'`]https?://|url\(\s*["']?https?://|@import\s+["']?https?://"""
-    rb"""|fonts\.googleapis|cdn\.redoc\.ly|cdn\.jsdelivr|unpkg\.com|cdnjs\.""")
+    rb"""|fonts\.googleapis|cdn\.redoc\.ly|cdn\.jsdelivr|unpkg\.com|cdnjs\."""
+)
 
 
 def test_no_vendored_asset_loads_another_host() -> None:
     assets = sorted(path for path in STATIC_DIR.rglob("*") if path.suffix in (".js", ".css", ".html"))
     assert len(assets) >= 3
-    found = {str(path.relative_to(STATIC_DIR)): [m.group().decode() for m in LOADS_ANOTHER_HOST.finditer(
-        path.read_bytes())] for path in assets}
+    found = {
+        str(path.relative_to(STATIC_DIR)): [m.group().decode() for m in LOADS_ANOTHER_HOST.finditer(path.read_bytes())]
+        for path in assets
+    }
     assert {name: hits for name, hits in found.items() if hits} == {}
 
 
@@ -40,8 +43,16 @@ def requests_while_rendering(url: str, ready_css: str) -> list[str]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--window-size=1400,1000", "--disable-background-networking", "--disable-component-update"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
@@ -54,15 +65,18 @@ def requests_while_rendering(url: str, ready_css: str) -> list[str]:
         messages = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
     finally:
         driver.quit()
-    return [message["params"]["request"]["url"] for message in messages
-            if message["method"] == "Network.requestWillBeSent"]
+    return [
+        message["params"]["request"]["url"] for message in messages if message["method"] == "Network.requestWillBeSent"
+    ]
 
 
-@pytest.mark.parametrize(("page", "ready_css"), [("/docs", ".swagger-ui .info .title"),
-                                                 ("/redoc", "a[href^='https://redocly.com']")])
+@pytest.mark.parametrize(
+    ("page", "ready_css"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "a[href^='https://redocly.com']")]
+)
 async def test_a_real_browser_loads_nothing_from_another_host(api: Api, page: str, ready_css: str) -> None:
-    assert shutil.which("chromium") and shutil.which("chromedriver"), \
+    assert shutil.which("chromium") and shutil.which("chromedriver"), (
         "needs Debian's chromium and chromium-driver: bash .ci/system-packages (as root) installs them"
+    )
     requested = await asyncio.to_thread(requests_while_rendering, api.url + page, ready_css)
     here = urllib.parse.urlsplit(api.url).netloc
     assert f"{api.url}/openapi.json" in requested  # the viewer did render our document

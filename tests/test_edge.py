@@ -99,7 +99,8 @@ def head_of(size: int) -> bytes:
 
 # ---------------------------------------------------------------- finding 1: a huge header
 async def test_a_48_mib_header_is_refused_without_stalling_other_clients(
-        served: Served, http: httpx.AsyncClient) -> None:
+    served: Served, http: httpx.AsyncClient
+) -> None:
     reader, writer = await asyncio.open_connection(served.host, served.port)
     writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
     sent = 0
@@ -134,7 +135,7 @@ async def test_a_head_of_16_kib_passes_and_one_byte_more_is_431(served: Served, 
         request = head_of(size)
         assert len(request) == size
         for start in range(0, size, piece or size):
-            writer.write(request[start:start + (piece or size)])
+            writer.write(request[start : start + (piece or size)])
             await writer.drain()
         answer = await read_all(reader, timeout=5)
         writer.close()
@@ -147,7 +148,8 @@ async def test_a_head_of_16_kib_passes_and_one_byte_more_is_431(served: Served, 
 
 # ---------------------------------------------------------------- finding 2: requests that never finish
 async def test_2000_half_sent_requests_are_closed_within_the_bound_while_health_answers(
-        served: Served, http: httpx.AsyncClient) -> None:
+    served: Served, http: httpx.AsyncClient
+) -> None:
     all_open = asyncio.Event()
     opened = 0
 
@@ -205,8 +207,10 @@ async def test_a_header_dribbled_byte_by_byte_is_closed_within_the_bound(served:
 
 async def test_a_body_that_stalls_midway_is_closed_within_the_bound(served: Served) -> None:
     reader, writer = await asyncio.open_connection(served.host, served.port)
-    writer.write(b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer recharge-point-1-token\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"card_id": 1, ')
+    writer.write(
+        b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer recharge-point-1-token\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"card_id": 1, '
+    )
     await writer.drain()
     started = time.monotonic()
     assert await read_all(reader, timeout=READ_TIMEOUT + SWEEP + SLACK + 5) == b""
@@ -219,7 +223,9 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
     writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
     assert head.startswith(b"HTTP/1.1 200 ")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     await asyncio.wait_for(reader.readexactly(length), timeout=5)
     answered = time.monotonic()
     assert await read_all(reader, timeout=edge.KEEP_ALIVE_SECONDS + SLACK + 5) == b""
@@ -229,7 +235,8 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
 
 # ---------------------------------------------------------------- the connection cap
 async def test_connections_past_the_cap_are_closed_at_once_and_service_resumes(
-        stack: LocalStack, template_url: str) -> None:
+    stack: LocalStack, template_url: str
+) -> None:
     cap = 20
     database_url = await fresh_database(stack, "edgecap")
     with serving(database_url, stack.redis.url, MAX_CONNECTIONS=str(cap)) as server:

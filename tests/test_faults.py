@@ -18,14 +18,14 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import Counter
-
-import cachekeys
-import metrics
 from api_helpers import assert_problem, make_user_with_card
 from conftest import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
 from dbhelpers import assert_balances_reconcile, connected
 from faultproxy import FaultProxy
+from prometheus_client import Counter
+
+import cachekeys
+import metrics
 from localstack import LocalStack
 
 REDIS_BOUND = 0.5  # seconds a request may take while Redis is away (100 ms timeouts + PostgreSQL)
@@ -85,7 +85,8 @@ async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx
 # ---------------------------------------------------------------- Redis
 @pytest.mark.parametrize("fault", ["paused", "stopped", "slow"])
 async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_time(
-        fault_api: Api, module_stack: LocalStack, fault: str) -> None:
+    fault_api: Api, module_stack: LocalStack, fault: str
+) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=10_000)
     await api.http.get(f"/cards/{card['card_id']}/balance")  # cached before the fault
@@ -101,10 +102,16 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
 
     answers = [
         await timed(api.http.get("/health")),
-        await timed(api.http.post("/recharges", headers=api.auth("admin"),
-                                  json={"card_id": card["card_id"], "amount": 2000})),
-        await timed(api.http.post("/trips", headers=api.auth("admin"),
-                                  json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1})),
+        await timed(
+            api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card["card_id"], "amount": 2000})
+        ),
+        await timed(
+            api.http.post(
+                "/trips",
+                headers=api.auth("admin"),
+                json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1},
+            )
+        ),
         await timed(api.http.get(f"/cards/{card['card_id']}/balance")),
         await timed(api.http.get("/trips/total")),
     ]
@@ -118,15 +125,18 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
 
 
 async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_it_heals(
-        fault_api: Api, module_stack: LocalStack) -> None:
+    fault_api: Api, module_stack: LocalStack
+) -> None:
     """The link to Redis is cut (its packets vanish, so the write's DEL never lands) while
     Redis keeps the balance cached before: after the partition heals, neither this instance
     nor another one ever serves that balance."""
     redis_port = module_stack.redis.port
     async with FaultProxy(redis_port) as link:
         through_link = module_stack.redis.url.replace(f":{redis_port}/", f":{link.port}/")
-        async with serve_api(fault_api.database_url, through_link) as api, \
-                serve_api(fault_api.database_url, through_link) as other:
+        async with (
+            serve_api(fault_api.database_url, through_link) as api,
+            serve_api(fault_api.database_url, through_link) as other,
+        ):
             _, card = await make_user_with_card(api, balance=5000)
             path = f"/cards/{card['card_id']}/balance"
             for instance in (api, other):
@@ -136,8 +146,9 @@ async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_i
             epoch_before = other_cache.epoch
 
             link.cut = True
-            recharge = await api.http.post("/recharges", headers=api.auth("admin"),
-                                           json={"card_id": card["card_id"], "amount": 700})
+            recharge = await api.http.post(
+                "/recharges", headers=api.auth("admin"), json={"card_id": card["card_id"], "amount": 700}
+            )
             assert recharge.status_code == 201
             # The other instance hears of the new epoch by NOTIFY: wait for it, bounded.
             deadline = time.monotonic() + 5
@@ -177,7 +188,8 @@ async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, modul
 # ---------------------------------------------------------------- PostgreSQL
 @pytest.mark.parametrize("fault", ["stopped", "paused"])
 async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers(
-        fault_api: Api, module_stack: LocalStack, fault: str) -> None:
+    fault_api: Api, module_stack: LocalStack, fault: str
+) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=3000)
     await api.http.get("/trips/total")  # cached: stays readable from Redis
@@ -218,15 +230,19 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
 
 
 async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half(
-        fault_api: Api, module_stack: LocalStack) -> None:
+    fault_api: Api, module_stack: LocalStack
+) -> None:
     """PostgreSQL is killed with writes answered and writes inside their transactions: a
     row lock held by another session keeps the latter in flight until the crash."""
     api = fault_api
     _, card = await make_user_with_card(api, balance=0)
 
     async def recharge(n: int) -> httpx.Response:
-        return await api.http.post("/recharges", headers={**api.auth("admin"), "Idempotency-Key": f"crash-{n}"},
-                                   json={"card_id": card["card_id"], "amount": 100})
+        return await api.http.post(
+            "/recharges",
+            headers={**api.auth("admin"), "Idempotency-Key": f"crash-{n}"},
+            json={"card_id": card["card_id"], "amount": 100},
+        )
 
     answered = await asyncio.gather(*(recharge(n) for n in range(10)))
     assert [response.status_code for response in answered] == [201] * 10
@@ -237,8 +253,9 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
         await holder.fetchval("SELECT card_id FROM cards WHERE card_id = $1 FOR UPDATE", card["card_id"])
         in_flight = [asyncio.ensure_future(recharge(n)) for n in range(10, 60)]
         deadline = time.monotonic() + 5
-        while not await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                         "AND datname = current_database()"):
+        while not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ):
             assert time.monotonic() < deadline, "no write came to wait on the card's lock"
             await asyncio.sleep(0.01)
         module_stack.postgres.kill()
@@ -250,8 +267,10 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
 
     assert {response.status_code for response in unanswered} == {503}
     async with connected(api.database_url) as conn:
-        stored = {row["recharge_id"] for row in await conn.fetch(
-            "SELECT recharge_id FROM recharges WHERE card_id = $1", card["card_id"])}
+        stored = {
+            row["recharge_id"]
+            for row in await conn.fetch("SELECT recharge_id FROM recharges WHERE card_id = $1", card["card_id"])
+        }
         balance = await conn.fetchval("SELECT balance FROM cards WHERE card_id = $1", card["card_id"])
         await assert_balances_reconcile(conn)
     assert stored == {response.json()["recharge_id"] for response in answered}  # all answered, none in flight
@@ -260,23 +279,27 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
 
 # ---------------------------------------------------------------- overload
 async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
-        module_stack: LocalStack, fault_api: Api) -> None:
-    async with serve_api(fault_api.database_url, module_stack.redis.url, pool_min=1, pool_max=2,
-                         max_waiting=3) as api:
+    module_stack: LocalStack, fault_api: Api
+) -> None:
+    async with serve_api(fault_api.database_url, module_stack.redis.url, pool_min=1, pool_max=2, max_waiting=3) as api:
         await api.http.get("/users/count")
         pause_postgres(module_stack)  # every database call now waits out its timeout
         answers = await asyncio.gather(*(timed(api.http.get("/users/count")) for _ in range(20)))
         resume_postgres(module_stack)
 
-    overloaded = [(response, elapsed) for response, elapsed in answers if response.status_code == 503
-                  and response.json()["code"] == "OVERLOADED"]
+    overloaded = [
+        (response, elapsed)
+        for response, elapsed in answers
+        if response.status_code == 503 and response.json()["code"] == "OVERLOADED"
+    ]
     assert len(overloaded) == 20 - 5  # pool_max + max_waiting got in, the rest were refused
     assert all(response.headers["retry-after"] == "1" for response, _ in overloaded)
     assert max(elapsed for _, elapsed in overloaded) < 0.5
 
 
 async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_no_half_batch(
-        fault_api: Api, module_stack: LocalStack) -> None:
+    fault_api: Api, module_stack: LocalStack
+) -> None:
     """Recharges (each with its own key) and boardings on 6 cards, sent at once through group
     commit; PostgreSQL is killed once some batches have committed. Every 201 is stored, and
     each batch is all or nothing: of the keyed recharges one batch call carried, either all
@@ -299,12 +322,18 @@ async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_
     database.run = run  # type: ignore[method-assign]
 
     async def recharge(n: int) -> httpx.Response:
-        return await api.http.post("/recharges", headers={**api.auth("admin"), "Idempotency-Key": f"batch-{n}"},
-                                   json={"card_id": cards[n % 6], "amount": 100 + n})
+        return await api.http.post(
+            "/recharges",
+            headers={**api.auth("admin"), "Idempotency-Key": f"batch-{n}"},
+            json={"card_id": cards[n % 6], "amount": 100 + n},
+        )
 
     async def board(n: int) -> httpx.Response:
-        return await api.http.post("/trips", headers=api.auth("validator"), json={
-            "card_id": cards[n % 6], "route_id": 1, "boarding_station_id": 1 + n % 4})
+        return await api.http.post(
+            "/trips",
+            headers=api.auth("validator"),
+            json={"card_id": cards[n % 6], "route_id": 1, "boarding_station_id": 1 + n % 4},
+        )
 
     writes = [asyncio.ensure_future((recharge if n % 3 else board)(n)) for n in range(300)]
     await committed.wait()
@@ -319,7 +348,9 @@ async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_
     assert max(len(keys) for keys in batches) > 1
     conn = await asyncpg.connect(api.database_url)
     try:
-        stored_keys = {row["idempotency_key"] for row in await conn.fetch("SELECT idempotency_key FROM idempotency_keys")}
+        stored_keys = {
+            row["idempotency_key"] for row in await conn.fetch("SELECT idempotency_key FROM idempotency_keys")
+        }
         recharges = {row["recharge_id"] for row in await conn.fetch("SELECT recharge_id FROM recharges")}
         trips = {row["trip_id"] for row in await conn.fetch("SELECT trip_id FROM trips")}
         await assert_balances_reconcile(conn)

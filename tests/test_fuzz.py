@@ -21,15 +21,15 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
+from api_helpers import execute, json_body, make_user_with_card
+from conftest import Api
+from dbhelpers import assert_balances_reconcile, assert_counters_exact
+from hostile_helpers import is_problem, op_label
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import server
-from api_helpers import execute, json_body, make_user_with_card
-from conftest import Api
-from dbhelpers import assert_balances_reconcile, assert_counters_exact
 from endpoints import Endpoint
-from hostile_helpers import is_problem, op_label
 
 EXAMPLES_PER_WRITE = 450
 EXAMPLES_PER_READ = 60
@@ -40,8 +40,28 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-EDGE_IDS = ["0", "-1", "1.5", "1e3", "0x10", "+1", "01", " 1", "١٢٣", "１２３", str(2**63), str(2**63 - 1),
-            str(2**64), "9" * 50, "NaN", "null", "'; DROP TABLE cards; --", "%00", "..", ""]
+EDGE_IDS = [
+    "0",
+    "-1",
+    "1.5",
+    "1e3",
+    "0x10",
+    "+1",
+    "01",
+    " 1",
+    "١٢٣",
+    "１２３",
+    str(2**63),
+    str(2**63 - 1),
+    str(2**64),
+    "9" * 50,
+    "NaN",
+    "null",
+    "'; DROP TABLE cards; --",
+    "%00",
+    "..",
+    "",
+]
 PATH_IDS = st.one_of(
     st.integers(1, 8).map(str),  # ids that exist
     st.integers().map(str),
@@ -51,15 +71,31 @@ PATH_IDS = st.one_of(
 # Header values h11 will send: visible latin-1, inner spaces.
 HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_categories=("Cc",)), max_size=60).map(str.strip)
 CONTENT_TYPES = st.one_of(
-    st.just("application/json"), st.just("application/json"), st.just("application/json"),
-    st.sampled_from(["application/json; charset=utf-8", "APPLICATION/JSON", "application/json;charset=latin-1",
-                     "application/problem+json", "text/plain", "application/x-www-form-urlencoded",
-                     "multipart/form-data", "application/jsonx", "json", "", "application/json, text/plain", "*/*"]),
+    st.just("application/json"),
+    st.just("application/json"),
+    st.just("application/json"),
+    st.sampled_from(
+        [
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "application/json;charset=latin-1",
+            "application/problem+json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonx",
+            "json",
+            "",
+            "application/json, text/plain",
+            "*/*",
+        ]
+    ),
     HEADER_TEXT,
     st.none(),
 )
 IDEMPOTENCY_KEYS = st.one_of(
-    st.none(), st.none(),
+    st.none(),
+    st.none(),
     st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=0, max_size=300).map(str.strip),
     st.sampled_from(["k", "'; DROP TABLE recharges; --", "$1", "%s", "k" * 255, "k" * 256]),
     HEADER_TEXT,
@@ -107,22 +143,30 @@ def bodies(struct: type) -> st.SearchStrategy[bytes]:
     def typed(valid: bool) -> st.SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries(
             {f.name: from_type(f.type, f.name, valid) for f in fields if f.required},
-            optional={f.name: from_type(f.type, f.name, valid) for f in fields if not f.required})
+            optional={f.name: from_type(f.type, f.name, valid) for f in fields if not f.required},
+        )
 
-    named = st.fixed_dictionaries({}, optional={f.name: st.one_of(from_type(f.type, f.name), JSON_VALUES)
-                                                for f in fields})
+    named = st.fixed_dictionaries(
+        {}, optional={f.name: st.one_of(from_type(f.type, f.name), JSON_VALUES) for f in fields}
+    )
     extra = st.tuples(typed(True), st.text(max_size=10), JSON_VALUES).map(lambda t: {**t[0], t[1]: t[2]})
     as_json = st.one_of(typed(True), typed(True), typed(False), named, extra, JSON_VALUES).map(
-        lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
     # JSON with bytes spliced in anywhere, or broken UTF-8 just inside a string; JSON nested deep.
     spliced = st.tuples(as_json, st.binary(min_size=1, max_size=6), st.integers(0, 300)).map(
-        lambda t: t[0][: t[2]] + t[1] + t[0][t[2]:])
-    broken_utf8 = st.tuples(as_json, st.sampled_from([b"\x80", b"\xff", b"\xc0\xaf", b"\xed\xa0\x80",
-                                                      b"\xf4\x90\x80\x80", b"\xe2\x82"]), st.integers(0, 30)).map(
-        lambda t: _after_quote(*t))
-    nested = st.tuples(st.sampled_from([f.name for f in fields] + ["x"]),
-                       st.sampled_from([1000, 1001, 5000, 20_000]),  # shallow nesting: JSON_VALUES
-                       st.sampled_from(["[]", "{}"])).map(_nested)
+        lambda t: t[0][: t[2]] + t[1] + t[0][t[2] :]
+    )
+    broken_utf8 = st.tuples(
+        as_json,
+        st.sampled_from([b"\x80", b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"]),
+        st.integers(0, 30),
+    ).map(lambda t: _after_quote(*t))
+    nested = st.tuples(
+        st.sampled_from([f.name for f in fields] + ["x"]),
+        st.sampled_from([1000, 1001, 5000, 20_000]),  # shallow nesting: JSON_VALUES
+        st.sampled_from(["[]", "{}"]),
+    ).map(_nested)
     return st.one_of(as_json, as_json, as_json, spliced, broken_utf8, nested, st.binary(max_size=200))
 
 
@@ -140,16 +184,17 @@ def _nested(spec: tuple[str, int, str]) -> bytes:
     return b'{"%s": ' % name.encode() + inner.encode() + b"}"
 
 
-
 def requests(op: Endpoint) -> st.SearchStrategy[dict[str, Any]]:
     roles = ("admin", *op.roles) if op.roles is not None else (None,)
-    return st.fixed_dictionaries({
-        "ids": st.fixed_dictionaries({name: PATH_IDS for name in op.path_ids()}),
-        "body": bodies(op.body) if op.body is not None else st.none(),
-        "content_type": CONTENT_TYPES if op.body is not None else st.none(),
-        "key": IDEMPOTENCY_KEYS if op.body is not None else st.none(),
-        "role": st.sampled_from(roles),
-    })
+    return st.fixed_dictionaries(
+        {
+            "ids": st.fixed_dictionaries({name: PATH_IDS for name in op.path_ids()}),
+            "body": bodies(op.body) if op.body is not None else st.none(),
+            "content_type": CONTENT_TYPES if op.body is not None else st.none(),
+            "key": IDEMPOTENCY_KEYS if op.body is not None else st.none(),
+            "role": st.sampled_from(roles),
+        }
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -183,17 +228,28 @@ async def test_fuzz_every_operation(api: Api) -> None:
     loop = asyncio.get_running_loop()
     for _ in range(3):  # ids 1..8 mostly exist: users, funded cards, open trips
         _, card = await make_user_with_card(api, 50_000)
-        json_body(await api.http.post("/trips", headers=api.auth("validator"), json={
-            "card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1}), 201)
+        json_body(
+            await api.http.post(
+                "/trips",
+                headers=api.auth("validator"),
+                json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1},
+            ),
+            201,
+        )
 
     async def send(request: httpx.Request) -> httpx.Response:
         return await api.http.send(request)
 
     def fuzzer(op: Endpoint, seen: set[int]) -> Any:
-        @settings(max_examples=EXAMPLES_PER_WRITE if op.body is not None else EXAMPLES_PER_READ,
-                  deadline=None, derandomize=True, database=None, print_blob=False,
-                  phases=(Phase.explicit, Phase.generate, Phase.shrink),
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_WRITE if op.body is not None else EXAMPLES_PER_READ,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            print_blob=False,
+            phases=(Phase.explicit, Phase.generate, Phase.shrink),
+            suppress_health_check=list(HealthCheck),
+        )
         @given(request=requests(op))
         def fuzz(request: dict[str, Any]) -> None:
             response = asyncio.run_coroutine_threadsafe(send(build(api, op, request)), loop).result(timeout=30)
@@ -217,8 +273,9 @@ async def test_fuzz_every_operation(api: Api) -> None:
 
     report = "\n\n".join(f"{label}: {text}" for label, text in failures.items())
     # The fuzzing reached past validation: every write succeeded some of the time.
-    assert all(any(200 <= status < 300 for status in answered[op_label(op)]) for op in server.ENDPOINTS
-               if op.body is not None), (answered, report)
+    assert all(
+        any(200 <= status < 300 for status in answered[op_label(op)]) for op in server.ENDPOINTS if op.body is not None
+    ), (answered, report)
     conn = await asyncpg.connect(api.database_url)
     try:
         await assert_balances_reconcile(conn)  # no money made from nothing

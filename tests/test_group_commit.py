@@ -20,16 +20,24 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-
 from api_helpers import (
-    SITP_FARE, assert_problem, balance_in_db, board, fetch, fetchval, json_body, make_user_with_card, recharge,
+    SITP_FARE,
+    assert_problem,
+    balance_in_db,
+    board,
+    fetch,
+    fetchval,
+    json_body,
+    make_user_with_card,
+    recharge,
     set_status,
 )
 from conftest import Api, serve_api
-from db import Database
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected
-from localstack import LocalStack
 from test_sql_functions import FULL_FARE, balance_of, new_card, new_token, set_card_status
+
+from db import Database
+from localstack import LocalStack
 
 BATCHES = ("recharge-cards", "board-cards", "end-trips")
 UNKNOWN = 999_999
@@ -71,11 +79,23 @@ async def test_a_recharge_batch_answers_each_item_in_order_and_refusals_abort_no
     card, blocked, token = await new_card(pool, 1000), await new_card(pool, 500), await new_token(pool)
     await set_card_status(pool, blocked, "blocked")
     items = [  # card, amount, point, key
-        (card, 100, 1, None), (UNKNOWN, 100, 1, None), (card, 200, 1, "k-1"), (blocked, 100, 1, "k-2"),
-        (card, 200, 1, "k-1"), (card, 999, 1, "k-1"), (card, 300, 99, None), (card, 400, None, None),
+        (card, 100, 1, None),
+        (UNKNOWN, 100, 1, None),
+        (card, 200, 1, "k-1"),
+        (blocked, 100, 1, "k-2"),
+        (card, 200, 1, "k-1"),
+        (card, 999, 1, "k-1"),
+        (card, 300, 99, None),
+        (card, 400, None, None),
     ]
-    rows = await pool.fetch(RECHARGE_CARDS, [i[0] for i in items], [i[1] for i in items],
-                            [i[2] for i in items], [token] * len(items), [i[3] for i in items])
+    rows = await pool.fetch(
+        RECHARGE_CARDS,
+        [i[0] for i in items],
+        [i[1] for i in items],
+        [i[2] for i in items],
+        [token] * len(items),
+        [i[3] for i in items],
+    )
     assert [row["item"] for row in rows] == list(range(1, len(items) + 1))
     assert [row["refusal"] for row in rows] == [None, "TRN01", None, "TRC01", None, "TRI01", "TRN06", None]
     # The same card twice applies both, in order; the same key twice is one recharge and one replay.
@@ -83,7 +103,10 @@ async def test_a_recharge_batch_answers_each_item_in_order_and_refusals_abort_no
     assert (rows[2]["replayed"], rows[4]["replayed"]) == (False, True)
     assert rows[4]["recharge_id"] == rows[2]["recharge_id"]
     assert rows[5]["detail"] == f'{{"recharge_id": {rows[2]["recharge_id"]}}}'
-    assert (rows[3]["message"], rows[3]["detail"]) == ("card is blocked", f'{{"card_id": {blocked}, "card_status": "blocked"}}')
+    assert (rows[3]["message"], rows[3]["detail"]) == (
+        "card is blocked",
+        f'{{"card_id": {blocked}, "card_status": "blocked"}}',
+    )
     assert (await balance_of(pool, card), await balance_of(pool, blocked)) == (1700, 500)
     assert await pool.fetchval("SELECT count(*) FROM recharges WHERE card_id = $1", card) == 1 + 3
     # The blocked card's key was not spent: once active, the same key recharges.
@@ -136,8 +159,14 @@ async def test_concurrent_batches_on_overlapping_cards_and_localities_never_dead
             chosen = rng.sample(cards, 3) * 2  # often disjoint: then only the counters are shared
             stations = [rng.choice((1, 2, 3, 4)) for _ in chosen]
             await conn.fetch(BOARD_CARDS, chosen, [1] * len(chosen), stations)
-            await conn.fetch(RECHARGE_CARDS, chosen[::-1], [100] * len(chosen), [1] * len(chosen),
-                             [None] * len(chosen), [None] * len(chosen))
+            await conn.fetch(
+                RECHARGE_CARDS,
+                chosen[::-1],
+                [100] * len(chosen),
+                [1] * len(chosen),
+                [None] * len(chosen),
+                [None] * len(chosen),
+            )
 
     async with contextlib.AsyncExitStack() as held:
         conns = [await held.enter_async_context(pool.acquire()) for _ in range(24)]  # pids share counter shards
@@ -151,8 +180,9 @@ async def test_64_concurrent_recharges_of_one_card_in_batches_add_every_amount_o
     _, card = await make_user_with_card(api)
     card_id = card["card_id"]
     with batch_sizes(api) as sizes:
-        responses = await asyncio.gather(*(recharge(api, card_id, 1000 + n, role=("admin", "recharge_point")[n % 2])
-                                           for n in range(64)))
+        responses = await asyncio.gather(
+            *(recharge(api, card_id, 1000 + n, role=("admin", "recharge_point")[n % 2]) for n in range(64))
+        )
     bodies = [json_body(response, 201) for response in responses]
     assert max(sizes["recharge-cards"]) > 1 and sum(sizes["recharge-cards"]) == 64
     total = sum(1000 + n for n in range(64))
@@ -169,8 +199,9 @@ async def test_40_boardings_in_batches_on_10_fares_board_exactly_10(api: Api) ->
         responses = await asyncio.gather(*(board(api, card_id, 1, 1 + n % 4) for n in range(40)))
     assert max(sizes["board-cards"]) > 1
     assert Counter(response.status_code for response in responses) == {201: 10, 402: 30}
-    boarded = sorted((response.json() for response in responses if response.status_code == 201),
-                     key=lambda body: body["trip_id"])
+    boarded = sorted(
+        (response.json() for response in responses if response.status_code == 201), key=lambda body: body["trip_id"]
+    )
     assert [body["balance"] for body in boarded] == [SITP_FARE * n for n in range(9, -1, -1)]
     for response in responses:
         if response.status_code == 402:
@@ -223,8 +254,9 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
         return post("/recharges", body, key=key)
 
     def boarding(card_id: int, route_id: int = 1, station_id: int = 1) -> Send:
-        return post("/trips", {"card_id": card_id, "route_id": route_id, "boarding_station_id": station_id},
-                    "validator")
+        return post(
+            "/trips", {"card_id": card_id, "route_id": route_id, "boarding_station_id": station_id}, "validator"
+        )
 
     def ending(trip_id: int, station_id: int = 2) -> Send:
         return post(f"/trips/{trip_id}/end", {"disembarking_station_id": station_id}, "validator")
@@ -250,14 +282,14 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
     with batch_sizes(api) as sizes:
         shuffled = await asyncio.gather(*(requests[i]() for i in order))
     answers = [httpx.Response(0)] * len(requests)
-    for i, response in zip(order, shuffled):
+    for i, response in zip(order, shuffled, strict=False):
         answers[i] = response
     assert max(sizes["recharge-cards"]) > 1 and max(sizes["board-cards"]) > 1
 
     # Refusals and replays: exactly what the same request answers alone, now.
     steps: dict[int, list[tuple[int, int]]] = defaultdict(list)
     first_answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for send, response in zip(requests, answers):
+    for send, response in zip(requests, answers, strict=False):
         path = str(response.request.url.path)
         body = response.json()
         if response.status_code >= 400 or "idempotent-replayed" in response.headers:
@@ -273,18 +305,28 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
             steps[body["card_id"]].append((body["balance"] + body["fare_charged"], body["balance"]))
 
     # What each kind of request had to get.
-    codes = Counter((str(r.request.url.path).rsplit("/", 1)[-1] if r.status_code < 400 else r.json()["code"])
-                    for r in answers)
+    codes = Counter(
+        (str(r.request.url.path).rsplit("/", 1)[-1] if r.status_code < 400 else r.json()["code"]) for r in answers
+    )
     assert codes == {
         "recharges": 6 * 7 + 6 * 4 + 16 + 4,  # plain, keyed (first and replays), rider's, receipt-1 replays
         "trips": 6 * 7,
         "end": 8,
-        "ROUTE_NOT_FOUND": 6, "STATION_NOT_FOUND": 6, "RECHARGE_POINT_NOT_FOUND": 6,
-        "CARD_NOT_ACTIVE": 10, "INSUFFICIENT_BALANCE": 8, "IDEMPOTENCY_KEY_REUSED": 4,
-        "CARD_NOT_FOUND": 14, "TRIP_ALREADY_ENDED": 8, "TRIP_NOT_FOUND": 2,
+        "ROUTE_NOT_FOUND": 6,
+        "STATION_NOT_FOUND": 6,
+        "RECHARGE_POINT_NOT_FOUND": 6,
+        "CARD_NOT_ACTIVE": 10,
+        "INSUFFICIENT_BALANCE": 8,
+        "IDEMPOTENCY_KEY_REUSED": 4,
+        "CARD_NOT_FOUND": 14,
+        "TRIP_ALREADY_ENDED": 8,
+        "TRIP_NOT_FOUND": 2,
     }
-    ended = Counter((str(r.request.url.path), r.status_code) for r in answers
-                    if str(r.request.url.path).endswith("/end") and r.status_code in (200, 409))
+    ended = Counter(
+        (str(r.request.url.path), r.status_code)
+        for r in answers
+        if str(r.request.url.path).endswith("/end") and r.status_code in (200, 409)
+    )
     assert ended == {(f"/api/v1/trips/{trip_id}/end", status): 1 for trip_id in open_trips for status in (200, 409)}
     for key, bodies in first_answers.items():  # one recharge per key, every send answered with it
         assert len({body["recharge_id"] for body in bodies}) == 1, key
@@ -303,7 +345,8 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
 
 # ---------------------------------------------------------------- two instances, faults
 async def test_two_instances_batching_on_the_same_cards_neither_deadlock_nor_lose_a_peso(
-        database_url: str, stack: LocalStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    database_url: str, stack: LocalStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     """Two servers (two pools, two batchers: two workers) write on the same 24 cards for 3 s,
     boarding at stations of four localities: batches of both lock cards and counters in key
     order. A deadlock would fail a batch (and log its rerun) or a single write (a 500)."""
@@ -326,8 +369,11 @@ async def test_two_instances_batching_on_the_same_cards_neither_deadlock_nor_los
                     if response.status_code == 201:
                         trips.append(response.json()["trip_id"])
                 else:
-                    response = await api.http.post(f"/trips/{rng.choice(trips)}/end", headers=api.auth("validator"),
-                                                   json={"disembarking_station_id": rng.choice((1, 2, 3, 4))})
+                    response = await api.http.post(
+                        f"/trips/{rng.choice(trips)}/end",
+                        headers=api.auth("validator"),
+                        json={"disembarking_station_id": rng.choice((1, 2, 3, 4))},
+                    )
                 statuses[response.status_code] += 1
 
         with batch_sizes(one) as sizes_one, batch_sizes(two) as sizes_two:
@@ -357,8 +403,9 @@ async def test_a_batch_that_raises_is_rerun_item_by_item_and_only_the_guilty_wri
                 FOR EACH ROW WHEN (NEW.card_id = {guilty}) EXECUTE FUNCTION refuse_guilty();""")
     recharges = api.state["recharges"]
     with batch_sizes(api) as sizes:
-        outcomes = await asyncio.gather(*(recharges.submit(card_id, 500, None, 1, None) for card_id in cards),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(recharges.submit(card_id, 500, None, 1, None) for card_id in cards), return_exceptions=True
+        )
     assert sizes["recharge-cards"] == [5, 1, 1, 1, 1, 1]  # the batch, then each item alone
     assert isinstance(outcomes[2], asyncpg.CheckViolationError)
     assert [outcome[3] for i, outcome in enumerate(outcomes) if i != 2] == [1500] * 4  # type: ignore[index]

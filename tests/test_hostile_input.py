@@ -18,12 +18,12 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
-
-import server
 from api_helpers import assert_problem, json_body, make_user_with_card, user_fields
 from conftest import Api
-from endpoints import Endpoint
 from hostile_helpers import Snapshots, fill_path, is_problem, module_api, op_label, valid_body
+
+import server
+from endpoints import Endpoint
 from localstack import LocalStack
 
 PATH_OPS = [op for op in server.ENDPOINTS if op.path_ids()]
@@ -55,22 +55,34 @@ async def snaps(conn: asyncpg.Connection) -> Snapshots:
 async def world(api: Api) -> dict[str, int]:
     """A user with a well-funded card and an open trip: valid ids for the bodies and paths."""
     user, card = await make_user_with_card(api, 1_000_000)
-    trip = json_body(await api.http.post("/trips", headers=api.auth("validator"), json={
-        "card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1}), 201)
+    trip = json_body(
+        await api.http.post(
+            "/trips",
+            headers=api.auth("validator"),
+            json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1},
+        ),
+        201,
+    )
     return {"user_id": user["user_id"], "card_id": card["card_id"], "trip_id": trip["trip_id"]}
 
 
 @pytest.fixture(scope="module")
 async def tables(conn: asyncpg.Connection) -> list[str]:
-    return [row["tablename"] for row in await conn.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")]
+    return [
+        row["tablename"]
+        for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
+    ]
 
 
 async def send(api: Api, op: Endpoint, path: str, body: Any, **headers: str) -> httpx.Response:
     content = body if isinstance(body, bytes) else msgspec.json.encode(body)
     extra = {"content-type": "application/json"} if op.body is not None else {}
-    return await api.http.request(op.method, path, headers={**api.auth("admin"), **extra, **headers},
-                                  content=content if op.body is not None else None)
+    return await api.http.request(
+        op.method,
+        path,
+        headers={**api.auth("admin"), **extra, **headers},
+        content=content if op.body is not None else None,
+    )
 
 
 def body_or_none(op: Endpoint, world: dict[str, int]) -> Any:
@@ -81,17 +93,48 @@ def body_or_none(op: Endpoint, world: dict[str, int]) -> Any:
 # Not in test_api_errors.BAD_PATH_IDS: other digits python's isdigit() takes, signs, spaces,
 # separators, SQL, and numbers past bigint in both directions.
 ODD_PATH_IDS = [
-    "١٢٣", "１２３", "²", "৩", "+1", "-0", " 1", "1 ", "\t1", "1\n", "1\x00", "1_000", "1.0", "1,000",
-    "1e3", "0x10", "0o7", "0b1", "18446744073709551616", "-9223372036854775808", "9" * 400,
-    "NaN", "Infinity", "true", "null", "[1]", "1;DROP TABLE cards", "1' OR '1'='1", "1 OR 1=1",
-    "$1", "%s", "1--", "1#", "\\x31",
+    "١٢٣",
+    "１２３",
+    "²",
+    "৩",
+    "+1",
+    "-0",
+    " 1",
+    "1 ",
+    "\t1",
+    "1\n",
+    "1\x00",
+    "1_000",
+    "1.0",
+    "1,000",
+    "1e3",
+    "0x10",
+    "0o7",
+    "0b1",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "9" * 400,
+    "NaN",
+    "Infinity",
+    "true",
+    "null",
+    "[1]",
+    "1;DROP TABLE cards",
+    "1' OR '1'='1",
+    "1 OR 1=1",
+    "$1",
+    "%s",
+    "1--",
+    "1#",
+    "\\x31",
 ]
 
 
 @pytest.mark.parametrize("raw", ODD_PATH_IDS, ids=ascii)
 @pytest.mark.parametrize("op", PATH_OPS, ids=op_label)
-async def test_odd_path_ids_are_422_and_change_nothing(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                       op: Endpoint, raw: str) -> None:
+async def test_odd_path_ids_are_422_and_change_nothing(
+    api: Api, snaps: Snapshots, world: dict[str, int], op: Endpoint, raw: str
+) -> None:
     quoted = urllib.parse.quote(raw, safe="")
     path = fill_path(op, {name: quoted for name in op.path_ids()})
     async with snaps.unchanged():
@@ -104,8 +147,9 @@ async def test_odd_path_ids_are_422_and_change_nothing(api: Api, snaps: Snapshot
 async def test_leading_zeros_are_decimal_not_octal(api: Api, world: dict[str, int], op: Endpoint) -> None:
     """'01' is the id 1 written with a zero, not octal and not another resource."""
     canonical = await api.http.get(fill_path(op, world), headers=api.auth("admin"))
-    padded = await api.http.get(fill_path(op, {name: f"00{value}" for name, value in world.items()}),
-                                headers=api.auth("admin"))
+    padded = await api.http.get(
+        fill_path(op, {name: f"00{value}" for name, value in world.items()}), headers=api.auth("admin")
+    )
     assert canonical.status_code == 200
     assert (padded.status_code, padded.json()) == (canonical.status_code, canonical.json())
 
@@ -114,12 +158,37 @@ async def test_leading_zeros_are_decimal_not_octal(api: Api, world: dict[str, in
 # Raw JSON spellings of an integer member: 400 when they are not JSON at all, else 422
 # (1e999 is JSON but no float holds it: either answer will do).
 INT_LITERALS: list[tuple[str, int | tuple[int, ...]]] = [
-    ("1.0", 422), ("1e3", 422), ("1E3", 422), ("1000.000", 422), ("1e-3", 422), ("-0", 422), ("0", 422),
-    ("-1", 422), ("1e999", (400, 422)), ("-1e999", (400, 422)), ('"1000"', 422), ('"1e3"', 422), ("true", 422),
-    ("false", 422), ("[1000]", 422), ('{"$gt": 0}', 422), ("9223372036854775808", 422),
-    ("-9223372036854775809", 422), ("18446744073709551616", 422), ("1" + "0" * 400, 422),
-    ("NaN", 400), ("Infinity", 400), ("-Infinity", 400), ("0x10", 400), ("01000", 400), ("+1000", 400),
-    (".5", 400), ("1.", 400), ("1_000", 400), ("'1000'", 400), ("1000 1", 400),
+    ("1.0", 422),
+    ("1e3", 422),
+    ("1E3", 422),
+    ("1000.000", 422),
+    ("1e-3", 422),
+    ("-0", 422),
+    ("0", 422),
+    ("-1", 422),
+    ("1e999", (400, 422)),
+    ("-1e999", (400, 422)),
+    ('"1000"', 422),
+    ('"1e3"', 422),
+    ("true", 422),
+    ("false", 422),
+    ("[1000]", 422),
+    ('{"$gt": 0}', 422),
+    ("9223372036854775808", 422),
+    ("-9223372036854775809", 422),
+    ("18446744073709551616", 422),
+    ("1" + "0" * 400, 422),
+    ("NaN", 400),
+    ("Infinity", 400),
+    ("-Infinity", 400),
+    ("0x10", 400),
+    ("01000", 400),
+    ("+1000", 400),
+    (".5", 400),
+    ("1.", 400),
+    ("1_000", 400),
+    ("'1000'", 400),
+    ("1000 1", 400),
 ]
 
 
@@ -135,11 +204,18 @@ def _int_fields() -> list[tuple[Endpoint, str]]:
 
 
 @pytest.mark.parametrize(("literal", "status"), INT_LITERALS, ids=[ascii(lit[:20]) for lit, _ in INT_LITERALS])
-@pytest.mark.parametrize(("op", "field"), _int_fields(),
-                         ids=lambda value: op_label(value) if isinstance(value, Endpoint) else value)
-async def test_integer_members_spelled_oddly_are_refused(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                         op: Endpoint, field: str, literal: str,
-                                                         status: int | tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("op", "field"), _int_fields(), ids=lambda value: op_label(value) if isinstance(value, Endpoint) else value
+)
+async def test_integer_members_spelled_oddly_are_refused(
+    api: Api,
+    snaps: Snapshots,
+    world: dict[str, int],
+    op: Endpoint,
+    field: str,
+    literal: str,
+    status: int | tuple[int, ...],
+) -> None:
     body = valid_body(op, world)
     body[field] = "@@HERE@@"
     raw = json.dumps(body).replace('"@@HERE@@"', literal).encode()
@@ -154,14 +230,22 @@ async def test_integer_members_spelled_oddly_are_refused(api: Api, snaps: Snapsh
 async def test_amount_boundaries_and_the_largest_bigint_id(api: Api, world: dict[str, int]) -> None:
     _, card = await make_user_with_card(api)
     for amount, balance in ((1, 1), (1_000_000, 1_000_001)):
-        answer = json_body(await api.http.post("/recharges", headers=api.auth("admin"),
-                                               json={"card_id": card["card_id"], "amount": amount}), 201)
+        answer = json_body(
+            await api.http.post(
+                "/recharges", headers=api.auth("admin"), json={"card_id": card["card_id"], "amount": amount}
+            ),
+            201,
+        )
         assert (answer["amount"], answer["balance"]) == (amount, balance)
     largest = 2**63 - 1
-    assert_problem(await api.http.post("/recharges", headers=api.auth("admin"),
-                                       json={"card_id": largest, "amount": 1}), 404, "CARD_NOT_FOUND")
-    assert_problem(await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": largest}),
-                   404, "USER_NOT_FOUND")
+    assert_problem(
+        await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": largest, "amount": 1}),
+        404,
+        "CARD_NOT_FOUND",
+    )
+    assert_problem(
+        await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": largest}), 404, "USER_NOT_FOUND"
+    )
 
 
 # ---------------------------------------------------------------- unicode, control characters
@@ -183,13 +267,15 @@ FREE_TEXT = ("first_name", "last_name", "residential_address", "city_of_birth")
 
 @pytest.mark.parametrize("value", list(UNICODE.values()), ids=list(UNICODE))
 @pytest.mark.parametrize("field", FREE_TEXT)
-async def test_unicode_is_stored_and_answered_verbatim(api: Api, conn: asyncpg.Connection, field: str,
-                                                       value: str) -> None:
+async def test_unicode_is_stored_and_answered_verbatim(
+    api: Api, conn: asyncpg.Connection, field: str, value: str
+) -> None:
     response = await api.http.post("/users", headers=api.auth("admin"), json=user_fields(**{field: value}))
     user = json_body(response, 201)
     assert user[field] == value
-    stored = await conn.fetchrow(f"SELECT {field} AS text, convert_to({field}, 'UTF8') AS bytes "
-                                 "FROM users WHERE user_id = $1", user["user_id"])
+    stored = await conn.fetchrow(
+        f"SELECT {field} AS text, convert_to({field}, 'UTF8') AS bytes FROM users WHERE user_id = $1", user["user_id"]
+    )
     assert (stored["text"], stored["bytes"]) == (value, value.encode())
 
 
@@ -198,34 +284,55 @@ async def test_unicode_email_local_part_is_stored_verbatim(api: Api, conn: async
     user = json_body(await api.http.post("/users", headers=api.auth("admin"), json=user_fields(email=email)), 201)
     assert user["email"] == email
     assert await conn.fetchval("SELECT email FROM users WHERE user_id = $1", user["user_id"]) == email
-    assert any(latest["user_id"] == user["user_id"] and latest["email"] == email
-               for latest in json_body(await api.http.get("/users/latest", headers=api.auth("admin"))))
+    assert any(
+        latest["user_id"] == user["user_id"] and latest["email"] == email
+        for latest in json_body(await api.http.get("/users/latest", headers=api.auth("admin")))
+    )
 
 
 # A valid value of every text member of every body, and where a control character goes into it.
 TEXT_MEMBERS: list[tuple[str, str, str]] = [
-    ("/users", "first_name", "Ana María"), ("/users", "last_name", "Rojas Díaz"),
-    ("/users", "email", "ana.rojas@example.co"), ("/users", "id_number", "CC-12345678"),
-    ("/users", "contact_number", "+57 300 123 4567"), ("/users", "gender", "FF"),
-    ("/users", "date_of_birth", "1990-01-01"), ("/users", "residential_address", "Calle 26 # 68-35"),
-    ("/users", "city_of_birth", "Bogotá"), ("/cards", "card_number", "1234567890"),
+    ("/users", "first_name", "Ana María"),
+    ("/users", "last_name", "Rojas Díaz"),
+    ("/users", "email", "ana.rojas@example.co"),
+    ("/users", "id_number", "CC-12345678"),
+    ("/users", "contact_number", "+57 300 123 4567"),
+    ("/users", "gender", "FF"),
+    ("/users", "date_of_birth", "1990-01-01"),
+    ("/users", "residential_address", "Calle 26 # 68-35"),
+    ("/users", "city_of_birth", "Bogotá"),
+    ("/cards", "card_number", "1234567890"),
     ("PATCH", "status", "blocked"),
 ]
-CONTROLS = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\n", "\r", "\t",
-            "\x80", "\x85", "\x9b"]  # the last three: C1 controls (NEL, CSI), category Cc too
+CONTROLS = [
+    "\x00",
+    "\x01",
+    "\x08",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x1f",
+    "\x7f",
+    "\n",
+    "\r",
+    "\t",
+    "\x80",
+    "\x85",
+    "\x9b",
+]  # the last three: C1 controls (NEL, CSI), category Cc too
 
 
 @pytest.mark.parametrize("char", CONTROLS, ids=ascii)
 @pytest.mark.parametrize(("where", "field", "good"), TEXT_MEMBERS, ids=[f"{w}.{f}" for w, f, _ in TEXT_MEMBERS])
-async def test_control_characters_are_422_in_every_text_member(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                               where: str, field: str, good: str, char: str) -> None:
+async def test_control_characters_are_422_in_every_text_member(
+    api: Api, snaps: Snapshots, world: dict[str, int], where: str, field: str, good: str, char: str
+) -> None:
     middle = len(good) // 2
     value = good[:middle] + char + good[middle:] if field != "gender" else "F" + char
     if where == "/users":
         request = api.http.post("/users", headers=api.auth("admin"), json=user_fields(**{field: value}))
     elif where == "/cards":
-        request = api.http.post("/cards", headers=api.auth("admin"),
-                                json={"user_id": world["user_id"], field: value})
+        request = api.http.post("/cards", headers=api.auth("admin"), json={"user_id": world["user_id"], field: value})
     else:
         request = api.http.patch(f"/cards/{world['card_id']}", headers=api.auth("admin"), json={field: value})
     async with snaps.unchanged():
@@ -235,17 +342,38 @@ async def test_control_characters_are_422_in_every_text_member(api: Api, snaps: 
 
 # ---------------------------------------------------------------- SQL metacharacters
 SQL = [
-    "'; DROP TABLE users; --", "\" OR \"1\"=\"1", "' OR '1'='1", "\\'; DELETE FROM cards; --", "$1", "%s",
-    "%(card_id)s", "$$; DROP TABLE cards; $$", "'); SELECT pg_sleep(3); --", "1; TRUNCATE recharges",
-    "' UNION SELECT token_hash FROM write_tokens --", "\\\\'\\\"", "`id`; --",
+    "'; DROP TABLE users; --",
+    '" OR "1"="1',
+    "' OR '1'='1",
+    "\\'; DELETE FROM cards; --",
+    "$1",
+    "%s",
+    "%(card_id)s",
+    "$$; DROP TABLE cards; $$",
+    "'); SELECT pg_sleep(3); --",
+    "1; TRUNCATE recharges",
+    "' UNION SELECT token_hash FROM write_tokens --",
+    "\\\\'\\\"",
+    "`id`; --",
 ]
-USER_TEXT = ("first_name", "last_name", "email", "id_number", "contact_number", "residential_address",
-             "city_of_birth", "gender", "date_of_birth")
+USER_TEXT = (
+    "first_name",
+    "last_name",
+    "email",
+    "id_number",
+    "contact_number",
+    "residential_address",
+    "city_of_birth",
+    "gender",
+    "date_of_birth",
+)
 
 
 async def assert_tables_intact(conn: asyncpg.Connection, tables: list[str]) -> None:
-    present = [row["tablename"] for row in await conn.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")]
+    present = [
+        row["tablename"]
+        for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
+    ]
     assert present == tables
     assert await conn.fetchval("SELECT count(*) FROM write_tokens WHERE revoked_at IS NULL") >= 3
 
@@ -253,14 +381,21 @@ async def assert_tables_intact(conn: asyncpg.Connection, tables: list[str]) -> N
 @pytest.mark.parametrize("payload", SQL, ids=ascii)
 @pytest.mark.parametrize("field", [*USER_TEXT, "card_number", "status"])
 async def test_sql_metacharacters_in_text_members_are_refused_or_stored_verbatim(
-        api: Api, conn: asyncpg.Connection, snaps: Snapshots, tables: list[str], world: dict[str, int],
-        field: str, payload: str) -> None:
+    api: Api,
+    conn: asyncpg.Connection,
+    snaps: Snapshots,
+    tables: list[str],
+    world: dict[str, int],
+    field: str,
+    payload: str,
+) -> None:
     value = f"x{payload}@example.co" if field == "email" else payload
     before = await snaps.take()
     started = time.monotonic()
     if field == "card_number":
-        response = await api.http.post("/cards", headers=api.auth("admin"),
-                                       json={"user_id": world["user_id"], field: value})
+        response = await api.http.post(
+            "/cards", headers=api.auth("admin"), json={"user_id": world["user_id"], field: value}
+        )
     elif field == "status":
         response = await api.http.patch(f"/cards/{world['card_id']}", headers=api.auth("admin"), json={field: value})
     else:
@@ -281,7 +416,8 @@ async def test_sql_metacharacters_in_text_members_are_refused_or_stored_verbatim
 
 @pytest.mark.parametrize("payload", SQL, ids=ascii)
 async def test_sql_metacharacters_in_the_idempotency_key_are_just_a_key(
-        api: Api, conn: asyncpg.Connection, tables: list[str], payload: str) -> None:
+    api: Api, conn: asyncpg.Connection, tables: list[str], payload: str
+) -> None:
     _, card = await make_user_with_card(api)
     headers = {**api.auth("recharge_point"), "Idempotency-Key": payload}
     body = {"card_id": card["card_id"], "amount": 1500}
@@ -290,8 +426,9 @@ async def test_sql_metacharacters_in_the_idempotency_key_are_just_a_key(
     assert json_body(again, 201) == first
     assert again.headers.get("idempotent-replayed") == "true"
     await assert_tables_intact(conn, tables)
-    stored = await conn.fetch("SELECT idempotency_key, recharge_id FROM idempotency_keys WHERE recharge_id = $1",
-                              first["recharge_id"])
+    stored = await conn.fetch(
+        "SELECT idempotency_key, recharge_id FROM idempotency_keys WHERE recharge_id = $1", first["recharge_id"]
+    )
     assert [tuple(row) for row in stored] == [(payload, first["recharge_id"])]
     assert await conn.fetchval("SELECT balance FROM cards WHERE card_id = $1", card["card_id"]) == 1500
 
@@ -307,10 +444,12 @@ def json_edge_cases(op: Endpoint, world: dict[str, int]) -> list[tuple[str, byte
     return [
         ("deep arrays", b"[" * DEEP + b"]" * DEEP, (400, 422)),
         ("deep objects", b'{"a":' * DEEP + b"1" + b"}" * DEEP, (400, 422)),
-        ("deep array in an unknown member", ('{%s, "x": ' % inner).encode() + b"[" * DEEP + b"]" * DEEP + b"}",
-         (400, 422)),
-        ("deep array in a known member", ('{"%s": ' % first).encode() + b"[" * DEEP + b"]" * DEEP + b"}",
-         (400, 422)),
+        (
+            "deep array in an unknown member",
+            ('{%s, "x": ' % inner).encode() + b"[" * DEEP + b"]" * DEEP + b"}",
+            (400, 422),
+        ),
+        ("deep array in a known member", ('{"%s": ' % first).encode() + b"[" * DEEP + b"]" * DEEP + b"}", (400, 422)),
         ("top-level array", b"[" + good.encode() + b"]", (422,)),
         ("top-level string", json.dumps(good).encode(), (422,)),
         ("top-level null", b"null", (422,)),
@@ -335,14 +474,19 @@ def json_edge_cases(op: Endpoint, world: dict[str, int]) -> list[tuple[str, byte
     ]
 
 
-EDGE_NAMES = [name for name, _, _ in json_edge_cases(
-    next(op for op in BODY_OPS if op.handler is server.create_recharge), {"card_id": 1})]
+EDGE_NAMES = [
+    name
+    for name, _, _ in json_edge_cases(
+        next(op for op in BODY_OPS if op.handler is server.create_recharge), {"card_id": 1}
+    )
+]
 
 
 @pytest.mark.parametrize("case", EDGE_NAMES)
 @pytest.mark.parametrize("op", BODY_OPS, ids=op_label)
-async def test_json_edge_cases_are_4xx_and_change_nothing(api: Api, snaps: Snapshots, world: dict[str, int],
-                                                          op: Endpoint, case: str) -> None:
+async def test_json_edge_cases_are_4xx_and_change_nothing(
+    api: Api, snaps: Snapshots, world: dict[str, int], op: Endpoint, case: str
+) -> None:
     _, raw, statuses = next(edge for edge in json_edge_cases(op, world) if edge[0] == case)
     async with snaps.unchanged():
         response = await send(api, op, fill_path(op, world), raw)
@@ -356,8 +500,9 @@ async def test_duplicate_members_are_read_one_way_only(api: Api, conn: asyncpg.C
     stored. (msgspec keeps the last, as Python's json does.)"""
     _, card = await make_user_with_card(api)
     raw = b'{"card_id": %d, "amount": 1000, "amount": 900000}' % card["card_id"]
-    response = await api.http.post("/recharges", headers={**api.auth("admin"), "content-type": "application/json"},
-                                   content=raw)
+    response = await api.http.post(
+        "/recharges", headers={**api.auth("admin"), "content-type": "application/json"}, content=raw
+    )
     balance = await conn.fetchval("SELECT balance FROM cards WHERE card_id = $1", card["card_id"])
     if response.status_code == 201:
         assert response.json()["amount"] == balance == 900_000
@@ -367,19 +512,21 @@ async def test_duplicate_members_are_read_one_way_only(api: Api, conn: asyncpg.C
 
 
 # ---------------------------------------------------------------- a slow oversized body
-async def test_a_body_of_64_kib_plus_1_dribbled_in_small_chunks_is_413(api: Api, snaps: Snapshots,
-                                                                      world: dict[str, int]) -> None:
+async def test_a_body_of_64_kib_plus_1_dribbled_in_small_chunks_is_413(
+    api: Api, snaps: Snapshots, world: dict[str, int]
+) -> None:
     valid = json.dumps({"card_id": world["card_id"], "amount": 500}).encode()
     oversized = valid + b" " * (64 * 1024 + 1 - len(valid))
 
     async def dribble() -> AsyncIterator[bytes]:
         for start in range(0, len(oversized), 512):
-            yield oversized[start:start + 512]
+            yield oversized[start : start + 512]
             await asyncio.sleep(0.001)
 
     async with snaps.unchanged():
-        response = await api.http.post("/recharges", content=dribble(), headers={
-            **api.auth("admin"), "content-type": "application/json"})
+        response = await api.http.post(
+            "/recharges", content=dribble(), headers={**api.auth("admin"), "content-type": "application/json"}
+        )
     assert_problem(response, 413)
     # The connection pool recovers: the next request is served.
     assert json_body(await api.http.get(f"/cards/{world['card_id']}/balance"))["card_id"] == world["card_id"]

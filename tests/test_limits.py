@@ -10,21 +10,30 @@ import urllib.parse
 import asyncpg
 import msgspec
 import pytest
-
-import errors
-import models
 from api_helpers import (
-    assert_problem, balance_in_db, execute, fetchval, json_body, make_user_with_card, recharge, unchanged,
+    assert_problem,
+    balance_in_db,
+    execute,
+    fetchval,
+    json_body,
+    make_user_with_card,
+    recharge,
+    unchanged,
 )
 from conftest import Api
 from dbhelpers import connected
+
+import errors
+import models
 
 
 # ---------------------------------------------------------------- the balance maximum
 async def test_a_recharge_past_the_balance_maximum_is_409_and_changes_nothing(api: Api) -> None:
     assert await fetchval(api, "SELECT card_balance_max()") == models.BALANCE_MAX
-    assert await fetchval(api, "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-                               "WHERE conname = 'cards_balance_max'") == f"CHECK ((balance <= {models.BALANCE_MAX}))"
+    assert (
+        await fetchval(api, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'cards_balance_max'")
+        == f"CHECK ((balance <= {models.BALANCE_MAX}))"
+    )
     _, card = await make_user_with_card(api)
     for _ in range(4):
         json_body(await recharge(api, card["card_id"], 1_000_000), 201)
@@ -32,10 +41,14 @@ async def test_a_recharge_past_the_balance_maximum_is_409_and_changes_nothing(ap
     assert answer["balance"] == models.BALANCE_MAX  # the maximum itself is allowed
     for key in (None, "past-the-maximum"):
         async with unchanged(api):
-            body = assert_problem(await recharge(api, card["card_id"], 1, role="recharge_point", key=key),
-                                  409, "BALANCE_LIMIT")
+            body = assert_problem(
+                await recharge(api, card["card_id"], 1, role="recharge_point", key=key), 409, "BALANCE_LIMIT"
+            )
         assert (body["balance"], body["balance_max"], body["card_id"]) == (
-            models.BALANCE_MAX, models.BALANCE_MAX, card["card_id"])
+            models.BALANCE_MAX,
+            models.BALANCE_MAX,
+            card["card_id"],
+        )
     with pytest.raises(asyncpg.CheckViolationError):  # the schema holds it too
         await execute(api, "UPDATE cards SET balance = $1 WHERE card_id = $2", models.BALANCE_MAX + 1, card["card_id"])
 
@@ -90,7 +103,8 @@ FAILURES = [
 
 @pytest.mark.parametrize(("statement", "sqlstate", "status", "code"), FAILURES, ids=[f[1] for f in FAILURES])
 async def test_every_sqlstate_class_is_answered_by_its_meaning(
-        database_url: str, statement: str, sqlstate: str, status: int, code: str) -> None:
+    database_url: str, statement: str, sqlstate: str, status: int, code: str
+) -> None:
     async with connected(database_url) as conn:
         with pytest.raises(asyncpg.PostgresError) as caught:
             await conn.execute(statement)
@@ -111,11 +125,17 @@ async def raw_recharge(api: Api, card_id: int, *key_headers: bytes) -> tuple[int
     body = msgspec.json.encode({"card_id": card_id, "amount": 1000})
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
-        writer.write(b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-                     + b"Authorization: Bearer " + api.auth("recharge_point")["Authorization"].split()[1].encode()
-                     + b"\r\n" + b"".join(b"Idempotency-Key:" + header + b"\r\n" for header in key_headers)
-                     + b"\r\n" + body)
+        writer.write(
+            b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+            % len(body)
+            + b"Authorization: Bearer "
+            + api.auth("recharge_point")["Authorization"].split()[1].encode()
+            + b"\r\n"
+            + b"".join(b"Idempotency-Key:" + header + b"\r\n" for header in key_headers)
+            + b"\r\n"
+            + body
+        )
         answer = await reader.read()
     finally:
         writer.close()
@@ -135,8 +155,15 @@ async def test_idempotency_key_spaces_and_repeats(api: Api) -> None:
         status, headers, again = await raw_recharge(api, card["card_id"], spelled)
         assert (status, again["recharge_id"], headers["idempotent-replayed"]) == (201, first["recharge_id"], "true")
     async with unchanged(api):
-        for headers in ((b" sp-key ",), (b"sp-key ",), (b"sp-key\t",), (b"other-key  ",),
-                        (b"sp-key", b"sp-key"), (b"sp-key", b"another-key"), (b"new-key", b"new-key")):
+        for headers in (
+            (b" sp-key ",),
+            (b"sp-key ",),
+            (b"sp-key\t",),
+            (b"other-key  ",),
+            (b"sp-key", b"sp-key"),
+            (b"sp-key", b"another-key"),
+            (b"new-key", b"new-key"),
+        ):
             status, _, problem = await raw_recharge(api, card["card_id"], *headers)
             assert (status, problem["code"], problem["field"]) == (422, "VALIDATION_ERROR", "Idempotency-Key"), headers
     assert await balance_in_db(api, card["card_id"]) == 1000

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-
 from conftest import start_stopped_servers
 from dbhelpers import connected
+
 from localstack import LocalStack
 
 
@@ -55,8 +55,12 @@ def uids_inside_namespace(pid: int) -> list[int]:
     status = Path(f"/proc/{pid}/status").read_text()
     seen_here = [int(uid) for uid in re.search(r"^Uid:(.*)$", status, re.MULTILINE).group(1).split()]
     mapping = [tuple(map(int, line.split())) for line in Path(f"/proc/{pid}/uid_map").read_text().splitlines()]
-    return [inside + uid - outside for uid in seen_here
-            for inside, outside, length in mapping if outside <= uid < outside + length]
+    return [
+        inside + uid - outside
+        for uid in seen_here
+        for inside, outside, length in mapping
+        if outside <= uid < outside + length
+    ]
 
 
 def postmaster_pid(stack: LocalStack) -> int:

@@ -13,11 +13,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-
 from api_helpers import SITP_FARE, assert_problem, json_body, make_user_with_card
 from conftest import Api, check_answer
-from db import QUERIES
 from dbhelpers import assert_balances_reconcile, assert_counters_exact
+
+from db import QUERIES
 
 
 class Ledger:
@@ -53,8 +53,11 @@ class Ledger:
             self.reads[card_id].append(body["balance"])
 
     def expected(self, card_id: int, opening: int) -> int:
-        return (opening + sum(body["amount"] for body in self.recharges[card_id].values())
-                - sum(body["fare_charged"] for body in self.boardings[card_id]))
+        return (
+            opening
+            + sum(body["amount"] for body in self.recharges[card_id].values())
+            - sum(body["fare_charged"] for body in self.boardings[card_id])
+        )
 
     def assert_serial_history(self, card_id: int, opening: int, final: int) -> None:
         """Each write saw the balance some other write (or the opening) left: the balances the
@@ -77,8 +80,9 @@ async def test_64_way_load_on_one_card_under_a_second_load_keeps_every_peso(api:
 
     ledger = Ledger()
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=str(api.http.base_url), limits=limits, timeout=30,
-                                 event_hooks={"response": [check_answer]}) as http:
+    async with httpx.AsyncClient(
+        base_url=str(api.http.base_url), limits=limits, timeout=30, event_hooks={"response": [check_answer]}
+    ) as http:
 
         async def recharge(card_id: int, amount: int, role: str, key: str | None = None) -> None:
             headers = api.auth(role) | ({"Idempotency-Key": key} if key else {})
@@ -86,8 +90,11 @@ async def test_64_way_load_on_one_card_under_a_second_load_keeps_every_peso(api:
             ledger.take("recharge", card_id, response, key)
 
         async def board(card_id: int, route_id: int, station_id: int) -> None:
-            response = await http.post("/trips", headers=api.auth("validator"), json={
-                "card_id": card_id, "route_id": route_id, "boarding_station_id": station_id})
+            response = await http.post(
+                "/trips",
+                headers=api.auth("validator"),
+                json={"card_id": card_id, "route_id": route_id, "boarding_station_id": station_id},
+            )
             ledger.take("board", card_id, response)
 
         async def read(card_id: int) -> None:
@@ -96,14 +103,19 @@ async def test_64_way_load_on_one_card_under_a_second_load_keeps_every_peso(api:
         # ONE card: 24 plain recharges, 8 keys sent 3 times each, 16 boardings (bus and cable,
         # so some are transfers): 64 requests at once.
         hot_load: list[Awaitable[None]] = [
-            recharge(hot_id, 1000 + 37 * n, ("admin", "recharge_point")[n % 2]) for n in range(24)]
+            recharge(hot_id, 1000 + 37 * n, ("admin", "recharge_point")[n % 2]) for n in range(24)
+        ]
         hot_load += [recharge(hot_id, 2000 + k, "recharge_point", f"hot-{k}") for k in range(8) for _ in range(3)]
         hot_load += [board(hot_id, *((1, 1), (3, 3))[n % 2]) for n in range(16)]
         # 16 other cards, 4 requests each: a recharge, a keyed recharge, a boarding, a balance read.
         cold_load: list[Awaitable[None]] = []
         for n, card_id in enumerate(others):
-            cold_load += [recharge(card_id, 500 + n, "admin"), recharge(card_id, 700, "recharge_point", f"cold-{n}"),
-                          board(card_id, 1, 1), read(card_id)]
+            cold_load += [
+                recharge(card_id, 500 + n, "admin"),
+                recharge(card_id, 700, "recharge_point", f"cold-{n}"),
+                board(card_id, 1, 1),
+                read(card_id),
+            ]
         assert (len(hot_load), len(cold_load)) == (64, 64)
         rng.shuffle(hot_load)
         rng.shuffle(cold_load)
@@ -112,8 +124,12 @@ async def test_64_way_load_on_one_card_under_a_second_load_keeps_every_peso(api:
         # Every balance is exact, in PostgreSQL and through the (invalidated) cache.
         conn = await asyncpg.connect(api.database_url)
         try:
-            balances = {row["card_id"]: row["balance"] for row in await conn.fetch(
-                "SELECT card_id, balance FROM cards WHERE card_id = ANY($1::bigint[])", list(openings))}
+            balances = {
+                row["card_id"]: row["balance"]
+                for row in await conn.fetch(
+                    "SELECT card_id, balance FROM cards WHERE card_id = ANY($1::bigint[])", list(openings)
+                )
+            }
             for card_id, opening in openings.items():
                 expected = ledger.expected(card_id, opening)
                 assert balances[card_id] == expected, (card_id, balances[card_id], expected)
@@ -134,13 +150,14 @@ async def test_64_way_load_on_one_card_under_a_second_load_keeps_every_peso(api:
                 WHERE k.idempotency_key LIKE 'hot-%' OR k.idempotency_key LIKE 'cold-%'
                 GROUP BY 1""")
             assert {row["idempotency_key"]: (row["rows"], row["recharges"]) for row in keyed} == {
-                key: (1, 1) for key in ledger.by_key}
+                key: (1, 1) for key in ledger.by_key
+            }
             stored = await conn.fetchval("SELECT count(*) FROM recharges WHERE card_id = $1", hot_id)
             assert stored == 1 + 24 + 8  # the opening recharge, the plain ones, one per key
 
             # No negative balance anywhere; the reconciliation query passes over every card.
             assert await conn.fetchval("SELECT count(*) FROM cards WHERE balance < 0") == 0
-            assert [dict(row) for row in await QUERIES['unreconciled-cards'](conn)] == []
+            assert [dict(row) for row in await QUERIES["unreconciled-cards"](conn)] == []
             await assert_balances_reconcile(conn)
             await assert_counters_exact(conn)
         finally:

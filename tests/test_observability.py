@@ -27,8 +27,9 @@ def access_lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def logged_api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis,
-                     caplog: pytest.LogCaptureFixture) -> AsyncIterator[Api]:
+async def logged_api(
+    database_url: str, stack: LocalStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Api]:
     """The real server with its request log on (travel.access at INFO, as LOG_LEVEL=info)."""
     caplog.set_level(logging.INFO, logger="travel.access")
     async with serve_api(database_url, stack.redis.url) as running:
@@ -37,14 +38,18 @@ async def logged_api(database_url: str, stack: LocalStack, redis_client: aioredi
 
 
 async def test_each_request_logs_one_json_line_in_order_without_secrets(
-        logged_api: Api, capfd: pytest.CaptureFixture[str]) -> None:
+    logged_api: Api, capfd: pytest.CaptureFixture[str]
+) -> None:
     api = logged_api
     _, card = await make_user_with_card(api, balance=1000)
     logs.ACCESS_LOG.flush()
     capfd.readouterr()
     read = await api.http.get(f"/cards/{card['card_id']}/balance", headers={"X-Request-ID": "trace-42"})
-    write = await api.http.post("/recharges", headers={**api.auth("recharge_point"), "Idempotency-Key": "k-obs"},
-                                json={"card_id": card["card_id"], "amount": 4321})
+    write = await api.http.post(
+        "/recharges",
+        headers={**api.auth("recharge_point"), "Idempotency-Key": "k-obs"},
+        json={"card_id": card["card_id"], "amount": 4321},
+    )
     more = [await api.http.get("/routes") for _ in range(20)]
     assert capfd.readouterr().err == ""  # buffered: not one write per request
     logs.ACCESS_LOG.flush()
@@ -52,16 +57,23 @@ async def test_each_request_logs_one_json_line_in_order_without_secrets(
     lines = access_lines(text)
 
     assert read.headers["x-request-id"] == "trace-42"
-    assert [line["request"]["id"] for line in lines] == \
-        [response.headers["x-request-id"] for response in (read, write, *more)]
+    assert [line["request"]["id"] for line in lines] == [
+        response.headers["x-request-id"] for response in (read, write, *more)
+    ]
     assert [line["request"]["status"] for line in lines] == [200, 201] + [200] * 20
     first = lines[0]
     assert set(first) == {"ts", "level", "logger", "msg", "request"}
     assert (first["level"], first["logger"], first["msg"]) == ("info", "travel.access", "request")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
-    assert first["request"] == {**first["request"], "id": "trace-42", "method": "GET",
-                                "path": f"/api/v1/cards/{card['card_id']}/balance",
-                                "route": "/api/v1/cards/{card_id}/balance", "status": 200, "cache": "MISS"}
+    assert first["request"] == {
+        **first["request"],
+        "id": "trace-42",
+        "method": "GET",
+        "path": f"/api/v1/cards/{card['card_id']}/balance",
+        "route": "/api/v1/cards/{card_id}/balance",
+        "status": 200,
+        "cache": "MISS",
+    }
     assert set(first["request"]) == {"id", "method", "path", "route", "status", "ms", "cache"}
     assert lines[1]["request"]["cache"] is None and lines[-1]["request"]["cache"] == "HIT"
     assert all(line["request"]["ms"] > 0 for line in lines)
@@ -70,7 +82,8 @@ async def test_each_request_logs_one_json_line_in_order_without_secrets(
 
 
 async def test_a_warning_follows_the_request_lines_buffered_before_it(
-        logged_api: Api, capfd: pytest.CaptureFixture[str]) -> None:
+    logged_api: Api, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Errors and warnings are written at once, after what the request log held: one file in time order."""
     handler = logs.StderrHandler()
     handler.setFormatter(logs.JSONFormatter())
@@ -82,8 +95,12 @@ async def test_a_warning_follows_the_request_lines_buffered_before_it(
 
 @pytest.mark.parametrize("settings", [{"access_log": False}, {}], ids=["ACCESS_LOG=off", "LOG_LEVEL=warning"])
 async def test_the_request_log_is_off_with_access_log_off_or_above_info(
-        database_url: str, stack: LocalStack, caplog: pytest.LogCaptureFixture,
-        capfd: pytest.CaptureFixture[str], settings: dict[str, Any]) -> None:
+    database_url: str,
+    stack: LocalStack,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    settings: dict[str, Any],
+) -> None:
     caplog.set_level(logging.INFO if settings else logging.WARNING, logger="travel.access")
     async with serve_api(database_url, stack.redis.url, **settings) as api:
         assert (await api.http.get("/routes")).status_code == 200
@@ -142,7 +159,7 @@ async def test_lines_are_written_within_a_second_without_more_traffic(message_so
     assert loop.time() - started <= logs.FLUSH_SECONDS + 0.5
 
 
-@pytest.mark.parametrize("request_id", ["x" * 65, "bad id", "a\"b", ""])
+@pytest.mark.parametrize("request_id", ["x" * 65, "bad id", 'a"b', ""])
 async def test_an_unsafe_request_id_is_replaced(api: Api, request_id: str) -> None:
     response = await api.http.get("/health", headers={"X-Request-ID": request_id})
     assert response.headers["x-request-id"] != request_id
@@ -155,9 +172,15 @@ async def test_metrics_expose_requests_latency_cache_and_pool(api: Api) -> None:
     text = (await api.http.get(api.url + "/metrics")).text
     assert 'travel_requests_total{method="GET",route="/api/v1/trips/total",status="200"}' in text
     assert 'travel_request_seconds_bucket{le="0.005",route="/api/v1/trips/total"}' in text
-    for name in ("travel_cache_hits_total", "travel_cache_misses_total", "travel_cache_loads_total",
-                 "travel_db_pool_size", "travel_db_pool_idle", "travel_db_in_flight",
-                 "travel_database_unavailable_total"):
+    for name in (
+        "travel_cache_hits_total",
+        "travel_cache_misses_total",
+        "travel_cache_loads_total",
+        "travel_db_pool_size",
+        "travel_db_pool_idle",
+        "travel_db_in_flight",
+        "travel_database_unavailable_total",
+    ):
         assert f"\n{name} " in text, name
 
 
@@ -167,12 +190,15 @@ def served_with_status(text: str, route: str, status: int) -> float:
 
 
 async def test_a_client_gone_mid_body_is_499_without_a_500_or_a_traceback(
-        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     port = int(api.url.rsplit(":", 1)[1])
     route = "/api/v1/recharges"
     _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + TOKENS["admin"].encode() + b"\r\nContent-Length: 100\r\n\r\n{\"card_")
+    writer.write(
+        b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + TOKENS["admin"].encode() + b'\r\nContent-Length: 100\r\n\r\n{"card_'
+    )
     await writer.drain()
     writer.close()  # 93 bytes short
     await writer.wait_closed()
@@ -195,10 +221,21 @@ async def test_a_client_gone_mid_answer_is_499(api: Api, caplog: pytest.LogCaptu
         received.append(message)
         raise ConnectionResetError("client went away")
 
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-             "method": "GET", "scheme": "http", "path": "/api/v1/routes", "raw_path": b"/api/v1/routes",
-             "root_path": "", "query_string": b"", "headers": [(b"host", b"x")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": dict(api.state)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/v1/routes",
+        "raw_path": b"/api/v1/routes",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"x")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": dict(api.state),
+    }
     app: Any = api.app
     await app(scope, receive, gone)
 
@@ -214,4 +251,3 @@ def test_settings_read_access_log_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert server.Settings.from_env().access_log is False
     monkeypatch.delenv("ACCESS_LOG")
     assert server.Settings.from_env().access_log is True
-

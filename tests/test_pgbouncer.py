@@ -27,10 +27,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
-import db
 from api_helpers import json_body, make_user_with_card, recharge
 from conftest import serve_api
+
+import db
 from localstack import LocalStack, Unprivileged
 from processes import free_port, stop_process
 
@@ -40,16 +40,22 @@ SERVER_CONNECTIONS = 3
 
 def pgbouncer_binary() -> tuple[str | None, str]:
     """The binary to test and its version, or None and why not."""
-    candidates = [os.environ.get("PGBOUNCER"), "/usr/local/bin/pgbouncer", shutil.which("pgbouncer"),
-                  "/usr/sbin/pgbouncer"]
+    candidates = [
+        os.environ.get("PGBOUNCER"),
+        "/usr/local/bin/pgbouncer",
+        shutil.which("pgbouncer"),
+        "/usr/sbin/pgbouncer",
+    ]
     found = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
     if found is None:
         return None, "no pgbouncer (deploy/pgbouncer/install-pgbouncer.sh installs one)"
     out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10).stdout
     match = re.search(r"PgBouncer (\d+)\.(\d+)", out)
     if match is None or (int(match[1]), int(match[2])) < MIN_VERSION:
-        return None, (f"{found} is {out.splitlines()[0] if out else '?'}: max_prepared_statements needs "
-                      ">= 1.21 (deploy/pgbouncer/install-pgbouncer.sh installs one)")
+        return None, (
+            f"{found} is {out.splitlines()[0] if out else '?'}: max_prepared_statements needs "
+            ">= 1.21 (deploy/pgbouncer/install-pgbouncer.sh installs one)"
+        )
     return found, out.splitlines()[0]
 
 
@@ -94,14 +100,18 @@ max_client_conn = 500
 ; ALTER ROLE ... SET jit = off on the server instead).
 ignore_startup_parameters = jit
 server_reset_query =
-logfile = {self.root / 'pgbouncer.log'}
+logfile = {self.root / "pgbouncer.log"}
 pidfile =
 """)
         for path in (self.root, auth_file, config):
             as_.hand_over(path)
-        self.process = subprocess.Popen([*as_.prefix, self.binary, str(config)], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        **(as_.popen_kwargs() if hasattr(as_, "popen_kwargs") else {}))
+        self.process = subprocess.Popen(
+            [*as_.prefix, self.binary, str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **(as_.popen_kwargs() if hasattr(as_, "popen_kwargs") else {}),
+        )
         deadline = time.monotonic() + 15
         while True:
             assert self.process.poll() is None, f"pgbouncer exited: {self.log()}"
@@ -147,8 +157,9 @@ async def server_connections(database_url: str) -> int:
     """PostgreSQL backends of this database that are not ours (PgBouncer's)."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                   " AND pid <> pg_backend_pid()")
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
     finally:
         await conn.close()
 
@@ -161,6 +172,7 @@ async def test_explicit_prepared_statements_cross_server_connections(bouncer: Pg
     url = through(bouncer, database_url)
     clients = [await asyncpg.connect(url, statement_cache_size=size) for size in (0, 100) * 4]
     try:
+
         async def use(client: asyncpg.Connection) -> list[int]:
             async with client.transaction():
                 statement = await client.prepare("SELECT $1::int + count(*)::int FROM stations")
@@ -179,7 +191,8 @@ async def test_explicit_prepared_statements_cross_server_connections(bouncer: Pg
 
 
 async def test_concurrent_writes_and_reads_through_transaction_pooling(
-        bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client) -> None:  # type: ignore[no-untyped-def]
+    bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client
+) -> None:  # type: ignore[no-untyped-def]
     async with serve_api(through(bouncer, database_url), stack.redis.url) as api:
         cards = [(await make_user_with_card(api))[1]["card_id"] for _ in range(4)]
         amounts = [1_000 + 100 * i for i in range(32)]
@@ -194,8 +207,11 @@ async def test_concurrent_writes_and_reads_through_transaction_pooling(
             json_body(response)
             return response.status_code
 
-        statuses = await asyncio.gather(*(write(i) for i in range(32)), *(read(i) for i in range(32)),
-                                        *(api.http.get("/trips/total") for _ in range(8)))
+        statuses = await asyncio.gather(
+            *(write(i) for i in range(32)),
+            *(read(i) for i in range(32)),
+            *(api.http.get("/trips/total") for _ in range(8)),
+        )
         assert all(200 <= (s if isinstance(s, int) else s.status_code) < 300 for s in statuses)
         # Many client connections, few server connections: statements met strangers.
         assert api.state["db"].pool.get_size() > SERVER_CONNECTIONS
@@ -212,11 +228,13 @@ async def test_concurrent_writes_and_reads_through_transaction_pooling(
             await conn.close()
         assert recharged == 32
         assert {row["card_id"]: row["balance"] for row in rows} == {
-            card: sum(amounts[i] for i in range(32) if i % len(cards) == index) for index, card in enumerate(cards)}
+            card: sum(amounts[i] for i in range(32) if i % len(cards) == index) for index, card in enumerate(cards)
+        }
 
 
 async def test_cache_epoch_notifications_bypass_transaction_pooling(
-        bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client) -> None:  # type: ignore[no-untyped-def]
+    bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client
+) -> None:  # type: ignore[no-untyped-def]
     """Another instance's epoch bump (NOTIFY cache_epoch) must reach this instance's LISTEN.
 
     LISTEN cannot work through transaction pooling: the server connection that ran it goes
@@ -224,8 +242,9 @@ async def test_cache_epoch_notifications_bypass_transaction_pooling(
     not linked"). The listener needs a direct (or session-pooled) connection:
     `listen_database_url` (LISTEN_DATABASE_URL).
     """
-    async with serve_api(through(bouncer, database_url), stack.redis.url,
-                         listen_database_url=database_url) as api:  # LISTEN straight to PostgreSQL
+    async with serve_api(
+        through(bouncer, database_url), stack.redis.url, listen_database_url=database_url
+    ) as api:  # LISTEN straight to PostgreSQL
         await asyncio.wait_for(api.state["listener"].connected.wait(), 5)
         cache = api.state["cache"]
         before = cache.epoch

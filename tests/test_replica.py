@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-
 from api_helpers import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
-from dbhelpers import connected
 from conftest import Api, prepare_network_database, serve_api
+from dbhelpers import connected
+
 from localstack import LocalPostgres, LocalStack
 
 CATCH_UP_SECONDS = 20.0
@@ -38,9 +38,24 @@ class Replica(LocalPostgres):
         self._as.hand_over(self.data_dir.parent)
         password = primary.password_file.read_text().strip()
         # -R: standby.signal + primary_conninfo; -X stream: the WAL written during the copy too.
-        self._pg("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "travel",
-                 "-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast", "--no-sync",
-                 env={**os.environ, "PGPASSWORD": password})
+        self._pg(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "travel",
+            "-D",
+            str(self.data_dir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            env={**os.environ, "PGPASSWORD": password},
+        )
         (self.data_dir / "run").mkdir(exist_ok=True)  # not copied when empty on some versions
         self._as.hand_over(self.data_dir / "run")
 
@@ -91,7 +106,8 @@ async def test_replica_is_a_streaming_hot_standby(replicated: tuple[LocalPostgre
 
 
 async def test_lagging_reads_go_to_the_replica_and_the_rest_to_the_primary(
-        replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis) -> None:
+    replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis
+) -> None:
     primary, replica = replicated
     async with serve_api(primary.url, stack.redis.url, read_database_url=replica.url) as api:
         _, card = await make_user_with_card(api, balance=10_000)
@@ -134,7 +150,8 @@ async def test_lagging_reads_go_to_the_replica_and_the_rest_to_the_primary(
 
 
 async def test_without_a_read_url_everything_reads_the_primary(
-        replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis) -> None:
+    replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis
+) -> None:
     primary, replica = replicated
     async with serve_api(primary.url, stack.redis.url) as api:
         before = await count_users(api)

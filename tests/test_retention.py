@@ -7,26 +7,30 @@ import time
 
 import asyncpg
 import redis.asyncio as aioredis
+from conftest import register_test_tokens, serve_api
 
 import server
-from conftest import register_test_tokens, serve_api
 from localstack import LocalStack
 
 
 async def test_records_past_retention_are_pruned_and_younger_ones_kept(
-        database_url: str, stack: LocalStack, redis_client: aioredis.Redis) -> None:
+    database_url: str, stack: LocalStack, redis_client: aioredis.Redis
+) -> None:
     await register_test_tokens(database_url)
     conn = await asyncpg.connect(database_url)
     try:
         token_id = await conn.fetchval("SELECT token_id FROM write_tokens WHERE role = 'admin'")
-        user = await conn.fetchval("SELECT user_id FROM create_user('Rosa', 'Vega', 'rosa@example.co', "
-                                   "'4012345', NULL, NULL, NULL, NULL, NULL)")
+        user = await conn.fetchval(
+            "SELECT user_id FROM create_user('Rosa', 'Vega', 'rosa@example.co', "
+            "'4012345', NULL, NULL, NULL, NULL, NULL)"
+        )
         card = await conn.fetchval("SELECT card_id FROM issue_card($1, NULL)", user)
         for key in ("expired", "young"):
             await conn.execute("SELECT recharge_card($1, 1000, NULL, $2, $3)", card, token_id, key)
         age = server.IDEMPOTENCY_RETENTION + server.datetime.timedelta(minutes=1)
-        await conn.execute("UPDATE idempotency_keys SET created_at = now() - $1::interval "
-                           "WHERE idempotency_key = 'expired'", age)
+        await conn.execute(
+            "UPDATE idempotency_keys SET created_at = now() - $1::interval WHERE idempotency_key = 'expired'", age
+        )
 
         async with serve_api(database_url, stack.redis.url):  # prunes at start
             deadline = time.monotonic() + 10

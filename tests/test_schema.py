@@ -58,8 +58,18 @@ INSERT INTO trips (card_id, route_id, boarding_station_id, fare_id, fare_charged
     SELECT 1, 1, 1, fare_id, value FROM fares WHERE fare_type = 'STANDARD_SITP';
 """
 # Every table a refused statement could have written to, counters included.
-WATCHED_TABLES = ("users", "cards", "recharges", "trips", "fares", "write_tokens", "idempotency_keys",
-                  "trip_counters", "user_counters", "user_active_cards")
+WATCHED_TABLES = (
+    "users",
+    "cards",
+    "recharges",
+    "trips",
+    "fares",
+    "write_tokens",
+    "idempotency_keys",
+    "trip_counters",
+    "user_counters",
+    "user_active_cards",
+)
 NEW_USER = "INSERT INTO users (first_name, last_name, email, id_number) VALUES ('Eva', 'Ríos', {email}, {id_number})"
 NEW_TRIP = "INSERT INTO trips (card_id, route_id, boarding_station_id, fare_id) VALUES (1, {route}, {station}, {fare})"
 
@@ -69,44 +79,71 @@ REFUSED = {
     "recharge of zero": ("INSERT INTO recharges (card_id, amount) VALUES (1, 0)", asyncpg.CheckViolationError),
     "negative recharge": ("INSERT INTO recharges (card_id, amount) VALUES (1, -500)", asyncpg.CheckViolationError),
     "unknown card status": ("UPDATE cards SET status = 'stolen' WHERE card_id = 1", asyncpg.CheckViolationError),
-    "card number with letters": ("INSERT INTO cards (card_number, user_id) VALUES ('10000000AB', 1)",
-                                 asyncpg.CheckViolationError),
-    "card number too short": ("INSERT INTO cards (card_number, user_id) VALUES ('1234567', 1)",
-                              asyncpg.CheckViolationError),
-    "alighting before boarding": ("UPDATE trips SET disembarking_station_id = 2,"
-                                  " disembarking_time = boarding_time - interval '1 minute'",
-                                  asyncpg.CheckViolationError),
-    "alighting time without station": ("UPDATE trips SET disembarking_time = boarding_time + interval '5 minutes'",
-                                       asyncpg.CheckViolationError),
+    "card number with letters": (
+        "INSERT INTO cards (card_number, user_id) VALUES ('10000000AB', 1)",
+        asyncpg.CheckViolationError,
+    ),
+    "card number too short": (
+        "INSERT INTO cards (card_number, user_id) VALUES ('1234567', 1)",
+        asyncpg.CheckViolationError,
+    ),
+    "alighting before boarding": (
+        "UPDATE trips SET disembarking_station_id = 2, disembarking_time = boarding_time - interval '1 minute'",
+        asyncpg.CheckViolationError,
+    ),
+    "alighting time without station": (
+        "UPDATE trips SET disembarking_time = boarding_time + interval '5 minutes'",
+        asyncpg.CheckViolationError,
+    ),
     "negative fare charged": ("UPDATE trips SET fare_charged = -1", asyncpg.CheckViolationError),
-    "negative fare value": ("INSERT INTO fares (fare_type, value, start_date) VALUES ('NIGHT', -1, '2025-01-01')",
-                            asyncpg.CheckViolationError),
-    "fare ending before it starts": ("INSERT INTO fares (fare_type, value, start_date, end_date)"
-                                     " VALUES ('NIGHT', 100, '2025-02-01', '2025-01-31')",
-                                     asyncpg.CheckViolationError),
+    "negative fare value": (
+        "INSERT INTO fares (fare_type, value, start_date) VALUES ('NIGHT', -1, '2025-01-01')",
+        asyncpg.CheckViolationError,
+    ),
+    "fare ending before it starts": (
+        "INSERT INTO fares (fare_type, value, start_date, end_date) VALUES ('NIGHT', 100, '2025-02-01', '2025-01-31')",
+        asyncpg.CheckViolationError,
+    ),
     "malformed email": (NEW_USER.format(email="'eva.example.co'", id_number="'20002'"), asyncpg.CheckViolationError),
-    "token hash not sha256": ("INSERT INTO write_tokens (token_hash, role, label) VALUES ('\\x00', 'admin', 'x')",
-                              asyncpg.CheckViolationError),
+    "token hash not sha256": (
+        "INSERT INTO write_tokens (token_hash, role, label) VALUES ('\\x00', 'admin', 'x')",
+        asyncpg.CheckViolationError,
+    ),
     "recharge-point token without its point": (
         "INSERT INTO write_tokens (token_hash, role, label) VALUES (sha256('t'), 'recharge_point', 'x')",
-        asyncpg.CheckViolationError),
+        asyncpg.CheckViolationError,
+    ),
     # UNIQUE constraints
     "duplicate email": (NEW_USER.format(email="'ana@example.co'", id_number="'20002'"), asyncpg.UniqueViolationError),
-    "duplicate email in another case": (NEW_USER.format(email="'ANA@Example.CO'", id_number="'20002'"),
-                                        asyncpg.UniqueViolationError),
-    "duplicate id_number": (NEW_USER.format(email="'eva@example.co'", id_number="'10001'"),
-                            asyncpg.UniqueViolationError),
-    "duplicate card_number": ("INSERT INTO cards (card_number, user_id) VALUES ('1000000000001', 1)",
-                              asyncpg.UniqueViolationError),
-    "duplicate transaction_id": ("INSERT INTO recharges (card_id, amount, transaction_id)"
-                                 " SELECT 1, 100, transaction_id FROM recharges", asyncpg.UniqueViolationError),
+    "duplicate email in another case": (
+        NEW_USER.format(email="'ANA@Example.CO'", id_number="'20002'"),
+        asyncpg.UniqueViolationError,
+    ),
+    "duplicate id_number": (
+        NEW_USER.format(email="'eva@example.co'", id_number="'10001'"),
+        asyncpg.UniqueViolationError,
+    ),
+    "duplicate card_number": (
+        "INSERT INTO cards (card_number, user_id) VALUES ('1000000000001', 1)",
+        asyncpg.UniqueViolationError,
+    ),
+    "duplicate transaction_id": (
+        "INSERT INTO recharges (card_id, amount, transaction_id) SELECT 1, 100, transaction_id FROM recharges",
+        asyncpg.UniqueViolationError,
+    ),
     # FOREIGN KEY constraints
-    "card of unknown user": ("INSERT INTO cards (card_number, user_id) VALUES ('1000000000999', 999)",
-                             asyncpg.ForeignKeyViolationError),
-    "recharge of unknown card": ("INSERT INTO recharges (card_id, amount) VALUES (999, 100)",
-                                 asyncpg.ForeignKeyViolationError),
-    "recharge at unknown point": ("INSERT INTO recharges (card_id, recharge_point_id, amount) VALUES (1, 999, 100)",
-                                  asyncpg.ForeignKeyViolationError),
+    "card of unknown user": (
+        "INSERT INTO cards (card_number, user_id) VALUES ('1000000000999', 999)",
+        asyncpg.ForeignKeyViolationError,
+    ),
+    "recharge of unknown card": (
+        "INSERT INTO recharges (card_id, amount) VALUES (999, 100)",
+        asyncpg.ForeignKeyViolationError,
+    ),
+    "recharge at unknown point": (
+        "INSERT INTO recharges (card_id, recharge_point_id, amount) VALUES (1, 999, 100)",
+        asyncpg.ForeignKeyViolationError,
+    ),
     "trip on unknown route": (NEW_TRIP.format(route=999, station=1, fare=1), asyncpg.ForeignKeyViolationError),
     "trip from unknown station": (NEW_TRIP.format(route=1, station=999, fare=1), asyncpg.ForeignKeyViolationError),
     "trip at unknown fare": (NEW_TRIP.format(route=1, station=1, fare=999), asyncpg.ForeignKeyViolationError),
@@ -128,8 +165,9 @@ async def watched_rows(conn: asyncpg.Connection) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(("statement", "error"), REFUSED.values(), ids=REFUSED.keys())
-async def test_constraint_refuses_and_nothing_is_written(seeded_conn: asyncpg.Connection, statement: str,
-                                                         error: type[asyncpg.PostgresError]) -> None:
+async def test_constraint_refuses_and_nothing_is_written(
+    seeded_conn: asyncpg.Connection, statement: str, error: type[asyncpg.PostgresError]
+) -> None:
     before = await watched_rows(seeded_conn)
     isolation = seeded_conn.transaction()  # undoes whatever a wrongly accepted statement did
     await isolation.start()
@@ -160,16 +198,18 @@ CATALOG_QUERIES = {
         SELECT oid::regprocedure::text, pg_get_functiondef(oid) FROM pg_proc
         WHERE pronamespace = 'public'::regnamespace ORDER BY 1""",
     "triggers": "SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger"
-                " WHERE NOT tgisinternal ORDER BY 1, 2",
+    " WHERE NOT tgisinternal ORDER BY 1, 2",
 }
 
 
 async def database_snapshot(conn: asyncpg.Connection) -> dict[str, Any]:
     """The catalog (tables, columns, constraints, indexes, functions, triggers) and every table's rows."""
-    snapshot: dict[str, Any] = {name: [tuple(row) for row in await conn.fetch(query)]
-                                for name, query in CATALOG_QUERIES.items()}
-    tables = await conn.fetch("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-                              " AND relkind = 'r' ORDER BY 1")
+    snapshot: dict[str, Any] = {
+        name: [tuple(row) for row in await conn.fetch(query)] for name, query in CATALOG_QUERIES.items()
+    }
+    tables = await conn.fetch(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1"
+    )
     snapshot["data"] = {row["relname"]: await table_rows(conn, row["relname"]) for row in tables}
     return snapshot
 
@@ -236,12 +276,12 @@ SELECT setval(pg_get_serial_sequence('trips', 'trip_id'), 4);
 OPENING_BALANCES = {1: 6150, 2: 0, 3: 700, 4: 2950}
 FARES_CHARGED = {1: 2950, 2: 200, 3: 2950, 4: 2950}
 # The upgrade adds columns and must leave every older column of every row as it was.
-OLDER_COLUMNS_SQL = ("SELECT array_agg((to_jsonb(t) - 'fare_charged' - 'opening_balance')::text ORDER BY 1)"
-                     " FROM {table} t")
+OLDER_COLUMNS_SQL = (
+    "SELECT array_agg((to_jsonb(t) - 'fare_charged' - 'opening_balance')::text ORDER BY 1) FROM {table} t"
+)
 
 
-async def test_upgrade_of_an_older_database_keeps_and_reconciles_its_history(
-        empty_conn: asyncpg.Connection) -> None:
+async def test_upgrade_of_an_older_database_keeps_and_reconciles_its_history(empty_conn: asyncpg.Connection) -> None:
     conn = empty_conn
     await conn.execute((db.SQL_DIR / "schema.sql").read_text())
     await conn.execute(OLDER_SHAPE_SQL)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-
 from api_helpers import get_cached, json_body, make_user_with_card, recharge
 from conftest import Api, serve_api
+
 from localstack import redis_server_binary
 from processes import free_port
 
@@ -53,22 +53,55 @@ class RedisSet:
         return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
 
     def _spawn(self, port: int, *args: str) -> None:
-        self.processes[port] = subprocess.Popen([str(redis_server_binary()), *args], stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.processes[port] = subprocess.Popen(
+            [str(redis_server_binary()), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
 
     def _server(self, port: int, *extra: str) -> None:
         directory = self.root / str(port)
         directory.mkdir()
         # masterauth on both: the old primary becomes a replica after a failover.
         if self.user:
-            auth = ["--user", "default", "off", "--user", self.user, "on", f">{self.password}", "~*", "&*", "+@all",
-                    "--masteruser", self.user]
+            auth = [
+                "--user",
+                "default",
+                "off",
+                "--user",
+                self.user,
+                "on",
+                f">{self.password}",
+                "~*",
+                "&*",
+                "+@all",
+                "--masteruser",
+                self.user,
+            ]
         else:
             auth = ["--requirepass", self.password]
-        self._spawn(port, "--bind", "127.0.0.1", "--port", str(port), *auth,
-                    "--masterauth", self.password, "--save", "", "--appendonly", "no",
-                    "--repl-diskless-sync-delay", "0",
-                    "--dir", str(directory), "--logfile", str(directory / "server.log"), *extra)
+        self._spawn(
+            port,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *auth,
+            "--masterauth",
+            self.password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(directory / "server.log"),
+            *extra,
+        )
 
     def _sentinel(self, port: int) -> None:
         directory = self.root / f"sentinel-{port}"
@@ -78,8 +111,8 @@ class RedisSet:
             f"bind 127.0.0.1\nport {port}\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
             f"sentinel auth-pass {SERVICE} {self.password}\n"
-            + (f"sentinel auth-user {SERVICE} {self.user}\n" if self.user else "") +
-            f"sentinel down-after-milliseconds {SERVICE} 500\n"
+            + (f"sentinel auth-user {SERVICE} {self.user}\n" if self.user else "")
+            + f"sentinel down-after-milliseconds {SERVICE} 500\n"
             f"sentinel failover-timeout {SERVICE} 2000\n"
         )
         self._spawn(port, str(conf), "--sentinel")
@@ -92,8 +125,9 @@ class RedisSet:
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
             try:
-                with redis.Redis(port=self.replica_port, username=self.user or None, password=self.password,
-                                 socket_timeout=1) as replica:
+                with redis.Redis(
+                    port=self.replica_port, username=self.user or None, password=self.password, socket_timeout=1
+                ) as replica:
                     if replica.info("replication").get("master_link_status") == "up":
                         break
             except redis.ConnectionError:
@@ -124,8 +158,7 @@ class RedisSet:
     async def client(self, port: int) -> AsyncIterator[aioredis.Redis]:
         password = None if port in self.sentinel_ports else self.password
         username = None if port in self.sentinel_ports else self.user or None
-        client = aioredis.Redis(host="127.0.0.1", port=port, username=username, password=password,
-                                socket_timeout=2)
+        client = aioredis.Redis(host="127.0.0.1", port=port, username=username, password=password, socket_timeout=2)
         try:
             yield client
         finally:
@@ -137,7 +170,7 @@ class RedisSet:
 
     async def master_port(self, sentinel_port: int) -> int:
         async with self.client(sentinel_port) as client:
-            host, port = await client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            _host, port = await client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
             return int(port)
 
 
@@ -150,7 +183,7 @@ async def until(what: str, check: Callable[[], object]) -> None:
             last = await check()  # type: ignore[misc]
             if last:
                 return
-        except Exception as error:  # noqa: BLE001 - a server on its way up or down
+        except Exception as error:
             last = error
         await asyncio.sleep(0.05)
     raise AssertionError(f"{what}: not within {SETTLE_SECONDS} s (last: {last!r})")
@@ -168,6 +201,7 @@ def redis_set(tmp_path: Path) -> Iterator[RedisSet]:
 
 async def ready(servers: RedisSet) -> None:
     """Every sentinel knows the (synced) replica and its peers: a failover can pick it."""
+
     async def sentinels_see_everyone() -> bool:
         for port in servers.sentinel_ports:
             async with servers.client(port) as client:
@@ -191,8 +225,7 @@ async def keys_on(servers: RedisSet, port: int, pattern: str) -> list[bytes]:
 async def failed_over_and_serving(servers: RedisSet, api: Api, card_id: int, balance: int) -> None:
     """The replica is the primary now, and the API writes, invalidates and caches there."""
     await until("the replica became the primary", lambda: _is_master(servers, servers.replica_port))
-    await until("the sentinels name the new primary",
-                lambda: _sentinels_agree(servers, servers.replica_port))
+    await until("the sentinels name the new primary", lambda: _sentinels_agree(servers, servers.replica_port))
 
     # Writes never depended on Redis; the invalidation that follows them does, and must work.
     answer = json_body(await recharge(api, card_id, 1_000), 201)
@@ -218,8 +251,9 @@ async def _sentinels_agree(servers: RedisSet, port: int) -> bool:
 
 async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, database_url: str) -> None:
     await ready(redis_set)
-    async with serve_api(database_url, redis_set.url, redis_sentinels=redis_set.sentinels,
-                         redis_sentinel_service=SERVICE) as api:
+    async with serve_api(
+        database_url, redis_set.url, redis_sentinels=redis_set.sentinels, redis_sentinel_service=SERVICE
+    ) as api:
         _, card = await make_user_with_card(api, balance=5_000)
         path = f"/cards/{card['card_id']}/balance"
         assert (await get_cached(api, path, "MISS"))["balance"] == 5_000
@@ -237,8 +271,9 @@ async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, dat
 
 async def test_cached_reads_survive_the_primary_dying(redis_set: RedisSet, database_url: str) -> None:
     await ready(redis_set)
-    async with serve_api(database_url, redis_set.url, redis_sentinels=redis_set.sentinels,
-                         redis_sentinel_service=SERVICE) as api:
+    async with serve_api(
+        database_url, redis_set.url, redis_sentinels=redis_set.sentinels, redis_sentinel_service=SERVICE
+    ) as api:
         _, card = await make_user_with_card(api, balance=5_000)
         path = f"/cards/{card['card_id']}/balance"
         assert (await get_cached(api, path, "MISS"))["balance"] == 5_000
@@ -256,8 +291,9 @@ async def test_sentinel_with_an_acl_user(tmp_path: Path, database_url: str) -> N
     servers.start()
     try:
         await ready(servers)
-        async with serve_api(database_url, servers.url, redis_sentinels=servers.sentinels,
-                             redis_sentinel_service=SERVICE) as api:
+        async with serve_api(
+            database_url, servers.url, redis_sentinels=servers.sentinels, redis_sentinel_service=SERVICE
+        ) as api:
             _, card = await make_user_with_card(api, balance=5_000)
             path = f"/cards/{card['card_id']}/balance"
             await get_cached(api, path, "MISS")

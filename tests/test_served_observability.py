@@ -10,12 +10,12 @@ import time
 
 import httpx
 import redis.asyncio as aioredis
+from conftest import register_test_tokens
+from test_server_process import ServerProcess, run_server, served
 
 import cachekeys
 import logs
-from conftest import register_test_tokens
 from localstack import LocalStack
-from test_server_process import ServerProcess, run_server, served
 
 __all__ = ["run_server", "served"]  # fixtures
 
@@ -50,7 +50,8 @@ def served_total(metrics_text: str, route: str) -> float:
 
 
 async def test_metrics_with_two_workers_sum_both(
-        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+) -> None:
     await register_test_tokens(database_url)
     server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, WORKERS="2")
     run_server.append(server)
@@ -88,7 +89,8 @@ async def burst(port: int, path: str, clients: int) -> list[int]:
 
 
 async def test_a_burst_on_a_cold_key_is_one_load_and_all_200(
-        served: ServerProcess, redis_client: aioredis.Redis) -> None:
+    served: ServerProcess, redis_client: aioredis.Redis
+) -> None:
     metrics_url = served.url.removesuffix("/api/v1") + "/metrics"
 
     def loads(text: str) -> float:

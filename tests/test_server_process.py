@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-
 from conftest import TOKENS, register_test_tokens
+
 from localstack import LocalStack
 from processes import free_port
 
@@ -29,13 +29,21 @@ class ServerProcess:
 
     def __init__(self, **env: str) -> None:
         self.port = free_port()
-        clean = {name: value for name, value in os.environ.items()
-                 if name not in ("DATABASE_URL", "REDIS_URL", "DEMO_SCALE", "ADMIN_TOKEN")}
+        clean = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("DATABASE_URL", "REDIS_URL", "DEMO_SCALE", "ADMIN_TOKEN")
+        }
         # A file, not a pipe: a server that logs more than a pipe holds must not block on it.
-        self.output = tempfile.TemporaryFile("w+")  # noqa: SIM115  # lives as long as the server
+        self.output = tempfile.TemporaryFile("w+")  # lives as long as the server
         self.process = subprocess.Popen(
-            [sys.executable, "server.py"], cwd=ROOT, env={**clean, "PORT": str(self.port), **env},
-            stdout=self.output, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "server.py"],
+            cwd=ROOT,
+            env={**clean, "PORT": str(self.port), **env},
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.url = f"http://127.0.0.1:{self.port}/api/v1"
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
@@ -85,8 +93,10 @@ async def test_server_serves_given_databases_and_stops_cleanly_on_sigterm(served
     server = served
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     with httpx.Client(base_url=server.url, headers=admin) as http:
-        user = http.post("/users", json={"first_name": "Ana", "last_name": "Díaz",
-                                         "email": "ana.diaz@example.co", "id_number": "1020304050"})
+        user = http.post(
+            "/users",
+            json={"first_name": "Ana", "last_name": "Díaz", "email": "ana.diaz@example.co", "id_number": "1020304050"},
+        )
         assert user.status_code == 201
         assert http.get("/users/count").json() == {"count": 1}
 
@@ -120,13 +130,19 @@ def start_embedded(data_dir: Path, run_server: list[ServerProcess]) -> ServerPro
 
 
 def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
-        tmp_path: Path, run_server: list[ServerProcess]) -> None:
+    tmp_path: Path, run_server: list[ServerProcess]
+) -> None:
     data_dir = tmp_path / "data"
     first = start_embedded(data_dir, run_server)
     token = (data_dir / "admin.token").read_text().strip()
     with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"}) as http:
-        assert http.post("/users", json={"first_name": "Juan", "last_name": "Mora",
-                                         "email": "juan@example.co", "id_number": "7012345"}).status_code == 201
+        assert (
+            http.post(
+                "/users",
+                json={"first_name": "Juan", "last_name": "Mora", "email": "juan@example.co", "id_number": "7012345"},
+            ).status_code
+            == 201
+        )
     status, output = first.stop()
     assert status == 0, output
     assert f"demo admin token: {token}" in output
@@ -141,7 +157,8 @@ def test_embedded_default_starts_keeps_its_data_and_stops_its_servers(
 
 
 def test_a_second_run_on_the_same_data_says_which_process_holds_it(
-        tmp_path: Path, run_server: list[ServerProcess]) -> None:
+    tmp_path: Path, run_server: list[ServerProcess]
+) -> None:
     data_dir = tmp_path / "data"
     first = start_embedded(data_dir, run_server)
     second = ServerProcess(DATA_DIR=str(data_dir), DEMO_SCALE="0")
@@ -155,8 +172,10 @@ def test_a_second_run_on_the_same_data_says_which_process_holds_it(
     assert status == 0
 
 
-@pytest.mark.parametrize(("port", "message"), [("99999", "PORT=99999: expected a TCP port, 1..65535"),
-                                               ("abc", "PORT='abc': expected a whole number")])
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [("99999", "PORT=99999: expected a TCP port, 1..65535"), ("abc", "PORT='abc': expected a whole number")],
+)
 def test_a_bad_setting_is_one_clear_line(port: str, message: str) -> None:
     server = ServerProcess(PORT=port, DATABASE_URL="postgresql://unused", REDIS_URL="redis://unused")
     assert server.process.wait(timeout=30) != 0
@@ -164,7 +183,8 @@ def test_a_bad_setting_is_one_clear_line(port: str, message: str) -> None:
 
 
 async def test_a_busy_port_fails_before_announcing_it_serves(
-        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -178,12 +198,14 @@ async def test_a_busy_port_fails_before_announcing_it_serves(
 
 
 async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(
-        served: ServerProcess, database_url: str) -> None:
+    served: ServerProcess, database_url: str
+) -> None:
     server = served
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     async with httpx.AsyncClient(base_url=server.url, headers=admin, timeout=30) as http:
-        user = await http.post("/users", json={"first_name": "Eva", "last_name": "Ruiz",
-                                               "email": "eva@example.co", "id_number": "3012345"})
+        user = await http.post(
+            "/users", json={"first_name": "Eva", "last_name": "Ruiz", "email": "eva@example.co", "id_number": "3012345"}
+        )
         card = (await http.post("/cards", json={"user_id": user.json()["user_id"]})).json()
 
         holder = await asyncpg.connect(database_url)
@@ -191,7 +213,9 @@ async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(
         await lock.start()
         await holder.execute("SELECT FROM cards WHERE card_id = $1 FOR UPDATE", card["card_id"])
         in_flight = asyncio.ensure_future(http.post("/recharges", json={"card_id": card["card_id"], "amount": 900}))
-        waiting_on_lock = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        waiting_on_lock = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
         deadline = time.monotonic() + 10
         while await holder.fetchval(waiting_on_lock) == 0:  # the recharge is inside its function, blocked
             assert time.monotonic() < deadline
@@ -222,11 +246,18 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 
 
 async def test_saturation_soak_answers_only_200_or_overloaded_with_flat_memory(
-        database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> None:
+    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+) -> None:
     """More clients than the pool and its waiting bound: the excess is refused at once with
     503 OVERLOADED, nothing else goes wrong, and the worker's memory stays flat."""
-    server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, POOL_MIN="2",
-                           POOL_MAX="2", MAX_WAITING="6", LOG_LEVEL="error")
+    server = ServerProcess(
+        DATABASE_URL=database_url,
+        REDIS_URL=stack.redis.url,
+        POOL_MIN="2",
+        POOL_MAX="2",
+        MAX_WAITING="6",
+        LOG_LEVEL="error",
+    )
     run_server.append(server)
     server.wait_healthy()
     statuses: dict[tuple[int, str], int] = {}

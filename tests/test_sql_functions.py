@@ -29,8 +29,13 @@ _riders = itertools.count(1)
 # ------------------------------------------------------------------------ calls
 async def create_user(db: Executor, email: str | None = None) -> asyncpg.Record:
     rider = next(_riders)
-    return await db.fetchrow("SELECT * FROM create_user($1, $2, $3, $4, NULL, NULL, NULL, NULL, NULL)",
-                             "Ana", "Gómez", email or f"rider{rider}@example.co", f"ID-{rider:06d}")
+    return await db.fetchrow(
+        "SELECT * FROM create_user($1, $2, $3, $4, NULL, NULL, NULL, NULL, NULL)",
+        "Ana",
+        "Gómez",
+        email or f"rider{rider}@example.co",
+        f"ID-{rider:06d}",
+    )
 
 
 async def issue_card(db: Executor, user_id: int, card_number: str | None = None) -> asyncpg.Record:
@@ -41,10 +46,16 @@ async def set_card_status(db: Executor, card_id: int, status: str) -> asyncpg.Re
     return await db.fetchrow("SELECT * FROM set_card_status($1, $2)", card_id, status)
 
 
-async def recharge(db: Executor, card_id: int, amount: int, *, point: int | None = RECHARGE_POINT,
-                   token_id: int | None = None, key: str | None = None) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM recharge_card($1, $2, $3, $4, $5)",
-                             card_id, amount, point, token_id, key)
+async def recharge(
+    db: Executor,
+    card_id: int,
+    amount: int,
+    *,
+    point: int | None = RECHARGE_POINT,
+    token_id: int | None = None,
+    key: str | None = None,
+) -> asyncpg.Record:
+    return await db.fetchrow("SELECT * FROM recharge_card($1, $2, $3, $4, $5)", card_id, amount, point, token_id, key)
 
 
 async def board(db: Executor, card_id: int, route_id: int = BUS_ROUTE, station_id: int = 1) -> asyncpg.Record:
@@ -65,8 +76,7 @@ async def new_card(db: Executor, balance: int = 0) -> int:
 
 
 async def new_token(db: Executor) -> int:
-    return await db.fetchval("SELECT register_token($1, 'recharge_point', 'test', $2)",
-                             os.urandom(32), RECHARGE_POINT)
+    return await db.fetchval("SELECT register_token($1, 'recharge_point', 'test', $2)", os.urandom(32), RECHARGE_POINT)
 
 
 async def balance_of(db: Executor, card_id: int) -> int:
@@ -127,11 +137,14 @@ async def test_same_key_and_body_replays_the_first_recharge(pool: asyncpg.Pool) 
     assert (await balance_of(pool, card), await count_of(pool, "recharges", card)) == (5000, 1)
 
 
-@pytest.mark.parametrize(("to_other_card", "amount", "point"),
-                         [(False, 6000, RECHARGE_POINT), (True, 5000, RECHARGE_POINT), (False, 5000, 2)],
-                         ids=["amount", "card", "recharge point"])
-async def test_same_key_with_another_body_is_refused(pool: asyncpg.Pool, to_other_card: bool, amount: int,
-                                                     point: int) -> None:
+@pytest.mark.parametrize(
+    ("to_other_card", "amount", "point"),
+    [(False, 6000, RECHARGE_POINT), (True, 5000, RECHARGE_POINT), (False, 5000, 2)],
+    ids=["amount", "card", "recharge point"],
+)
+async def test_same_key_with_another_body_is_refused(
+    pool: asyncpg.Pool, to_other_card: bool, amount: int, point: int
+) -> None:
     card, other_card, token = await new_card(pool), await new_card(pool), await new_token(pool)
     first = await recharge(pool, card, 5000, token_id=token, key="k-1")
     reused = recharge(pool, other_card if to_other_card else card, amount, point=point, token_id=token, key="k-1")
@@ -159,7 +172,9 @@ async def test_concurrent_recharges_of_one_card_all_count(pool: asyncpg.Pool) ->
     card = await new_card(pool)
     amounts = range(1, 65)
     async with connections(pool, len(amounts)) as conns:
-        answers = await asyncio.gather(*(recharge(conn, card, amount) for conn, amount in zip(conns, amounts)))
+        answers = await asyncio.gather(
+            *(recharge(conn, card, amount) for conn, amount in zip(conns, amounts, strict=False))
+        )
     assert await balance_of(pool, card) == sum(amounts)
     # Serialised on the card: each answer saw a different running balance, the last the total.
     assert len({done["balance"] for done in answers}) == len(amounts)
@@ -183,14 +198,16 @@ async def test_concurrent_boardings_never_overdraw_the_card(pool: asyncpg.Pool) 
         outcomes = await asyncio.gather(*(board(conn, card) for conn in conns), return_exceptions=True)
     refused = [outcome for outcome in outcomes if not isinstance(outcome, asyncpg.Record)]
     assert [getattr(error, "sqlstate", error) for error in refused] == ["TRP01"] * 30
-    assert all(json.loads(error.detail)["balance"] == 0 and json.loads(error.detail)["fare"] == FULL_FARE
-               for error in refused)
+    assert all(
+        json.loads(error.detail)["balance"] == 0 and json.loads(error.detail)["fare"] == FULL_FARE for error in refused
+    )
     assert (await balance_of(pool, card), await count_of(pool, "trips", card)) == (0, 10)
 
 
 @pytest.mark.parametrize(("route", "fare_type"), [(BUS_ROUTE, "STANDARD_SITP"), (CABLE_ROUTE, "STANDARD_CABLE")])
-async def test_a_first_boarding_charges_the_full_fare_of_the_route_type(pool: asyncpg.Pool, route: int,
-                                                                      fare_type: str) -> None:
+async def test_a_first_boarding_charges_the_full_fare_of_the_route_type(
+    pool: asyncpg.Pool, route: int, fare_type: str
+) -> None:
     card = await new_card(pool, 10000)
     trip = await board(pool, card, route, 3)
     assert (trip["fare_charged"], trip["is_transfer"], trip["transfer_group_id"]) == (FULL_FARE, False, None)
@@ -206,11 +223,20 @@ async def test_boardings_of_other_routes_within_90_minutes_are_transfers(pool: a
     first = await board(pool, card, BUS_ROUTE, 1)
     onto_bus = await board(pool, card, OTHER_BUS_ROUTE, 2)
     onto_cable = await board(pool, card, CABLE_ROUTE, 3)
-    charged = [(trip["fare_charged"], await fare_type_of(pool, trip["fare_id"]), trip["is_transfer"],
-                trip["transfer_group_id"]) for trip in (first, onto_bus, onto_cable)]
-    assert charged == [(FULL_FARE, "STANDARD_SITP", False, None),
-                       (TRANSFER_FARE, "TRANSFER_200_COST", True, first["trip_id"]),
-                       (0, "TRANSFER_0_COST", True, first["trip_id"])]
+    charged = [
+        (
+            trip["fare_charged"],
+            await fare_type_of(pool, trip["fare_id"]),
+            trip["is_transfer"],
+            trip["transfer_group_id"],
+        )
+        for trip in (first, onto_bus, onto_cable)
+    ]
+    assert charged == [
+        (FULL_FARE, "STANDARD_SITP", False, None),
+        (TRANSFER_FARE, "TRANSFER_200_COST", True, first["trip_id"]),
+        (0, "TRANSFER_0_COST", True, first["trip_id"]),
+    ]
     assert await balance_of(pool, card) == 10000 - FULL_FARE - TRANSFER_FARE
 
 
@@ -221,12 +247,14 @@ async def test_boarding_the_same_route_again_is_never_a_transfer(pool: asyncpg.P
 
 
 @pytest.mark.parametrize(("minutes_before", "fare_charged"), [(89, TRANSFER_FARE), (91, FULL_FARE)])
-async def test_the_transfer_window_is_90_minutes(pool: asyncpg.Pool, minutes_before: int,
-                                                 fare_charged: int) -> None:
+async def test_the_transfer_window_is_90_minutes(pool: asyncpg.Pool, minutes_before: int, fare_charged: int) -> None:
     card = await new_card(pool, 10000)
     first = await board(pool, card, BUS_ROUTE)
-    await pool.execute("UPDATE trips SET boarding_time = boarding_time - make_interval(mins => $2)"
-                       " WHERE trip_id = $1", first["trip_id"], minutes_before)
+    await pool.execute(
+        "UPDATE trips SET boarding_time = boarding_time - make_interval(mins => $2) WHERE trip_id = $1",
+        first["trip_id"],
+        minutes_before,
+    )
     assert (await board(pool, card, OTHER_BUS_ROUTE, 2))["fare_charged"] == fare_charged
 
 
@@ -238,10 +266,12 @@ BOARDING_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize(("route", "station", "status", "sqlstate"), BOARDING_REFUSALS.values(),
-                         ids=BOARDING_REFUSALS.keys())
-async def test_boarding_refusals_charge_nothing(pool: asyncpg.Pool, route: int, station: int, status: str,
-                                                sqlstate: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "station", "status", "sqlstate"), BOARDING_REFUSALS.values(), ids=BOARDING_REFUSALS.keys()
+)
+async def test_boarding_refusals_charge_nothing(
+    pool: asyncpg.Pool, route: int, station: int, status: str, sqlstate: str
+) -> None:
     card = await new_card(pool, 10000)
     await set_card_status(pool, card, status)
     await refusal(sqlstate, board(pool, card, route, station))
@@ -255,7 +285,10 @@ async def test_boarding_an_unknown_card_is_refused(pool: asyncpg.Pool) -> None:
 async def test_a_balance_short_of_the_fare_is_refused_and_kept(pool: asyncpg.Pool) -> None:
     card = await new_card(pool, FULL_FARE - 1)
     assert await refusal("TRP01", board(pool, card)) == {
-        "balance": FULL_FARE - 1, "fare": FULL_FARE, "fare_type": "STANDARD_SITP"}
+        "balance": FULL_FARE - 1,
+        "fare": FULL_FARE,
+        "fare_type": "STANDARD_SITP",
+    }
     await recharge(pool, card, TRANSFER_FARE)  # a full fare, then 199 left: short of a transfer
     await board(pool, card)
     assert (await refusal("TRP01", board(pool, card, OTHER_BUS_ROUTE)))["fare"] == TRANSFER_FARE
@@ -276,8 +309,10 @@ async def test_ending_a_trip_twice_is_refused(pool: asyncpg.Pool) -> None:
     trip = await board(pool, await new_card(pool, 10000))
     ended = await end_trip(pool, trip["trip_id"], 2)
     assert (await refusal("TRC02", end_trip(pool, trip["trip_id"], 3)))["trip_id"] == trip["trip_id"]
-    assert await pool.fetchval("SELECT disembarking_station_id FROM trips WHERE trip_id = $1",
-                               trip["trip_id"]) == ended["disembarking_station_id"]
+    assert (
+        await pool.fetchval("SELECT disembarking_station_id FROM trips WHERE trip_id = $1", trip["trip_id"])
+        == ended["disembarking_station_id"]
+    )
 
 
 async def test_ending_an_unknown_trip_or_at_an_unknown_station_is_refused(pool: asyncpg.Pool) -> None:
@@ -368,8 +403,18 @@ async def test_counters_and_balances_stay_exact_under_concurrent_writes(pool: as
         users.append((await create_user(conn))["user_id"])
 
     operations: list[Callable[[asyncpg.Connection, random.Random], Awaitable[None]]] = [
-        board_one, board_one, board_one, end_one, end_one, recharge_one, recharge_one,
-        issue_one, restatus_one, restatus_one, register_one]
+        board_one,
+        board_one,
+        board_one,
+        end_one,
+        end_one,
+        recharge_one,
+        recharge_one,
+        issue_one,
+        restatus_one,
+        restatus_one,
+        register_one,
+    ]
 
     async def worker(conn: asyncpg.Connection, seed: int) -> None:
         rng = random.Random(seed)
@@ -415,10 +460,17 @@ async def test_counters_follow_updates_and_deletes_of_trips(pool: asyncpg.Pool) 
     remaining = [row["trip_id"] for row in await pool.fetch("SELECT trip_id FROM trips ORDER BY trip_id")]
     assert len(remaining) > 8
     async with connections(pool, len(remaining)) as conns:  # one row each, from many connections at once
-        await asyncio.gather(*(
-            conn.execute("DELETE FROM trips WHERE trip_id = $1" if i % 2 else
-                         "UPDATE trips SET boarding_station_id = 1 WHERE trip_id = $1", trip_id)
-            for i, (conn, trip_id) in enumerate(zip(conns, remaining))))
+        await asyncio.gather(
+            *(
+                conn.execute(
+                    "DELETE FROM trips WHERE trip_id = $1"
+                    if i % 2
+                    else "UPDATE trips SET boarding_station_id = 1 WHERE trip_id = $1",
+                    trip_id,
+                )
+                for i, (conn, trip_id) in enumerate(zip(conns, remaining, strict=False))
+            )
+        )
     await assert_counters_exact(pool)
     await pool.execute("TRUNCATE trips")
     await assert_counters_exact(pool)

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import msgspec
+from api_helpers import json_body
+from conftest import Api, serve_api
 
 import cachekeys
 import models
 import stats
-from api_helpers import json_body
-from conftest import Api, serve_api
 from localstack import LocalStack
 from processes import free_port
 
@@ -28,8 +28,9 @@ async def read_stats(api: Api) -> dict[str, Any]:
 
 
 def route(body: dict[str, Any], template: str) -> dict[str, Any]:
-    return next((entry for entry in body["routes"] if entry["route"] == template),
-                {"requests": 0, "requests_per_second": 0.0})
+    return next(
+        (entry for entry in body["routes"] if entry["route"] == template), {"requests": 0, "requests_per_second": 0.0}
+    )
 
 
 async def test_figures_move_as_traffic_moves(api: Api) -> None:
@@ -59,7 +60,7 @@ async def test_keys_are_counted_per_family_without_names(api: Api) -> None:
     deadline = time.monotonic() + stats.SCAN_EVERY_SECONDS + 5
     while True:  # the count is redone at most every SCAN_EVERY_SECONDS
         families = (await read_stats(api))["redis"]["keys_by_family"]
-        if families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1 or time.monotonic() > deadline:
+        if (families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     assert families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1, families

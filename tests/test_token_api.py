@@ -10,12 +10,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-import auth
-import models
 from api_helpers import assert_problem, board, fetch, json_body, make_user_with_card, recharge, unchanged
 from conftest import TOKENS, Api, serve_api
 from dbhelpers import connected, refusal
+
+import auth
+import models
 from localstack import LocalStack
 
 
@@ -23,8 +23,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def make_token(api: Api, role: str, label: str = "made in a test", *, as_token: str | None = None,
-                     **extra: Any) -> dict[str, Any]:
+async def make_token(
+    api: Api, role: str, label: str = "made in a test", *, as_token: str | None = None, **extra: Any
+) -> dict[str, Any]:
     headers = bearer(as_token) if as_token else api.auth("admin")
     response = await api.http.post("/tokens", headers=headers, json={"role": role, "label": label, **extra})
     made = json_body(response, 201)
@@ -45,8 +46,12 @@ async def test_a_token_is_shown_once_listed_without_secret_and_revoked_at_once(a
     assert bytes(stored[0]["token_hash"]) == hashlib.sha256(token.encode()).digest()
 
     _, card = await make_user_with_card(api, 10_000)
-    json_body(await api.http.post("/trips", headers=bearer(token), json={
-        "card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1}), 201)
+    json_body(
+        await api.http.post(
+            "/trips", headers=bearer(token), json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1}
+        ),
+        201,
+    )
     response = await api.http.get("/tokens", headers=api.auth("admin"))
     listed = {row["token_id"]: row for row in json_body(response)}
     assert set(listed[made["token_id"]]) == set(models.TokenInfo.__struct_fields__)
@@ -58,52 +63,73 @@ async def test_a_token_is_shown_once_listed_without_secret_and_revoked_at_once(a
 
     assert (await api.http.delete(f"/tokens/{made['token_id']}", headers=api.auth("admin"))).status_code == 204
     async with unchanged(api):  # this instance forgot it before answering: refused at once
-        assert_problem(await api.http.post("/trips", headers=bearer(token), json={
-            "card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1}), 401, "UNAUTHORIZED")
+        assert_problem(
+            await api.http.post(
+                "/trips",
+                headers=bearer(token),
+                json={"card_id": card["card_id"], "route_id": 1, "boarding_station_id": 1},
+            ),
+            401,
+            "UNAUTHORIZED",
+        )
     assert made["token_id"] not in {row["token_id"] for row in await live_tokens(api)}
-    assert_problem(await api.http.delete(f"/tokens/{made['token_id']}", headers=api.auth("admin")),
-                   404, "TOKEN_NOT_FOUND")
+    assert_problem(
+        await api.http.delete(f"/tokens/{made['token_id']}", headers=api.auth("admin")), 404, "TOKEN_NOT_FOUND"
+    )
 
 
 async def test_a_recharge_point_token_names_an_existing_point_and_no_other_role_does(api: Api) -> None:
     count = "SELECT count(*) FROM write_tokens"
     before = (await fetch(api, count))[0][0]
     for body, status, code in (
-            ({"role": "recharge_point", "label": "no point"}, 422, "VALIDATION_ERROR"),
-            ({"role": "validator", "label": "with a point", "recharge_point_id": 1}, 422, "VALIDATION_ERROR"),
-            ({"role": "admin", "label": "with a point", "recharge_point_id": 1}, 422, "VALIDATION_ERROR"),
-            ({"role": "recharge_point", "label": "unknown point", "recharge_point_id": 99}, 404,
-             "RECHARGE_POINT_NOT_FOUND"),
-            ({"role": "operator", "label": "unknown role"}, 422, "VALIDATION_ERROR"),
-            ({"role": "validator", "label": ""}, 422, "VALIDATION_ERROR"),
-            ({"role": "validator"}, 422, "VALIDATION_ERROR")):
+        ({"role": "recharge_point", "label": "no point"}, 422, "VALIDATION_ERROR"),
+        ({"role": "validator", "label": "with a point", "recharge_point_id": 1}, 422, "VALIDATION_ERROR"),
+        ({"role": "admin", "label": "with a point", "recharge_point_id": 1}, 422, "VALIDATION_ERROR"),
+        (
+            {"role": "recharge_point", "label": "unknown point", "recharge_point_id": 99},
+            404,
+            "RECHARGE_POINT_NOT_FOUND",
+        ),
+        ({"role": "operator", "label": "unknown role"}, 422, "VALIDATION_ERROR"),
+        ({"role": "validator", "label": ""}, 422, "VALIDATION_ERROR"),
+        ({"role": "validator"}, 422, "VALIDATION_ERROR"),
+    ):
         assert_problem(await api.http.post("/tokens", headers=api.auth("admin"), json=body), status, code)
     assert (await fetch(api, count))[0][0] == before
 
     point_two = (await make_token(api, "recharge_point", "Punto Tunal", recharge_point_id=2))["token"]
     _, card = await make_user_with_card(api)
     headers = bearer(point_two)
-    answer = json_body(await api.http.post("/recharges", headers=headers,
-                                           json={"card_id": card["card_id"], "amount": 5000}), 201)
+    answer = json_body(
+        await api.http.post("/recharges", headers=headers, json={"card_id": card["card_id"], "amount": 5000}), 201
+    )
     assert answer["recharge_point_id"] == 2
-    assert_problem(await api.http.post("/recharges", headers=headers,
-                                       json={"card_id": card["card_id"], "amount": 5000, "recharge_point_id": 1}),
-                   403, "FORBIDDEN")
+    assert_problem(
+        await api.http.post(
+            "/recharges", headers=headers, json={"card_id": card["card_id"], "amount": 5000, "recharge_point_id": 1}
+        ),
+        403,
+        "FORBIDDEN",
+    )
 
 
 async def test_the_last_admin_token_cannot_be_revoked(api: Api) -> None:
     admins = [row for row in await live_tokens(api) if row["role"] == "admin"]
     assert len(admins) == 1
-    assert_problem(await api.http.delete(f"/tokens/{admins[0]['token_id']}", headers=api.auth("admin")),
-                   409, "LAST_ADMIN_TOKEN")
+    assert_problem(
+        await api.http.delete(f"/tokens/{admins[0]['token_id']}", headers=api.auth("admin")), 409, "LAST_ADMIN_TOKEN"
+    )
     second = await make_token(api, "admin", "second admin")
-    assert (await api.http.delete(f"/tokens/{admins[0]['token_id']}",
-                                  headers=bearer(second["token"]))).status_code == 204
+    assert (
+        await api.http.delete(f"/tokens/{admins[0]['token_id']}", headers=bearer(second["token"]))
+    ).status_code == 204
     assert_problem(await api.http.get("/tokens", headers=api.auth("admin")), 401)
-    assert_problem(await api.http.delete(f"/tokens/{second['token_id']}", headers=bearer(second["token"])),
-                   409, "LAST_ADMIN_TOKEN")  # not even itself
+    assert_problem(
+        await api.http.delete(f"/tokens/{second['token_id']}", headers=bearer(second["token"])), 409, "LAST_ADMIN_TOKEN"
+    )  # not even itself
     assert [row["token_id"] for row in await live_tokens_as(api, second["token"]) if row["role"] == "admin"] == [
-        second["token_id"]]
+        second["token_id"]
+    ]
 
 
 async def live_tokens_as(api: Api, token: str) -> list[dict[str, Any]]:
@@ -114,18 +140,24 @@ async def test_two_admins_revoking_each_other_at_once_leave_one(api: Api) -> Non
     first = await make_token(api, "admin", "first")
     second = await make_token(api, "admin", "second")
     conftest_admin = next(row for row in await live_tokens(api) if row["label"] == "admin")
-    assert (await api.http.delete(f"/tokens/{conftest_admin['token_id']}",
-                                  headers=bearer(first["token"]))).status_code == 204
+    assert (
+        await api.http.delete(f"/tokens/{conftest_admin['token_id']}", headers=bearer(first["token"]))
+    ).status_code == 204
 
     # In SQL, deterministically: the second revocation waits for the first, then sees it.
-    async with connected(api.database_url) as one, connected(api.database_url) as other, \
-            connected(api.database_url) as observer:
+    async with (
+        connected(api.database_url) as one,
+        connected(api.database_url) as other,
+        connected(api.database_url) as observer,
+    ):
         async with one.transaction():
             await one.execute("SELECT revoke_token($1)", first["token_id"])
-            waiting = asyncio.create_task(refusal("TRC05", other.execute("SELECT revoke_token($1)",
-                                                                         second["token_id"])))
+            waiting = asyncio.create_task(
+                refusal("TRC05", other.execute("SELECT revoke_token($1)", second["token_id"]))
+            )
             while not await observer.fetchval(  # the second waits on the first's lock
-                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", other.get_server_pid()):
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", other.get_server_pid()
+            ):
                 assert not waiting.done()
         assert await waiting == {"token_id": second["token_id"]}  # refused once the first committed
     rows = await fetch(api, "SELECT token_id FROM write_tokens WHERE role = 'admin' AND revoked_at IS NULL")
@@ -137,7 +169,8 @@ async def test_two_admins_revoking_each_other_at_once_leave_one(api: Api) -> Non
         newcomer = await make_token(api, "admin", f"round {round_number}", as_token=survivor["token"])
         answers = await asyncio.gather(
             api.http.delete(f"/tokens/{newcomer['token_id']}", headers=bearer(survivor["token"])),
-            api.http.delete(f"/tokens/{survivor['token_id']}", headers=bearer(newcomer["token"])))
+            api.http.delete(f"/tokens/{survivor['token_id']}", headers=bearer(newcomer["token"])),
+        )
         statuses = sorted(answer.status_code for answer in answers)
         assert statuses[0] == 204 and statuses[1] in (401, 409), statuses
         live = await fetch(api, "SELECT token_id FROM write_tokens WHERE role = 'admin' AND revoked_at IS NULL")
@@ -146,14 +179,19 @@ async def test_two_admins_revoking_each_other_at_once_leave_one(api: Api) -> Non
 
 
 async def test_a_revocation_reaches_a_second_instance_at_once(
-        api: Api, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    api: Api, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 3600.0)  # expiry cannot be what stops it
     made = await make_token(api, "recharge_point", "till 7", recharge_point_id=1)
     _, card = await make_user_with_card(api)
     async with serve_api(api.database_url, stack.redis.url) as second:
         await asyncio.wait_for(second.state["listener"].connected.wait(), 5)
-        json_body(await second.http.post("/recharges", headers=bearer(made["token"]),
-                                         json={"card_id": card["card_id"], "amount": 1000}), 201)
+        json_body(
+            await second.http.post(
+                "/recharges", headers=bearer(made["token"]), json={"card_id": card["card_id"], "amount": 1000}
+            ),
+            201,
+        )
         cached = second.state["tokens"].entries
         assert auth.digest(made["token"]) in cached  # the second instance would trust it for an hour
 
@@ -162,8 +200,12 @@ async def test_a_revocation_reaches_a_second_instance_at_once(
             while auth.digest(made["token"]) in cached:
                 await asyncio.sleep(0.01)
         async with unchanged(api):
-            assert_problem(await second.http.post("/recharges", headers=bearer(made["token"]),
-                                                  json={"card_id": card["card_id"], "amount": 1000}), 401)
+            assert_problem(
+                await second.http.post(
+                    "/recharges", headers=bearer(made["token"]), json={"card_id": card["card_id"], "amount": 1000}
+                ),
+                401,
+            )
         # Other tokens stay cached and working.
         json_body(await recharge(second, card["card_id"], 1000, role="recharge_point"), 201)
 
@@ -196,8 +238,9 @@ async def test_revoking_an_unknown_or_odd_token_id(api: Api) -> None:
 async def test_sql_functions_refuse_what_the_api_would(database_url: str) -> None:
     async with connected(database_url) as conn:
         digest = hashlib.sha256(b"x").digest()
-        assert await refusal("TRN06", conn.fetch("SELECT * FROM create_token($1, 'recharge_point', 'x', 99)",
-                                                 digest)) == {"recharge_point_id": 99}
+        assert await refusal(
+            "TRN06", conn.fetch("SELECT * FROM create_token($1, 'recharge_point', 'x', 99)", digest)
+        ) == {"recharge_point_id": 99}
         assert await refusal("TRN07", conn.execute("SELECT revoke_token(424242)")) == {"token_id": 424242}
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.fetch("SELECT * FROM create_token($1, 'recharge_point', 'x', NULL)", digest)

@@ -15,16 +15,24 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-
-import auth
-import server
 from api_helpers import (
-    SITP_FARE, assert_problem, board, execute, json_body, make_user_with_card, recharge, snapshot, unchanged,
+    SITP_FARE,
+    assert_problem,
+    board,
+    execute,
+    json_body,
+    make_user_with_card,
+    recharge,
+    snapshot,
+    unchanged,
     user_fields,
 )
 from conftest import TOKENS, Api, serve_api
-from endpoints import Endpoint
 from hostile_helpers import GUARDED, ROLES, fill_path, module_api, op_label, valid_body
+
+import auth
+import server
+from endpoints import Endpoint
 from localstack import LocalStack
 from processes import free_port
 
@@ -34,18 +42,19 @@ PUBLIC_READS = [op for op in server.ENDPOINTS if op.roles is None]
 # ---------------------------------------------------------------- stored hashed
 async def database_dump(conn: asyncpg.Connection) -> str:
     """Every row of every table of the schema, as text (bytea shows as hex)."""
-    tables = [row["tablename"] for row in await conn.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")]
+    tables = [
+        row["tablename"]
+        for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
+    ]
     assert "write_tokens" in tables
     parts = []
     for table in tables:
-        rows = await conn.fetchval(f'SELECT string_agg(t::text, E\'\\n\') FROM "{table}" t')
+        rows = await conn.fetchval(f"SELECT string_agg(t::text, E'\\n') FROM \"{table}\" t")
         parts.append(f"-- {table}\n{rows or ''}")
     return "\n".join(parts)
 
 
-async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(
-        stack: LocalStack, template_url: str) -> None:
+async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(stack: LocalStack, template_url: str) -> None:
     admin_token = "env-admin-token-" + "Zq9" * 10  # as ADMIN_TOKEN would give it
     async with module_api(stack, template_url, "tokens", admin_token=admin_token) as api:
         every = {**TOKENS, "env_admin": admin_token}
@@ -55,10 +64,18 @@ async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(
             json_body(await recharge(api, card["card_id"], 100, role=role, key=f"key-{role}"), 201)
         json_body(await board(api, card["card_id"]), 201)
         env_headers = {"Authorization": f"Bearer {admin_token}"}
-        json_body(await api.http.post("/recharges", headers=env_headers,
-                                      json={"card_id": card["card_id"], "amount": 100}), 201)
-        assert_problem(await api.http.post("/recharges", headers={"Authorization": "Bearer never-registered-token"},
-                                           json={"card_id": card["card_id"], "amount": 100}), 401)
+        json_body(
+            await api.http.post("/recharges", headers=env_headers, json={"card_id": card["card_id"], "amount": 100}),
+            201,
+        )
+        assert_problem(
+            await api.http.post(
+                "/recharges",
+                headers={"Authorization": "Bearer never-registered-token"},
+                json={"card_id": card["card_id"], "amount": 100},
+            ),
+            401,
+        )
 
         conn = await asyncpg.connect(api.database_url)
         try:
@@ -91,7 +108,8 @@ async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(
 
 # ---------------------------------------------------------------- the comparison path
 async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_with_compare_digest(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Why this is constant-time where it matters.
 
     The database (a btree on token_hash) and the in-process cache (a dict) both find a token
@@ -136,8 +154,9 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
     # Wrong in the first byte or in the last: the same answer.
     answers = []
     for guess in ("X" + token[1:], token[:-1] + "X", token + "X", token[: len(token) // 2]):
-        response = await api.http.post("/recharges", headers={"Authorization": f"Bearer {guess}"},
-                                       json={"card_id": card["card_id"], "amount": 500})
+        response = await api.http.post(
+            "/recharges", headers={"Authorization": f"Bearer {guess}"}, json={"card_id": card["card_id"], "amount": 500}
+        )
         answers.append((response.status_code, response.json()["code"], response.headers["www-authenticate"]))
     assert len(set(answers)) == 1 and answers[0][:2] == (401, "UNAUTHORIZED")
     # Cached tokens are keyed by digest too: no token text kept in the process either.
@@ -160,8 +179,12 @@ async def made_tokens(shared: Api) -> dict[str, dict[str, str]]:
     headers = {}
     for role in ROLES:
         point = {"recharge_point_id": 1} if role == "recharge_point" else {}
-        made = json_body(await shared.http.post("/tokens", headers=shared.auth("admin"),
-                                                json={"role": role, "label": f"matrix {role}", **point}), 201)
+        made = json_body(
+            await shared.http.post(
+                "/tokens", headers=shared.auth("admin"), json={"role": role, "label": f"matrix {role}", **point}
+            ),
+            201,
+        )
         headers[role] = {"Authorization": f"Bearer {made['token']}"}
     return headers
 
@@ -170,15 +193,21 @@ async def fresh_ids(api: Api) -> dict[str, int]:
     """A user, a funded active card, an open trip and a token of its own, for one attempt."""
     user, card = await make_user_with_card(api, 20 * SITP_FARE)
     trip = json_body(await board(api, card["card_id"]), 201)
-    token = json_body(await api.http.post("/tokens", headers=api.auth("admin"),
-                                          json={"role": "validator", "label": "to revoke"}), 201)
-    return {"user_id": user["user_id"], "card_id": card["card_id"], "trip_id": trip["trip_id"],
-            "token_id": token["token_id"]}
+    token = json_body(
+        await api.http.post("/tokens", headers=api.auth("admin"), json={"role": "validator", "label": "to revoke"}), 201
+    )
+    return {
+        "user_id": user["user_id"],
+        "card_id": card["card_id"],
+        "trip_id": trip["trip_id"],
+        "token_id": token["token_id"],
+    }
 
 
 @pytest.mark.parametrize("op", GUARDED, ids=op_label)
 async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
-        shared: Api, made_tokens: dict[str, dict[str, str]], op: Endpoint) -> None:
+    shared: Api, made_tokens: dict[str, dict[str, str]], op: Endpoint
+) -> None:
     """Writes, token management and the reads that name a person (DESIGN §5): no token is 401
     with a WWW-Authenticate challenge, another role 403, and a refusal changes nothing."""
     api = shared
@@ -186,8 +215,12 @@ async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
     for role in (None, *ROLES):
         ids = await fresh_ids(api)
         before = await snapshot(api)
-        response = await api.http.request(op.method, fill_path(op, ids), headers=made_tokens[role] if role else {},
-                                          json=valid_body(op, ids) if op.body is not None else None)
+        response = await api.http.request(
+            op.method,
+            fill_path(op, ids),
+            headers=made_tokens[role] if role else {},
+            json=valid_body(op, ids) if op.body is not None else None,
+        )
         body = response.json() if response.content else None
         answers[role] = (response.status_code, body.get("code") if response.status_code >= 400 else None)
         if response.status_code >= 400:
@@ -196,8 +229,10 @@ async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
         if role is None:
             assert response.headers["www-authenticate"] == "Bearer"
     allowed = {"admin", *(op.roles or ())}
-    expected = {role: (op.status, None) if role in allowed else
-                (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN") for role in (None, *ROLES)}
+    expected = {
+        role: (op.status, None) if role in allowed else (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN")
+        for role in (None, *ROLES)
+    }
     assert answers == expected
     if op.roles == server.ADMIN:  # administration: neither a recharge point nor a validator
         assert answers["recharge_point"] == answers["validator"] == (403, "FORBIDDEN")
@@ -216,12 +251,16 @@ async def test_public_reads_need_no_token_and_ignore_a_bad_one(shared: Api, op: 
 
 # ---------------------------------------------------------------- revocation
 async def revoke(api: Api, role: str) -> None:
-    await execute(api, "UPDATE write_tokens SET revoked_at = now() WHERE token_hash = $1",
-                  hashlib.sha256(TOKENS[role].encode()).digest())
+    await execute(
+        api,
+        "UPDATE write_tokens SET revoked_at = now() WHERE token_hash = $1",
+        hashlib.sha256(TOKENS[role].encode()).digest(),
+    )
 
 
 async def test_a_revoked_token_stops_working_when_the_token_cache_expires(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0.5)
     _, card = await make_user_with_card(api, 10 * SITP_FARE)
     api.state["tokens"].entries.clear()
@@ -250,69 +289,130 @@ async def test_with_no_token_cache_a_revocation_is_immediate(api: Api, monkeypat
     user, _ = await make_user_with_card(api)
     await revoke(api, "admin")
     async with unchanged(api):
-        assert_problem(await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user["user_id"]}),
-                       401, "UNAUTHORIZED")
+        assert_problem(
+            await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user["user_id"]}),
+            401,
+            "UNAUTHORIZED",
+        )
 
 
 # ---------------------------------------------------------------- no secret in the logs
-SERVER_LOGGERS = ("travel", "travel.api", "travel.db", "travel.cache", "travel.errors", "uvicorn",
-                  "uvicorn.error", "uvicorn.access", "asyncpg", "starlette")
+SERVER_LOGGERS = (
+    "travel",
+    "travel.api",
+    "travel.db",
+    "travel.cache",
+    "travel.errors",
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "asyncpg",
+    "starlette",
+)
 
 
 async def test_no_token_body_value_or_password_reaches_the_logs(
-        stack: LocalStack, database_url: str, redis_client: aioredis.Redis,
-        caplog: pytest.LogCaptureFixture) -> None:
+    stack: LocalStack, database_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in SERVER_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     secrets = {
-        "email": "s3cr3t.mailbox.q7@example.co", "id_number": "SECRETID4242", "first_name": "Xiomara Secretname",
-        "last_name": "Uniquesurname", "address": "Calle Secreta 77-7", "phone": "+57 311 999 8877",
-        "unknown token": "leaked-bearer-token-9f8e7d", "idempotency key": "receipt-secret-5150",
+        "email": "s3cr3t.mailbox.q7@example.co",
+        "id_number": "SECRETID4242",
+        "first_name": "Xiomara Secretname",
+        "last_name": "Uniquesurname",
+        "address": "Calle Secreta 77-7",
+        "phone": "+57 311 999 8877",
+        "unknown token": "leaked-bearer-token-9f8e7d",
+        "idempotency key": "receipt-secret-5150",
     }
     async with serve_api(database_url, stack.redis.url) as api:
         for name in SERVER_LOGGERS:  # uvicorn.Config reset its own levels
             caplog.set_level(logging.DEBUG, logger=name)
-        fields = user_fields(email=secrets["email"], id_number=secrets["id_number"], first_name=secrets["first_name"],
-                             last_name=secrets["last_name"], residential_address=secrets["address"],
-                             contact_number=secrets["phone"])
+        fields = user_fields(
+            email=secrets["email"],
+            id_number=secrets["id_number"],
+            first_name=secrets["first_name"],
+            last_name=secrets["last_name"],
+            residential_address=secrets["address"],
+            contact_number=secrets["phone"],
+        )
         user = json_body(await api.http.post("/users", headers=api.auth("admin"), json=fields), 201)
         assert_problem(await api.http.post("/users", headers=api.auth("admin"), json=fields), 409, "ALREADY_EXISTS")
-        assert_problem(await api.http.post("/users", headers=api.auth("admin"),
-                                           json={**fields, "first_name": secrets["first_name"] + "\x00"}), 422)
+        assert_problem(
+            await api.http.post(
+                "/users", headers=api.auth("admin"), json={**fields, "first_name": secrets["first_name"] + "\x00"}
+            ),
+            422,
+        )
         assert_problem(await api.http.post("/users", headers=api.auth("validator"), json=fields), 403)
-        refused = await api.http.post("/users", headers={"Authorization": f"Bearer {secrets['unknown token']}"},
-                                      json=fields)
+        refused = await api.http.post(
+            "/users", headers={"Authorization": f"Bearer {secrets['unknown token']}"}, json=fields
+        )
         assert_problem(refused, 401)
         assert secrets["unknown token"] not in refused.text
-        card = json_body(await api.http.post("/cards", headers=api.auth("admin"),
-                                             json={"user_id": user["user_id"]}), 201)
+        card = json_body(
+            await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user["user_id"]}), 201
+        )
         key = {"Idempotency-Key": secrets["idempotency key"]}
-        json_body(await api.http.post("/recharges", headers={**api.auth("recharge_point"), **key},
-                                      json={"card_id": card["card_id"], "amount": 1000}), 201)
-        assert_problem(await api.http.post("/recharges", headers={**api.auth("recharge_point"), **key},
-                                           json={"card_id": card["card_id"], "amount": 2000}), 422,
-                       "IDEMPOTENCY_KEY_REUSED")
+        json_body(
+            await api.http.post(
+                "/recharges",
+                headers={**api.auth("recharge_point"), **key},
+                json={"card_id": card["card_id"], "amount": 1000},
+            ),
+            201,
+        )
+        assert_problem(
+            await api.http.post(
+                "/recharges",
+                headers={**api.auth("recharge_point"), **key},
+                json={"card_id": card["card_id"], "amount": 2000},
+            ),
+            422,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
         assert_problem(await board(api, card["card_id"]), 402, "INSUFFICIENT_BALANCE")
         json_headers = {**api.auth("validator"), "content-type": "application/json"}
-        assert_problem(await api.http.post("/trips", headers=json_headers,
-                                           content=b'{"card_id": "' + secrets["email"].encode() + b'"'), 400)
-        assert_problem(await api.http.post("/recharges", headers=api.auth("recharge_point"),
-                                           json={"card_id": 987654321, "amount": 1000}), 404)
+        assert_problem(
+            await api.http.post(
+                "/trips", headers=json_headers, content=b'{"card_id": "' + secrets["email"].encode() + b'"'
+            ),
+            400,
+        )
+        assert_problem(
+            await api.http.post(
+                "/recharges", headers=api.auth("recharge_point"), json={"card_id": 987654321, "amount": 1000}
+            ),
+            404,
+        )
     # And with the cache unreachable (its errors are logged): same URL and password, no server.
     dead_redis = stack.redis.url.replace(f":{stack.redis.port}/", f":{free_port()}/")
     async with serve_api(database_url, dead_redis) as api:
         for name in SERVER_LOGGERS:
             caplog.set_level(logging.DEBUG, logger=name)
         json_body(await api.http.get(f"/cards/{card['card_id']}/balance"))
-        json_body(await api.http.post("/recharges", headers={**api.auth("recharge_point"), "Idempotency-Key": "k2"},
-                                      json={"card_id": card["card_id"], "amount": 1000}), 201)
+        json_body(
+            await api.http.post(
+                "/recharges",
+                headers={**api.auth("recharge_point"), "Idempotency-Key": "k2"},
+                json={"card_id": card["card_id"], "amount": 1000},
+            ),
+            201,
+        )
     text = caplog.text + "\n".join(record.getMessage() for record in caplog.records)
     assert any(record.name == "travel.cache" for record in caplog.records), "the capture is not working"
     database_password = urllib.parse.urlparse(database_url).password
     redis_password = urllib.parse.urlparse(stack.redis.url).password
     assert database_password and redis_password
-    leaked = {name: value for name, value in {
-        **secrets, **{f"{role} token": token for role, token in TOKENS.items()},
-        "database password": database_password, "redis password": redis_password}.items() if value in text}
+    leaked = {
+        name: value
+        for name, value in {
+            **secrets,
+            **{f"{role} token": token for role, token in TOKENS.items()},
+            "database password": database_password,
+            "redis password": redis_password,
+        }.items()
+        if value in text
+    }
     assert leaked == {}, text[-3000:]
-

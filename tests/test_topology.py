@@ -43,8 +43,9 @@ class Client:
         self.auth = {"Authorization": f"Bearer {token}"}
 
     def request(self, method: str, path: str, body: Any = None, auth: bool = False) -> dict[str, Any]:
-        answer = self.agent.ask(op="http", method=method, url=API + path, json=body,
-                                headers=self.auth if auth else {}, timeout=5)
+        answer = self.agent.ask(
+            op="http", method=method, url=API + path, json=body, headers=self.auth if auth else {}, timeout=5
+        )
         assert "error" not in answer, f"{method} {path}: {answer}"
         return answer
 
@@ -81,8 +82,9 @@ def client(running: Topology) -> Iterator[Client]:
 
 def test_the_hosts_have_the_seed_addresses_and_only_the_root_namespace_is_untouched(running: Topology) -> None:
     for host in ("vm1", "vm2", "vm3", "client"):
-        shown = topology._run(*running.network.exec_prefix(host), "ip", "-4", "-o", "addr", "show", "dev",
-                              topology.HOST_IFACE).stdout
+        shown = topology._run(
+            *running.network.exec_prefix(host), "ip", "-4", "-o", "addr", "show", "dev", topology.HOST_IFACE
+        ).stdout
         assert f"{address(host)}/24" in shown
     root = topology._run("ip", "-4", "-o", "addr", "show").stdout
     assert "192.168.100." not in root, "the root namespace must not join the topology's network"
@@ -107,8 +109,9 @@ def test_the_lan_delay_is_there_when_the_kernel_has_netem(running: Topology) -> 
 def test_health_write_and_cached_read_across_the_network(running: Topology, client: Client) -> None:
     health = client.get("/health")
     assert health["status"] == 200 and health["body"] == {"status": "ok", "database": "ok", "cache": "ok"}
-    user = client.post("/users", {"first_name": "Ana", "last_name": "Red", "email": "ana@topology.example",
-                                  "id_number": "TOPO-1"})
+    user = client.post(
+        "/users", {"first_name": "Ana", "last_name": "Red", "email": "ana@topology.example", "id_number": "TOPO-1"}
+    )
     assert user["status"] == 201, user
     card = client.post("/cards", {"user_id": user["body"]["user_id"]})
     assert card["status"] == 201, card
@@ -122,7 +125,8 @@ def test_health_write_and_cached_read_across_the_network(running: Topology, clie
 
 
 def test_redis_link_cut_the_api_answers_within_budget_then_uses_the_cache_again(
-        running: Topology, client: Client) -> None:
+    running: Topology, client: Client
+) -> None:
     card_id = running.card_id  # type: ignore[attr-defined]
     assert client.get(f"/cards/{card_id}/balance")["headers"]["x-cache"] == "HIT"  # 5000 sits in Redis
     running.network.cut("vm2")
@@ -138,7 +142,10 @@ def test_redis_link_cut_the_api_answers_within_budget_then_uses_the_cache_again(
         for what, answer in answers:
             assert 200 <= answer["status"] < 300, (what, answer)
             assert answer["elapsed_ms"] < BUDGET_S * 1000, (what, answer["elapsed_ms"])
-        print("\nwhile Redis is cut off: " + ", ".join(f"{what} {answer['elapsed_ms']:.0f} ms" for what, answer in answers))
+        print(
+            "\nwhile Redis is cut off: "
+            + ", ".join(f"{what} {answer['elapsed_ms']:.0f} ms" for what, answer in answers)
+        )
         assert all(answer["headers"].get("x-cache") == "MISS" for what, answer in answers if what == "read")
         balances = [answer["body"]["balance"] for what, answer in answers if what == "read"]
         assert balances == [5000] * 3 + [6000] * 3, "reads come from PostgreSQL while Redis is away"

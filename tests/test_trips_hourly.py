@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import random
 
 import pytest
-
-import cachekeys
 from api_helpers import (
-    SITP_FARE, assert_problem, board, end_trip, execute, fetch, fetchval, get_cached, json_body,
+    SITP_FARE,
+    assert_problem,
+    board,
+    end_trip,
+    execute,
+    fetch,
+    fetchval,
+    get_cached,
+    json_body,
     make_user_with_card,
 )
 from conftest import Api
+
+import cachekeys
 
 BOGOTA_OFFSET = "-05:00"  # Bogotá keeps UTC-5 all year
 # What the triggers kept, and what the trips say, per Bogotá hour.
@@ -46,9 +55,9 @@ async def test_every_hour_is_present_oldest_first_with_zeros(api: Api) -> None:
         answer = await hourly(api, hours)
         assert len(answer) == expected
         starts = [parse(row["hour"]) for row in answer]
-        assert all(later - earlier == dt.timedelta(hours=1) for earlier, later in zip(starts, starts[1:]))
+        assert all(later - earlier == dt.timedelta(hours=1) for earlier, later in itertools.pairwise(starts))
         assert all(start.minute == start.second == 0 for start in starts)
-        assert dt.datetime.now(dt.timezone.utc) - starts[-1] < dt.timedelta(hours=1)  # the current hour last
+        assert dt.datetime.now(dt.UTC) - starts[-1] < dt.timedelta(hours=1)  # the current hour last
         assert [row["trips"] for row in answer] == [0] * (expected - 1) + [1]
         assert answer[-1] == {"hour": answer[-1]["hour"], "trips": 1, "completed_trips": 0, "revenue": SITP_FARE}
 
@@ -57,8 +66,9 @@ async def test_hours_split_at_bogota_midnight_not_utc(api: Api) -> None:
     """A trip a second before Bogotá's midnight counts in the 23:00 hour of that day, one at
     midnight in the 00:00 hour (05:00 UTC), whatever the server's time zone."""
     _, card = await make_user_with_card(api)
-    midnight = await fetchval(api, "SELECT date_trunc('day', now() AT TIME ZONE 'America/Bogota')"
-                                   " AT TIME ZONE 'America/Bogota'")
+    midnight = await fetchval(
+        api, "SELECT date_trunc('day', now() AT TIME ZONE 'America/Bogota') AT TIME ZONE 'America/Bogota'"
+    )
     for at in (midnight - dt.timedelta(seconds=1), midnight, midnight + dt.timedelta(minutes=59, seconds=59)):
         await execute(api, _TRIP_AT, card["card_id"], at)
     answer = {parse(row["hour"]): row["trips"] for row in await hourly(api, 24)}
@@ -67,7 +77,7 @@ async def test_hours_split_at_bogota_midnight_not_utc(api: Api) -> None:
     assert answer[local_midnight[0]] == 2
     assert answer[local_midnight[0] - dt.timedelta(hours=1)] == 1
     assert sum(answer.values()) == 3
-    assert local_midnight[0].astimezone(dt.timezone.utc).hour == 5
+    assert local_midnight[0].astimezone(dt.UTC).hour == 5
 
 
 @pytest.mark.parametrize("hours", ["0", "169", "x", "", "-1", "1.5", "+5", "2e1", "１２", "9999999999999999999999"])
@@ -86,7 +96,9 @@ async def test_exact_against_a_recount_after_concurrent_mixed_writes(api: Api) -
 
     async def rider(card_id: int) -> None:
         for _ in range(5):
-            boarded = json_body(await board(api, card_id, route_id=rng.choice([1, 2, 3]), station_id=rng.choice([1, 3])), 201)
+            boarded = json_body(
+                await board(api, card_id, route_id=rng.choice([1, 2, 3]), station_id=rng.choice([1, 3])), 201
+            )
             if rng.random() < 0.6:
                 assert (await end_trip(api, boarded["trip_id"])).status_code == 200
             # Transfers, open trips and ends interleave across cards (and connections: shards).
@@ -94,16 +106,22 @@ async def test_exact_against_a_recount_after_concurrent_mixed_writes(api: Api) -
 
     await asyncio.gather(*(rider(card["card_id"]) for card in cards))
     # Trips of other hours too, and a rewrite of one, as an import or a correction would do.
-    await execute(api, _TRIP_AT, cards[0]["card_id"], dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=30))
-    await execute(api, "UPDATE trips SET boarding_time = boarding_time - interval '3 hours'"
-                       " WHERE trip_id = (SELECT min(trip_id) FROM trips)")
+    await execute(api, _TRIP_AT, cards[0]["card_id"], dt.datetime.now(dt.UTC) - dt.timedelta(hours=30))
+    await execute(
+        api,
+        "UPDATE trips SET boarding_time = boarding_time - interval '3 hours'"
+        " WHERE trip_id = (SELECT min(trip_id) FROM trips)",
+    )
 
     maintained = [tuple(row) for row in await fetch(api, _MAINTAINED)]
     recounted = [tuple(row) for row in await fetch(api, _RECOUNTED)]
     assert maintained == recounted
-    answer = {parse(row["hour"]): (row["trips"], row["completed_trips"], row["revenue"]) for row in await hourly(api, 168)}
-    assert {hour: figures for hour, figures in answer.items() if figures != (0, 0, 0)} == \
-        {hour: tuple(figures) for hour, *figures in recounted}
+    answer = {
+        parse(row["hour"]): (row["trips"], row["completed_trips"], row["revenue"]) for row in await hourly(api, 168)
+    }
+    assert {hour: figures for hour, figures in answer.items() if figures != (0, 0, 0)} == {
+        hour: tuple(figures) for hour, *figures in recounted
+    }
     assert sum(trips for trips, _, _ in answer.values()) == 8 * 5 + 1
     # refresh_counters() rebuilds them to the same figures.
     await execute(api, "SELECT refresh_counters()")
@@ -127,7 +145,9 @@ async def test_cached_per_n_and_made_stale_by_a_boarding_and_an_end(api: Api) ->
 async def test_a_trip_makes_the_family_stale_with_one_generation(api: Api) -> None:
     """Every N shares trips:hourly's generation: a boarding writes that one name, not 168."""
     assert cachekeys.generation(cachekeys.trips_hourly(24)) == cachekeys.generation(cachekeys.trips_hourly.family_name)
-    assert cachekeys.generation(b"e7:" + cachekeys.trips_hourly(5)) == cachekeys.generation(b"e7:" + cachekeys.trips_hourly.family_name)
+    assert cachekeys.generation(b"e7:" + cachekeys.trips_hourly(5)) == cachekeys.generation(
+        b"e7:" + cachekeys.trips_hourly.family_name
+    )
     assert sum(key.startswith(cachekeys.trips_hourly.family_name) for key in cachekeys.after_boarding(1)) == 1
     # A value filled under an older generation is not served, even while it is still in Redis.
     _, card = await make_user_with_card(api, balance=10_000)

@@ -50,8 +50,9 @@ def nginx_config(port: int, socket: Path, work: Path) -> str:
     text = replace_once(text, "error_log /var/log/nginx/error.log warn;", f"error_log {work}/error.log warn;")
     text = replace_once(text, "listen 192.168.100.10:8000;", f"listen 127.0.0.1:{port};")
     text = replace_once(text, f"server unix:{SOCKET};", f"server unix:{socket};")
-    temp_paths = "".join(f"    {name}_temp_path {work}/{name};\n" for name in
-                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp_paths = "".join(
+        f"    {name}_temp_path {work}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     return replace_once(text, "http {\n", "http {\n" + temp_paths)
 
 
@@ -72,9 +73,13 @@ def nginx(work: Path) -> Iterator[int]:
     port = free_port()
     config = work / "nginx.conf"
     config.write_text(nginx_config(port, work / "api.sock", work))
-    process = subprocess.Popen([nginx_program(), "-c", str(config), "-e", str(work / "error.log"), "-g", "daemon off;"],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [nginx_program(), "-c", str(config), "-e", str(work / "error.log"), "-g", "daemon off;"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield port
     finally:
@@ -98,8 +103,13 @@ async def vm1(stack: LocalStack, template_url: str, nginx: int, work: Path) -> A
 def test_nginx_accepts_the_shipped_configuration(tmp_path: Path) -> None:
     config = tmp_path / "nginx.conf"
     config.write_text(nginx_config(free_port(), tmp_path / "api.sock", tmp_path))
-    checked = subprocess.run([nginx_program(), "-t", "-c", str(config), "-e", str(tmp_path / "error.log")],
-                             check=False, capture_output=True, text=True, timeout=30)
+    checked = subprocess.run(
+        [nginx_program(), "-t", "-c", str(config), "-e", str(tmp_path / "error.log")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -137,14 +147,16 @@ async def test_the_request_past_the_per_address_limit_is_429(vm1: Vm1) -> None:
         for _ in range(PER_ADDRESS):
             reader, writer = await asyncio.open_connection(vm1.host, vm1.port)
             # nginx answers 100 Continue once it reads the body: past limit_conn, so counted.
-            writer.write(b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+            writer.write(
+                b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+            )
             assert (await asyncio.wait_for(reader.readline(), timeout=10)).startswith(b"HTTP/1.1 100 ")
             held.append((reader, writer))
         async with httpx.AsyncClient(base_url=vm1.url, timeout=10) as http:
             assert (await http.get("/health")).status_code == 429
     finally:
-        for reader, writer in held:  # half-close: nginx ends the request, then the connection
+        for _reader, writer in held:  # half-close: nginx ends the request, then the connection
             writer.write_eof()
         for reader, writer in held:
             await asyncio.wait_for(reader.read(-1), timeout=15)

@@ -32,19 +32,21 @@ import httpx
 def http(client: httpx.Client, request: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        response = client.request(request.get("method", "GET"), request["url"],
-                                  headers=request.get("headers"), json=request.get("json"),
-                                  timeout=float(request.get("timeout", 5.0)))
+        response = client.request(
+            request.get("method", "GET"),
+            request["url"],
+            headers=request.get("headers"),
+            json=request.get("json"),
+            timeout=float(request.get("timeout", 5.0)),
+        )
     except httpx.HTTPError as error:
-        return {"error": f"{error.__class__.__name__}: {error}",
-                "elapsed_ms": (time.perf_counter() - started) * 1000}
+        return {"error": f"{error.__class__.__name__}: {error}", "elapsed_ms": (time.perf_counter() - started) * 1000}
     elapsed = (time.perf_counter() - started) * 1000
     try:
         body: Any = response.json()
     except ValueError:
         body = response.text[:2000]
-    return {"status": response.status_code, "headers": dict(response.headers), "body": body,
-            "elapsed_ms": elapsed}
+    return {"status": response.status_code, "headers": dict(response.headers), "body": body, "elapsed_ms": elapsed}
 
 
 def wait_tcp(host: str, port: int, timeout: float) -> dict[str, Any]:
@@ -68,8 +70,7 @@ def wait_http(client: httpx.Client, url: str, timeout: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             response = client.get(url, timeout=2.0)
-            return {"ok": True, "status": response.status_code,
-                    "elapsed_ms": (time.monotonic() - started) * 1000}
+            return {"ok": True, "status": response.status_code, "elapsed_ms": (time.monotonic() - started) * 1000}
         except httpx.HTTPError as error:
             last = f"{error.__class__.__name__}: {error}"
             time.sleep(0.1)
@@ -103,7 +104,7 @@ def main() -> None:
                     answer = tcp_rtt(request["host"], int(request["port"]), int(request.get("count", 20)))
                 else:
                     answer = {"error": f"unknown op {op!r}"}
-            except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
+            except Exception as error:
                 answer = {"error": f"{error.__class__.__name__}: {error}"}
             sys.stdout.write(json.dumps(answer) + "\n")
             sys.stdout.flush()

@@ -159,8 +159,9 @@ class Network:
         for host in HOSTS:
             ns = self.ns(host)
             _run("ip", "netns", "add", ns)
-            _run("ip", "-n", lan, "link", "add", self.port(host), "type", "veth", "peer", "name", HOST_IFACE,
-                 "netns", ns)
+            _run(
+                "ip", "-n", lan, "link", "add", self.port(host), "type", "veth", "peer", "name", HOST_IFACE, "netns", ns
+            )
             _run("ip", "-n", lan, "link", "set", self.port(host), "master", self.bridge, "up")
             _run("ip", "-n", ns, "addr", "add", f"{address(host)}/24", "dev", HOST_IFACE)
             _run("ip", "-n", ns, "link", "set", HOST_IFACE, "up")
@@ -169,19 +170,34 @@ class Network:
                 self._delay(host)
 
     def _delay(self, host: str) -> None:
-        done = _run(*self.exec_prefix(host), "tc", "qdisc", "add", "dev", HOST_IFACE, "root", "netem",
-                    "delay", f"{self.delay_ms}ms", check=False)
+        done = _run(
+            *self.exec_prefix(host),
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            HOST_IFACE,
+            "root",
+            "netem",
+            "delay",
+            f"{self.delay_ms}ms",
+            check=False,
+        )
         if done.returncode != 0:
             if "unknown" not in done.stderr.lower():
                 raise TopologyError(f"tc netem on {self.ns(host)}: {done.stderr.strip()}")
             self.netem = False
-            self.netem_note = (f"no delay applied: this kernel ({os.uname().release}) has no sch_netem "
-                               f"(`tc qdisc add ... netem` says: {done.stderr.strip()})")
+            self.netem_note = (
+                f"no delay applied: this kernel ({os.uname().release}) has no sch_netem "
+                f"(`tc qdisc add ... netem` says: {done.stderr.strip()})"
+            )
 
     def describe_delay(self) -> str:
         if self.netem:
-            return (f"tc netem delay {self.delay_ms:g} ms on every host's {HOST_IFACE} "
-                    f"(one way {self.delay_ms:g} ms, round trip {2 * self.delay_ms:g} ms between two hosts)")
+            return (
+                f"tc netem delay {self.delay_ms:g} ms on every host's {HOST_IFACE} "
+                f"(one way {self.delay_ms:g} ms, round trip {2 * self.delay_ms:g} ms between two hosts)"
+            )
         return self.netem_note or "no delay asked (--delay-ms 0)"
 
     def cut(self, host: str) -> None:
@@ -226,44 +242,97 @@ class Network:
 def namespaced_postgres(data_dir: Path, ns: str, host: str) -> localstack.LocalPostgres:
     """VM3: localstack's cluster run inside `ns`, listening on `host`, admitting the LAN."""
     return localstack.LocalPostgres(
-        data_dir, durable=False, host=host, enter=("ip", "netns", "exec", ns),
-        hba_lines=("# the three-VM topology's private network",
-                   f"host    all    all    {SUBNET}.0/24    scram-sha-256"))
+        data_dir,
+        durable=False,
+        host=host,
+        enter=("ip", "netns", "exec", ns),
+        hba_lines=(
+            "# the three-VM topology's private network",
+            f"host    all    all    {SUBNET}.0/24    scram-sha-256",
+        ),
+    )
 
 
 def start_redis(network: Network, data_dir: Path, password: str) -> subprocess.Popen[bytes]:
     """VM2: a Redis-protocol server bound to the private address only."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [*network.exec_prefix("vm2"), str(localstack.redis_server_binary()),
-         "--bind", address("vm2"), "--port", str(REDIS_PORT), "--requirepass", password,
-         "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--dir", str(data_dir),
-         "--logfile", str(data_dir / "server.log"), "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # it logs to its file
-        start_new_session=True)
+        [
+            *network.exec_prefix("vm2"),
+            str(localstack.redis_server_binary()),
+            "--bind",
+            address("vm2"),
+            "--port",
+            str(REDIS_PORT),
+            "--requirepass",
+            password,
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--logfile",
+            str(data_dir / "server.log"),
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # it logs to its file
+        start_new_session=True,
+    )
 
 
-def start_api(network: Network, database_url: str, redis_url: str, token: str, log_path: Path,
-              demo_scale: int = 0, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_api(
+    network: Network,
+    database_url: str,
+    redis_url: str,
+    token: str,
+    log_path: Path,
+    demo_scale: int = 0,
+    workers: int = 1,
+) -> subprocess.Popen[bytes]:
     """VM1: `python server.py` on the private address, with the seed's port."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-           "HOST": address("vm1"), "PORT": str(API_PORT), "WORKERS": str(workers), "ADMIN_TOKEN": token,
-           "LOG_LEVEL": "warning"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "HOST": address("vm1"),
+        "PORT": str(API_PORT),
+        "WORKERS": str(workers),
+        "ADMIN_TOKEN": token,
+        "LOG_LEVEL": "warning",
+    }
     if demo_scale:
         env["DEMO_SCALE"] = str(demo_scale)
     with open(log_path, "ab") as log:
-        return subprocess.Popen([*network.exec_prefix("vm1"), sys.executable, str(ROOT / "server.py")],
-                                env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [*network.exec_prefix("vm1"), sys.executable, str(ROOT / "server.py")],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 class Agent:
     """A client process inside one namespace (deploy/topology/agent.py): JSON lines in and out."""
 
     def __init__(self, network: Network, host: str = "client") -> None:
-        self.process = subprocess.Popen([*network.exec_prefix(host), sys.executable, str(HERE / "agent.py")],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [*network.exec_prefix(host), sys.executable, str(HERE / "agent.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def ask(self, **request: Any) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -325,13 +394,19 @@ class Topology:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_urlsafe(24)
         self.redis_password = secrets.token_urlsafe(24)
-        self.postgres = namespaced_postgres(self.work_dir / "postgres" / "data", self.network.ns("vm3"),
-                                            address("vm3"))
+        self.postgres = namespaced_postgres(self.work_dir / "postgres" / "data", self.network.ns("vm3"), address("vm3"))
         self.postgres.port = POSTGRES_PORT
         self.postgres.start()
         self.redis = start_redis(self.network, self.work_dir / "redis", self.redis_password)
-        self.api = start_api(self.network, self.database_url, self.redis_url, self.token,
-                             self.work_dir / "api.log", self.demo_scale, self.workers)
+        self.api = start_api(
+            self.network,
+            self.database_url,
+            self.redis_url,
+            self.token,
+            self.work_dir / "api.log",
+            self.demo_scale,
+            self.workers,
+        )
         agent = Agent(self.network)
         try:
             ready = agent.ask(op="wait_tcp", host=address("vm2"), port=REDIS_PORT, timeout=30)
@@ -349,10 +424,17 @@ class Topology:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def state(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "work_dir": str(self.work_dir), "api_url": self.api_url,
-                "token": self.token, "redis_url": self.redis_url, "database_url": self.database_url,
-                "delay": self.network.describe_delay(), "netem": self.network.netem,
-                "client": shlex.join(self.network.exec_prefix("client"))}
+        return {
+            "prefix": self.prefix,
+            "work_dir": str(self.work_dir),
+            "api_url": self.api_url,
+            "token": self.token,
+            "redis_url": self.redis_url,
+            "database_url": self.database_url,
+            "delay": self.network.describe_delay(),
+            "netem": self.network.netem,
+            "client": shlex.join(self.network.exec_prefix("client")),
+        }
 
     def save_state(self) -> None:
         path = self.work_dir / "state.json"
@@ -374,7 +456,7 @@ class Topology:
         if self.postgres is not None and self.network.ns("vm3") in self.network.existing():
             try:
                 self.postgres.stop()
-            except Exception as error:  # noqa: BLE001 - the namespace sweep below still stops it
+            except Exception as error:
                 errors.append(error)
         self.network.destroy()
         if errors:
@@ -403,7 +485,11 @@ def default_work_dir(prefix: str) -> Path:
 def measure_rtt(network: Network) -> dict[str, float]:
     """TCP connect times (one round trip each) along the seed's three links."""
     rtts: dict[str, float] = {}
-    for source, target, port in (("client", "vm1", API_PORT), ("vm1", "vm2", REDIS_PORT), ("vm1", "vm3", POSTGRES_PORT)):
+    for source, target, port in (
+        ("client", "vm1", API_PORT),
+        ("vm1", "vm2", REDIS_PORT),
+        ("vm1", "vm3", POSTGRES_PORT),
+    ):
         agent = Agent(network, source)
         try:
             answer = agent.ask(op="tcp_rtt", host=address(target), port=port, count=50)
@@ -415,16 +501,45 @@ def measure_rtt(network: Network) -> dict[str, float]:
 
 
 def run_bench(topology: Topology, requests: int, output: Path | None, extra: list[str]) -> int:
-    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--url", topology.api_url, "--token", topology.token,
-               "--redis", topology.redis_url, "--database-url", topology.database_url, "--no-throughput",
-               "--requests", str(requests), *extra]
-    shown = shlex.join([*topology.network.exec_prefix("client"), "python", "bench/run.py", "--url", topology.api_url,
-                        "--token", "…", "--redis", f"redis://:…@{address('vm2')}:{REDIS_PORT}/0",
-                        "--database-url", f"postgresql://travel:…@{address('vm3')}:{POSTGRES_PORT}/travel",
-                        "--no-throughput", "--requests", str(requests), *extra])
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--url",
+        topology.api_url,
+        "--token",
+        topology.token,
+        "--redis",
+        topology.redis_url,
+        "--database-url",
+        topology.database_url,
+        "--no-throughput",
+        "--requests",
+        str(requests),
+        *extra,
+    ]
+    shown = shlex.join(
+        [
+            *topology.network.exec_prefix("client"),
+            "python",
+            "bench/run.py",
+            "--url",
+            topology.api_url,
+            "--token",
+            "…",
+            "--redis",
+            f"redis://:…@{address('vm2')}:{REDIS_PORT}/0",
+            "--database-url",
+            f"postgresql://travel:…@{address('vm3')}:{POSTGRES_PORT}/travel",
+            "--no-throughput",
+            "--requests",
+            str(requests),
+            *extra,
+        ]
+    )
     rtts = measure_rtt(topology.network)
-    done = subprocess.run([*topology.network.exec_prefix("client"), *command], cwd=ROOT, stdout=subprocess.PIPE,
-                          text=True, timeout=3600)
+    done = subprocess.run(
+        [*topology.network.exec_prefix("client"), *command], cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=3600
+    )
     sys.stdout.write(done.stdout)
     if done.returncode == 0 and output is not None:
         report = done.stdout.split("\nsaved: ")[0].strip()
@@ -434,7 +549,8 @@ def run_bench(topology: Topology, requests: int, output: Path | None, extra: lis
             "# Latency across the three-VM topology (network namespaces on one machine)",
             "",
             "Reproduced with `make topology-bench` (or "
-            f"`python deploy/topology/topology.py bench --requests {requests} --output {shown_path(output)}`), which builds",
+            f"`python deploy/topology/topology.py bench --requests {requests} --output {shown_path(output)}`),"
+            " which builds",
             "the seed's topology (API 192.168.100.10, Redis .20, PostgreSQL .30, client .40; one bridge) and runs",
             "inside the client's namespace:",
             "",
@@ -446,8 +562,9 @@ def run_bench(topology: Topology, requests: int, output: Path | None, extra: lis
             f"- API: one worker (WORKERS={topology.workers}), DEMO_SCALE={topology.demo_scale}",
             "",
         ]
-        output.write_text("\n".join(header) + "\n" + report.replace("# Travel Recharge API — bench", "## bench/run.py",
-                                                                      1) + "\n")
+        output.write_text(
+            "\n".join(header) + "\n" + report.replace("# Travel Recharge API — bench", "## bench/run.py", 1) + "\n"
+        )
         print(f"\nwritten: {output}")
     return done.returncode
 
@@ -463,10 +580,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "bench"))
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix (default tr)")
-    parser.add_argument("--delay-ms", type=float, default=DEFAULT_DELAY_MS,
-                        help="netem delay on each host's eth1, one way (default 0.5)")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_MS,
+        help="netem delay on each host's eth1, one way (default 0.5)",
+    )
     parser.add_argument("--work-dir", type=Path, help="data and logs (default /tmp/PREFIX-topology)")
-    parser.add_argument("--demo-scale", type=int, default=None, help="DEMO_SCALE of the API (default: 1 for bench, 0 for up)")
+    parser.add_argument(
+        "--demo-scale", type=int, default=None, help="DEMO_SCALE of the API (default: 1 for bench, 0 for up)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="bench: requests per latency-table row")
     parser.add_argument("--output", type=Path, help="bench: write the Markdown report here as well")
     parser.add_argument("--keep", action="store_true", help="bench: leave the topology running afterwards")
@@ -494,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if args.command == "up":
             print(json.dumps(topology.state(), indent=2))
-            print(f"\ntry: {topology.state()['client']} curl -s {topology.api_url}/api/v1/health\n"
-                  f"stop: python deploy/topology/topology.py down --prefix {args.prefix}")
+            print(
+                f"\ntry: {topology.state()['client']} curl -s {topology.api_url}/api/v1/health\n"
+                f"stop: python deploy/topology/topology.py down --prefix {args.prefix}"
+            )
             return 0
         try:
             return run_bench(topology, args.requests, args.output, extra)
