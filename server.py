@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from auth import TokenCache, authorize, new_token
 from cache import Cache, Lookup, connect
 from cachekeys import CachedKey
 from db import QUERIES, Database, Overloaded, Query
-from endpoints import Endpoint
+from endpoints import Endpoint, ShapeRouter
 from errors import (
     DATABASE_ERRORS,
     DATABASE_UNAVAILABLE_ERRORS,
@@ -58,6 +59,7 @@ MAX_BODY = 64 * 1024
 IDEMPOTENCY_RETENTION = datetime.timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_BATCH = 5000
+GC_ALLOCATIONS = 50_000  # net allocations between young-generation collections (default 700)
 API = "/api/v1"
 # What a statement outside a request's own answer may meet: logged, never answered.
 STATEMENT_ERRORS: tuple[type[Exception], ...] = (Overloaded, *DATABASE_ERRORS)
@@ -481,6 +483,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             catch_up,
         )
         background = [asyncio.create_task(listener.run()), asyncio.create_task(prune_idempotency_keys(database))]
+        # A request allocates hundreds of short-lived objects, nearly all freed by their
+        # reference counts; at the default threshold (700) the cyclic collector ran every few
+        # requests and cost ~13 % of cache-hit throughput. Objects made so far live as long as
+        # the worker: freeze them out of every collection.
+        gc.set_threshold(GC_ALLOCATIONS, *gc.get_threshold()[1:])
+        gc.freeze()
         try:
             yield {
                 "db": database,
@@ -502,8 +510,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
 
     app = Starlette(
-        routes=ROUTES,
-        lifespan=lifespan,
         middleware=[metrics.middleware(settings.access_log)],
         exception_handlers={
             Problem: handle_problem,
@@ -514,7 +520,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: handle_unexpected,
         },
     )
-    app.router.redirect_slashes = False  # its redirect would echo the Host header (DESIGN §10)
+    app.router = ShapeRouter(ROUTES, lifespan)
     return app
 
 

@@ -272,9 +272,9 @@ def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
     tcp = edge.uvicorn_options(Settings())
     assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, edge.KEEP_ALIVE_SECONDS)
     assert tcp["http"].func is edge.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
-    assert "uds" not in tcp and "forwarded_allow_ips" not in tcp
+    assert "uds" not in tcp and tcp["proxy_headers"] is False
     uds = edge.uvicorn_options(Settings(unix_socket="/run/api.sock"))
-    assert (uds["uds"], uds["forwarded_allow_ips"]) == ("/run/api.sock", "*") and "host" not in uds
+    assert uds["uds"] == "/run/api.sock" and "host" not in uds
     for wrong in (0.0, -1.0, 15.5):
         with pytest.raises(SettingsError, match="READ_TIMEOUT"):
             Settings(read_timeout=wrong)
