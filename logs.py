@@ -50,24 +50,14 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 # ---------------------------------------------------------------- the request log
-class RequestFields(msgspec.Struct):
-    id: str
-    method: str
-    path: str
-    route: str
-    status: int
-    ms: float
-    cache: str | None
-
-
-class RequestLine(msgspec.Struct):
-    """The shape `JSONFormatter` gives a record, so readers of the log see one format."""
-
-    ts: str
-    level: str
-    logger: str
-    msg: str
-    request: RequestFields
+# The shape `JSONFormatter` gives a record, so readers of the log see one format. Only the
+# path comes from the client and is JSON-encoded; the id is checked (request_id), the method
+# is an HTTP token, the route one of ours, the cache a header of ours: none needs escaping.
+REQUEST_LINE = (
+    b'{"ts":"%s","level":"info","logger":"' + ACCESS_LOGGER.encode() + b'","msg":"request","request":'
+    b'{"id":"%s","method":"%s","path":%s,"route":"%s","status":%d,"ms":%.3f,"cache":%s}}\n'
+)
+CACHE_JSON = {b"": b"null", b"HIT": b'"HIT"', b"MISS": b'"MISS"'}
 
 
 class AccessLog:
@@ -75,13 +65,19 @@ class AccessLog:
 
     def __init__(self, fd: int = 2) -> None:
         self.fd = fd
-        self.enabled = False
+        # Writes of whole lines and at most this much: PIPE_BUF while other workers share the
+        # file (see `share_with_workers`), else the whole buffer in one write.
+        self.write_size = BUFFER_BYTES
         self._buffer = bytearray()
-        self._encoder = msgspec.json.Encoder()
+        self._encode = msgspec.json.Encoder().encode
         self._flush_timer: asyncio.TimerHandle | None = None
         self._thread = threading.get_ident()  # the event loop's, which appends lines
         self._millisecond = -1
-        self._ts = ""
+        self._ts = b""
+
+    def share_with_workers(self, shared: bool) -> None:
+        """Whether other processes write to the same stderr (WORKERS > 1)."""
+        self.write_size = ATOMIC_WRITE if shared else BUFFER_BYTES
 
     def request(
         self, rid: bytes, method: str, path: str, route: str, status: int, seconds: float, cache: bytes
@@ -91,22 +87,21 @@ class AccessLog:
         millisecond = int(now * 1000)
         if millisecond != self._millisecond:  # format the time once a millisecond, not per request
             self._millisecond = millisecond
-            self._ts = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{millisecond % 1000:03d}Z"
-        line = RequestLine(
-            self._ts,
-            "info",
-            ACCESS_LOGGER,
-            "request",
-            RequestFields(
-                rid.decode(), method, path, route, status, int(seconds * 1_000_000) / 1000, cache.decode() or None
-            ),
-        )
+            self._ts = b"%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode(), millisecond % 1000)
         buffer = self._buffer
         if not buffer:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             self._thread = threading.get_ident()
-        self._encoder.encode_into(line, buffer, -1)
-        buffer += b"\n"
+        buffer += REQUEST_LINE % (
+            self._ts,
+            rid,
+            method.encode(),
+            self._encode(path),
+            route.encode(),
+            status,
+            seconds * 1000,
+            CACHE_JSON.get(cache) or self._encode(cache.decode()),
+        )
         if len(buffer) >= BUFFER_BYTES:
             self.flush()
 
@@ -126,7 +121,11 @@ class AccessLog:
         view = memoryview(data)
         start = 0
         while start < len(data):
-            end = len(data) if len(data) - start <= ATOMIC_WRITE else data.rfind(b"\n", start, start + ATOMIC_WRITE) + 1
+            end = (
+                len(data)
+                if len(data) - start <= self.write_size
+                else data.rfind(b"\n", start, start + self.write_size) + 1
+            )
             if end <= start:  # one line longer than PIPE_BUF: alone in its write(s)
                 end = data.index(b"\n", start) + 1
             while start < end:

@@ -452,6 +452,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app. Pools open in the lifespan, never at import; the schema is applied
     before (startup.py), once per start rather than once per worker."""
     settings = settings or Settings.from_env()
+    logs.ACCESS_LOG.share_with_workers(settings.workers > 1)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:

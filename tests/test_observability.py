@@ -128,8 +128,10 @@ def writes(reader: socket.socket) -> list[bytes]:
 
 
 async def test_a_full_buffer_is_written_in_whole_lines_of_at_most_pipe_buf(message_socket: Any) -> None:
+    """With other workers on the same stderr (WORKERS > 1)."""
     writer, reader = message_socket
     access = logs.AccessLog(writer.fileno())
+    access.share_with_workers(True)
     count = 0
     while not (found := writes(reader)):  # until the buffer passes 32 KiB by itself
         path = f"/api/v1/cards/{count}/balance" + "x" * (count % 97)
@@ -145,6 +147,27 @@ async def test_a_full_buffer_is_written_in_whole_lines_of_at_most_pipe_buf(messa
     assert found[-1].count(b"\n") == 1  # the one line longer than PIPE_BUF: alone in its write
     lines = [json.loads(line) for chunk in found for line in chunk.splitlines()]
     assert [line["request"]["id"] for line in lines] == [f"r-{n}" for n in range(count)] + ["long"]
+
+
+async def test_a_lone_worker_writes_its_full_buffer_at_once(message_socket: Any) -> None:
+    writer, reader = message_socket
+    access = logs.AccessLog(writer.fileno())
+    count = 0
+    while not (found := writes(reader)):
+        access.request(
+            b"r-%d" % count,
+            "GET",
+            f"/api/v1/cards/{count}/balance",
+            "/api/v1/cards/{card_id}/balance",
+            200,
+            0.0004,
+            b"MISS",
+        )
+        count += 1
+    written = b"".join(found)
+    # One write of the whole buffer (a socket may take it in two parts): not 8 of PIPE_BUF.
+    assert len(found) <= 2 and len(written) >= logs.BUFFER_BYTES and written.endswith(b"\n")
+    assert [json.loads(line)["request"]["id"] for line in written.splitlines()] == [f"r-{n}" for n in range(count)]
 
 
 async def test_lines_are_written_within_a_second_without_more_traffic(message_socket: Any) -> None:
