@@ -34,7 +34,7 @@ from errors import DATABASE_UNAVAILABLE_ERRORS, refusal
 log = logging.getLogger("travel.batching")
 
 MAX_BATCH = 64  # items per call: a bound on one transaction's length and locks
-MAX_IN_FLIGHT = 4  # batches of one kind running at once; past it, writes gather for the next
+MAX_IN_FLIGHT = 2  # batches of one kind running at once; past it, writes gather for the next
 # Every batch function's rows start with these; the result columns follow.
 RESULT_START = 4  # item, refusal, message, detail
 
