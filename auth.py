@@ -106,7 +106,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def admin_only(handler: Handler) -> Handler:
-    """`handler` behind an admin token: for reads that name or profile a person (DESIGN §5)."""
+    """`handler` behind an admin token: for reads that name or profile a person (docs/design.md: who may read what)."""
 
     async def guarded(request: Request) -> Response:
         await authorize(request)

@@ -1,5 +1,5 @@
 """Group commit: writes of one kind that arrive together share one call, one commit, one
-invalidation (DESIGN §1, §9).
+invalidation (docs/design.md: writes, performance).
 
 The writes of one kind submitted during one event-loop tick go to PostgreSQL as ONE call of a
 batch function of sql/functions.sql (recharge_cards, board_cards, end_trips), one array per

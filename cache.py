@@ -5,8 +5,8 @@ its generation), so a hit costs a share of one round trip. Miss: `load` reads Po
 fills, once for all the concurrent misses of a key that saw the same generation (single
 flight: a burst on a cold key is one query, not one per request). The fill stores the value
 only if the key's generation is still the one the read saw: a write that committed in
-between bumped it, so a slow miss cannot put back the row it read before the write (DESIGN
-§6). Write: `invalidate` bumps the generations and DELs the keys, in one round trip, after
+between bumped it, so a slow miss cannot put back the row it read before the write (docs/design.md:
+cache-aside). Write: `invalidate` bumps the generations and DELs the keys, in one round trip, after
 the commit.
 
 Redis trouble never fails a request: a read that cannot reach Redis is a miss, a fill is

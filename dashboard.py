@@ -1,4 +1,4 @@
-"""GET /dashboard, the operator dashboard (DESIGN §11), and GET / that leads to it.
+"""GET /dashboard, the operator dashboard (docs/design.md: the dashboard), and GET / that leads to it.
 
 The page is static/dashboard/index.html; its script, style and the vendored chart library
 are served from /static. It reads only this service's API. The Content-Security-Policy

@@ -1,4 +1,4 @@
-"""The edge of the service (DESIGN §10): bounds on what one client may make a worker hold.
+"""The edge of the service (docs/design.md: the edge): bounds on what one client may make a worker hold.
 
 httptools accepts a request head of any size (and builds a long header value at a cost that
 grows with the square of its size) and uvicorn never times out a request that is still

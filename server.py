@@ -145,7 +145,7 @@ MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 # ---------------------------------------------------------------- cache-aside
 async def cached(request: Request, key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
-    """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (DESIGN §6)."""
+    """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (docs/design.md: cache-aside)."""
     cache: Cache = request.state.cache
     # Shielded: the future is shared by every request for this key in this tick, and one
     # client going away must not cancel it for the others.

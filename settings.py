@@ -23,7 +23,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration (DESIGN §3). Empty URLs: start the embedded default."""
+    """The service's configuration (docs/design.md: shape). Empty URLs: start the embedded default."""
 
     database_url: str = ""
     redis_url: str = ""

@@ -1,4 +1,4 @@
-"""DESIGN §9's targets, graded from the saved report (so the verdicts are what the JSON holds)."""
+"""docs/design.md: performance's targets, graded from the saved report (so the verdicts are what the JSON holds)."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def tail_parts(tail: dict[str, Any]) -> list[str]:
 def goals_table(goals: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
     return markdown_table(
-        ["goal (DESIGN §9)", "measured", "target", "result"],
+        ["goal (docs/design.md: performance)", "measured", "target", "result"],
         [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals],
     )
 

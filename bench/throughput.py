@@ -19,7 +19,7 @@ from loadgen import LoadResult, Scenario, run_load
 from scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
 from stack import ServerProcess
 
-# What each scenario is held against (DESIGN §9), and the least ratio to reach.
+# What each scenario is held against (docs/design.md: performance), and the least ratio to reach.
 CEILING_OF = {
     "hit": "redis-get",
     "uncached": "pg-select",

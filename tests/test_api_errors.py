@@ -1,4 +1,4 @@
-"""Every refusal of DESIGN §5 over HTTP: status, `code`, problem+json, and a database that
+"""Every refusal of docs/design.md: who may read what over HTTP: status, `code`, problem+json, and a database that
 the refused write left exactly as it was."""
 
 from __future__ import annotations

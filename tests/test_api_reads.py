@@ -1,4 +1,4 @@
-"""The HTTP API's happy paths (DESIGN §5) and its cache over HTTP (§6), on the real server.
+"""The HTTP API's happy paths (docs/design.md: who may read what) and its cache over HTTP (§6), on the real server.
 
 Writes that succeed are here too (their bodies are part of the contract); refusals are in
 test_api_errors.py, concurrency and roles in test_api_writes.py.

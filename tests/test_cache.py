@@ -1,4 +1,4 @@
-"""The cache-aside protocol of DESIGN §6, against the real server, PostgreSQL and Redis."""
+"""The cache-aside protocol of docs/design.md: cache-aside, against the real server, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Re
 async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
     api: Api, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DESIGN §6's race: a miss reads the old row, a write commits and DELs, then the miss
+    """docs/design.md: cache-aside's race: a miss reads the old row, a write commits and DELs, then the miss
     fills. The miss is paused between its read and its fill, so the order is certain."""
     card_id = await new_card(api, 5000)
     key = cachekeys.card_balance(card_id)

@@ -1,4 +1,4 @@
-"""/docs and /redoc work with no internet access (DESIGN §5, issue 11): no asset they load
+"""/docs and /redoc work with no internet access (docs/design.md: who may read what, issue 11): no asset they load
 names another host, read statically from the vendored files and from a real headless
 Chromium's network log while it renders both viewers from a served app."""
 

@@ -1,4 +1,4 @@
-"""The edge of the service (DESIGN §10, issue 11 findings 1, 2 and 7), against `python server.py`
+"""The edge of the service (docs/design.md: the edge, issue 11 findings 1, 2 and 7), against `python server.py`
 in a process of its own: a huge header must not stall other clients, a request that does not
 arrive in time is closed, a worker holds a bounded number of connections, and no redirect
 echoes the Host header. Loopback only; every wait is bounded."""

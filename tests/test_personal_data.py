@@ -1,4 +1,4 @@
-"""Personal data (DESIGN §5, issue 11): what names or profiles a person needs an admin token, and
+"""Personal data (docs/design.md: who may read what, issue 11): what names or profiles a person needs an admin token, and
 no public answer carries a name, email, phone, id_number, address, birth date or card number.
 (test_tokens.py runs the full role matrix of every guarded operation.)"""
 

@@ -1,4 +1,4 @@
-"""The API through a real PgBouncer in transaction mode (DESIGN §8, issue 6).
+"""The API through a real PgBouncer in transaction mode (docs/design.md: shape, issue 6).
 
 asyncpg prepares every statement (named, protocol-level) and caches it per connection. In
 transaction mode consecutive transactions of one client run on different server

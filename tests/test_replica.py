@@ -1,4 +1,4 @@
-"""A real PostgreSQL streaming replica behind READ_DATABASE_URL (DESIGN §8, issue 6).
+"""A real PostgreSQL streaming replica behind READ_DATABASE_URL (docs/design.md: shape, issue 6).
 
 The test builds its own primary (not the session's server), clones it with
 `pg_basebackup -R -X stream`, starts the clone as a hot standby on another port and runs the

