@@ -30,6 +30,7 @@ class Writer:
         self.connection = Connection(target.url)
         self.key_prefix = key_prefix
         self.sent = itertools.count()
+        self.boardings = itertools.count()
 
     async def write(self, request: Request) -> dict[str, Any]:
         number = next(self.sent)
@@ -38,7 +39,7 @@ class Writer:
 
     async def board(self) -> dict[str, Any]:
         fixture = self.target.data
-        route = fixture.route_ids[next(self.sent) % 2]  # alternating: transfers, cheap fares
+        route = fixture.route_ids[next(self.boardings) % 2]  # alternating: transfers, cheap fares
         return await self.write(
             post(
                 "/trips",
