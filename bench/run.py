@@ -49,7 +49,7 @@ from latency import latency_rows  # noqa: E402
 from loadgen import wrk_version  # noqa: E402
 from report import markdown, save_chart  # noqa: E402
 from scale import measure_scale  # noqa: E402
-from scenarios import API_SCENARIOS  # noqa: E402
+from scenarios import API_SCENARIOS, DEFAULT_SCENARIOS  # noqa: E402
 from stack import Pinning, Progress, ServerProcess, database_facts, machine_facts, start_api, start_ceilings  # noqa: E402
 from tail import cold_key_burst, open_loop_rows, sustained_mix  # noqa: E402
 from throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points  # noqa: E402
@@ -114,7 +114,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     shape.add_argument("--requests", type=int, help="sequential requests per latency-table row (default 200)")
     shape.add_argument(
-        "--scenarios", default=",".join(API_SCENARIOS), help="comma-separated subset of " + ", ".join(API_SCENARIOS)
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated subset of " + ", ".join(API_SCENARIOS) + " (default: all but miss)",
     )
     shape.add_argument("--no-latency", action="store_true", help="skip the latency table")
     shape.add_argument("--no-throughput", action="store_true", help="skip the throughput rounds and the tail")
