@@ -84,7 +84,13 @@ def cached_endpoints(target: Target, writer: Writer) -> list[tuple[str, MakeCold
     ]
 
 
-AGGREGATES = ("/trips/total", "/trips/total/localities", "/finance/revenue", "/finance/revenue/localities")
+AGGREGATES = (
+    "/trips/total",
+    "/trips/total/localities",
+    "/finance/revenue",
+    "/finance/revenue/localities",
+    "/trips/hourly?hours=24",
+)
 UNCACHED = ("/users/count", "/users/active/count", "/users/latest")
 NEVER_INVALIDATED = ("/routes", "/stations")
 

@@ -118,16 +118,20 @@ async def prepare_network_database(url: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def database_url(stack: LocalStack, template_url: str) -> str:
-    """A fresh database with the schema and the small network, for this test alone."""
-    name = f"test_{next(_database_numbers)}"
+async def copy_template(stack: LocalStack, name: str) -> str:
+    """A new database `name` copied from the template (the schema and the small network); its URL."""
     admin = await asyncpg.connect(stack.postgres.url)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     finally:
         await admin.close()
     return with_database(stack.postgres.url, name)
+
+
+@pytest.fixture
+async def database_url(stack: LocalStack, template_url: str) -> str:
+    """A fresh database with the schema and the small network, for this test alone."""
+    return await copy_template(stack, f"test_{next(_database_numbers)}")
 
 
 @pytest.fixture

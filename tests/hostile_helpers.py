@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import redis.asyncio as aioredis
 from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
-from conftest import Api, serve_api, with_database
+from conftest import Api, copy_template, serve_api
 
 import server
 from endpoints import Endpoint
@@ -27,18 +27,13 @@ ROLES = ("admin", "recharge_point", "validator")
 @contextlib.asynccontextmanager
 async def module_api(stack: LocalStack, template_url: str, prefix: str, **settings: object) -> AsyncIterator[Api]:
     """A server on a database of its own (copied from the template) and an emptied Redis."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stack.postgres.url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE travel_template")
-    finally:
-        await admin.close()
+    url = await copy_template(stack, f"{prefix}_{uuid.uuid4().hex[:10]}")
     redis = aioredis.Redis.from_url(stack.redis.url)
     try:
         await redis.flushdb()  # the cache keys do not name the database: start empty
     finally:
         await redis.aclose()
-    async with serve_api(with_database(stack.postgres.url, name), stack.redis.url, **settings) as running:
+    async with serve_api(url, stack.redis.url, **settings) as running:
         yield running
 
 

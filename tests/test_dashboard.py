@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from api_helpers import board, json_body, make_user_with_card, recharge
-from conftest import TEMPLATE, Api, serve_api, with_database
+from conftest import Api, copy_template, serve_api
 from dbhelpers import connected
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -54,9 +54,7 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
 
 @pytest.fixture(scope="module")
 async def demo_api(stack: LocalStack, template_url: str, own_redis: LocalRedis) -> AsyncIterator[Api]:
-    async with connected(stack.postgres.url) as admin:
-        await admin.execute(f"CREATE DATABASE dashboard_demo TEMPLATE {TEMPLATE}")
-    url = with_database(stack.postgres.url, "dashboard_demo")
+    url = await copy_template(stack, "dashboard_demo")
     async with connected(url) as conn:
         assert await db.load_demo_data(conn, 1)
     async with serve_api(url, own_redis.url) as api:

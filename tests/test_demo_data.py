@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from conftest import TEMPLATE, with_database
+from conftest import copy_template
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, refusal
 
 import db
@@ -24,9 +24,7 @@ _INDEXES = "SELECT array_agg(indexdef ORDER BY indexname) FROM pg_indexes WHERE 
 async def demo(stack: LocalStack, template_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A database loaded once at SCALE over the template's small network (stations 1-4,
     routes 1-4 already there), shared by this module's read-only checks."""
-    async with connected(stack.postgres.url) as admin:
-        await admin.execute(f"CREATE DATABASE {DEMO_DATABASE} TEMPLATE {TEMPLATE}")
-    async with connected(with_database(stack.postgres.url, DEMO_DATABASE)) as conn:
+    async with connected(await copy_template(stack, DEMO_DATABASE)) as conn:
         assert await db.load_demo_data(conn, SCALE)
         yield conn
 

@@ -13,10 +13,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import asyncpg
 import httpx
 import pytest
-from conftest import register_test_tokens, with_database
+from conftest import copy_template, register_test_tokens
 from test_server_process import ServerProcess
 
 import edge
@@ -38,13 +37,7 @@ class Served:
 
 async def fresh_database(stack: LocalStack, prefix: str) -> str:
     """A database of its own, copied from the session's template, with the test tokens."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stack.postgres.url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE travel_template")
-    finally:
-        await admin.close()
-    url = with_database(stack.postgres.url, name)
+    url = await copy_template(stack, f"{prefix}_{uuid.uuid4().hex[:10]}")
     await register_test_tokens(url)
     return url
 
