@@ -35,6 +35,7 @@ class Endpoint:
     headers: tuple[str, ...] = ()
     query: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional query parameters and their schemas
     unavailable: Any = None  # the body of its 503 when that is not a problem (/health)
+    notes: str = ""  # what its document says beyond the summary
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])

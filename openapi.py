@@ -50,7 +50,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
             "tags": [op.path.split("/")[3] if op.path.startswith("/api/") else "service"],
             "responses": {},
         }
-        description = []
+        description = [op.notes] if op.notes else []
         if op.cache:
             description.append(f"Cached: `{op.cache}`; the `X-Cache` header says HIT or MISS.")
         if op.roles is not None:
@@ -95,7 +95,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
             entry["responses"][str(status)] = _problem_response(status)
         if op.unavailable is not None:
             entry["responses"]["503"] = {
-                "description": TITLES[503],
+                "description": f"{TITLES[503]}: the same body, saying what is down",
                 "content": {"application/json": {"schema": ref_of[op.unavailable]}},
             }
         paths.setdefault(op.path, {})[op.method.lower()] = entry

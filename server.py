@@ -536,6 +536,8 @@ ENDPOINTS = [
         models.Health,
         errors=(503,),
         unavailable=models.Health,
+        notes="200 while PostgreSQL answers: `status` ok, or degraded with `cache` down (reads then come"
+        " from PostgreSQL). 503 with `database` down when PostgreSQL cannot be reached.",
     ),
     cached_read(
         f"{API}/trips/total", "Trip totals and revenue", cachekeys.trips_total, "trips-total", models.TripsTotal

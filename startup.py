@@ -14,6 +14,7 @@ import logging.config
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 import auth
 import db
@@ -78,11 +81,9 @@ def start_embedded(settings: Settings) -> tuple[LocalStack, Settings]:
     )
 
 
-def serve(settings: Settings, log_config: dict[str, Any], banner: str) -> None:
-    """Bind, print `banner` (only once the port is ours), then run uvicorn's workers."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
+def listen(settings: Settings, log_config: dict[str, Any]) -> tuple[uvicorn.Config, socket.socket]:
+    """uvicorn's configuration and its bound socket: first, so that a busy or wrong address
+    fails at once, before any server is started for nothing."""
     config = uvicorn.Config(
         "server:create_app",
         factory=True,
@@ -94,15 +95,23 @@ def serve(settings: Settings, log_config: dict[str, Any], banner: str) -> None:
         timeout_graceful_shutdown=10,
         **edge.uvicorn_options(settings),
     )
-    socket = config.bind_socket()  # a busy port: uvicorn logs the error and exits 1
+    try:
+        return config, config.bind_socket()
+    except SystemExit:  # uvicorn has logged why (address in use, unknown host ...)
+        where = settings.unix_socket or f"{settings.host}:{settings.port}"
+        sys.exit(f"cannot listen on {where} (the line above says why): set PORT, HOST or UNIX_SOCKET")
+
+
+def serve(config: uvicorn.Config, listening: socket.socket, banner: str) -> None:
+    """Print `banner` (the socket is ours by now), then run uvicorn's workers."""
     print(banner, flush=True)
     if config.workers == 1:
-        uvicorn.Server(config).run(sockets=[socket])
+        uvicorn.Server(config).run(sockets=[listening])
         return
     # Chosen before the workers import prometheus_client: /metrics then sums them all.
     with tempfile.TemporaryDirectory(prefix="travel-metrics-") as metrics_dir:
         metrics.prepare_multiprocess(Path(metrics_dir))
-        Multiprocess(config, sockets=[socket]).run()
+        Multiprocess(config, sockets=[listening]).run()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -117,6 +126,7 @@ def main() -> None:
         sys.exit(f"configuration: {error}")
     log_config = logs.logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
+    config, listening = listen(settings, log_config)
     stack = None
     if not (settings.database_url and settings.redis_url):
         if not settings.embedded_stack:  # the container image: nothing to start here
@@ -146,7 +156,7 @@ def main() -> None:
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, _exit_cleanly)
-        serve(settings, log_config, banner)
+        serve(config, listening, banner)
     finally:
         if stack is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the servers

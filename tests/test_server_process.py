@@ -194,6 +194,7 @@ async def test_a_busy_port_fails_before_announcing_it_serves(
         assert server.process.wait(timeout=60) != 0
     output = server.printed()
     assert "address already in use" in output.lower(), output
+    assert f"cannot listen on 127.0.0.1:{busy} (the line above says why)" in output
     assert "serving on" not in output and "Traceback" not in output
 
 
