@@ -84,7 +84,10 @@ class TokenCache:
 
 async def authorize(request: Request, *roles: str) -> Caller:
     """The caller behind `Authorization: Bearer`, if its role is one of `roles` (admin always)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = request.headers.getlist("authorization")
+    if len(given) > 1:  # which one counts would depend on who reads them: neither does
+        raise Problem(401, "UNAUTHORIZED", "send one Authorization header", headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = (given[0] if given else "").partition(" ")
     token = token.strip()
     if not hmac.compare_digest(scheme.lower().encode(), b"bearer") or not token:
         raise Problem(401, "UNAUTHORIZED", "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})

@@ -43,6 +43,7 @@ DEFAULT_MAX_CONNECTIONS = 4096  # per worker; each may hold up to HEAD_LIMIT of 
 FD_RESERVE = 256  # descriptors left for the PostgreSQL and Redis pools, listeners and files
 _NO_DEADLINE = math.inf
 _IN_BODY = sys.maxsize  # head room while the body is read: the head limit does not apply
+MAX_PIPELINED = 16  # requests of one connection read ahead of their answers
 
 
 def _head_too_large_response() -> bytes:
@@ -110,27 +111,47 @@ class EdgeProtocol(HttpToolsProtocol):
         self.head_room -= len(data) - start
         super().data_received(data[start:])
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_room == _IN_BODY:  # a chunked body's trailer: it would join headers already read
+            self.close_because("a trailer after a chunked body")
+            return
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():  # refused: parse nothing more of what was read
+            return
         self.head_room = _IN_BODY
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:  # requests read ahead of their answers pile up in memory
+            self.close_because(f"more than {MAX_PIPELINED} pipelined requests waiting")
+            return
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # the cycle just made
             one_write = OneWrite(self.transport, cycle.on_response)
             cycle.transport = one_write  # type: ignore[assignment]
             cycle.on_response = one_write.complete
 
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.transport.is_closing():
+            return
         super().on_message_complete()
         self.head_room = HEAD_LIMIT
         self.read_deadline = _NO_DEADLINE
 
+    def close_because(self, reason: str) -> None:
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "the unix socket"
+        log.info("closed a connection from %s: %s", client, reason)
+        self.transport.close()
+
     def refuse_head(self) -> None:
         """431 and close: the head is over HEAD_LIMIT (no answer if one is being written)."""
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "the unix socket"
-        log.info("closed a connection from %s: request head over %d bytes (431)", client, HEAD_LIMIT)
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(HEAD_TOO_LARGE)
-        self.transport.close()
+        self.close_because(f"request head over {HEAD_LIMIT} bytes (431)")
 
     def read_timed_out(self) -> None:
         self.read_deadline = _NO_DEADLINE
@@ -152,6 +173,8 @@ class OneWrite:
         self.waiting_for_head = True
 
     def write(self, data: bytes) -> None:
+        if self.transport.is_closing():  # as an ASGI server says the client has gone (499)
+            raise ConnectionResetError("the client's connection is closed")
         if self.held:
             self.held, data = b"", self.held + data
         elif self.waiting_for_head and not data.startswith(b"HTTP/1.1 100 "):
@@ -161,7 +184,7 @@ class OneWrite:
         self.transport.write(data)
 
     def flush(self) -> None:
-        if self.held:
+        if self.held and not self.transport.is_closing():
             self.held, held = b"", self.held
             self.transport.write(held)
 

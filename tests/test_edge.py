@@ -278,3 +278,71 @@ def test_the_connection_cap_stays_below_the_open_file_limit() -> None:
     assert edge.connection_cap(0, 1024) == 1024 - edge.FD_RESERVE
     assert edge.connection_cap(500, 1024) == 500
     assert edge.connection_cap(5000, 1024) == 1024 - edge.FD_RESERVE
+
+
+# ---------------------------------------------------------------- pipelining, trailers, headers twice
+def pipelined(count: int, path: str = "/api/v1/stations") -> bytes:
+    return b"".join(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode() for _ in range(count))
+
+
+async def test_a_short_pipeline_is_answered_whole(served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(pipelined(edge.MAX_PIPELINED - 1, "/api/v1/health") + head_of(200))
+    answers = await read_all(reader, timeout=10)
+    writer.close()
+    assert answers.count(b"HTTP/1.1 200 ") == edge.MAX_PIPELINED
+
+
+async def test_a_pipeline_read_ahead_of_its_answers_is_cut_off(served: Served, http: httpx.AsyncClient) -> None:
+    """Requests read but not answered are held in memory: past MAX_PIPELINED the connection is
+    closed, and nothing of the rest is parsed into requests."""
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(pipelined(5000))  # ~160 KiB: one read of the server's
+    await writer.drain()
+    answers = await read_all(reader, timeout=10)
+    writer.close()
+    assert answers.count(b"HTTP/1.1 200 ") <= edge.MAX_PIPELINED + 1
+    assert await timed_health(http) < 0.5
+    assert "more than 16 pipelined requests waiting" in served.process.printed()
+
+
+async def test_a_client_gone_under_a_pipeline_is_499_never_an_error(served: Served, http: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection(served.host, served.port)
+        writer.write(pipelined(edge.MAX_PIPELINED))
+        await writer.drain()
+        await reader.read(100)
+        writer.transport.abort()  # a reset, with answers still to write
+    assert await timed_health(http) < 0.5
+    printed = served.process.printed()
+    assert "unexpected error" not in printed and "Traceback" not in printed
+    assert 'status="500"' not in (await http.get(f"http://{served.host}:{served.port}/metrics")).text
+
+
+async def test_a_trailer_never_joins_the_headers(served: Served) -> None:
+    """httptools hands a chunked body's trailer fields to the header callback, after the app
+    has its headers: an Idempotency-Key there would count without passing the head limit."""
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    body = b'{"card_id": 1, "amount": 100}'
+    writer.write(
+        b"POST /api/v1/recharges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-for-tests\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\nIdempotency-Key: from-a-trailer\r\n\r\n"
+        % (len(body), body)
+    )
+    await writer.drain()
+    answer = await read_all(reader, timeout=10)
+    writer.close()
+    assert b"HTTP/1.1 201" not in answer
+    assert "a trailer after a chunked body" in served.process.printed()
+
+
+async def test_two_authorization_headers_are_refused(served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(
+        b"GET /api/v1/users/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer admin-token-for-tests\r\nAuthorization: Bearer nope\r\n\r\n"
+    )
+    answer = await read_all(reader, timeout=10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ") and b'"code":"UNAUTHORIZED"' in answer
