@@ -208,7 +208,9 @@ async def test_40_boardings_in_batches_on_10_fares_board_exactly_10(api: Api) ->
             body = assert_problem(response, 402, "INSUFFICIENT_BALANCE")
             assert (body["balance"], body["fare"], body["fare_type"]) == (0, SITP_FARE, "STANDARD_SITP")
     assert await balance_in_db(api, card_id) == 0
+    assert await fetchval(api, "SELECT count(*) FROM trips WHERE card_id = $1", card_id) == 10
     assert json_body(await api.http.get("/trips/total"))["total_trips"] == 10
+    assert json_body(await api.http.get("/finance/revenue"))["total_revenue"] == 10 * SITP_FARE
     assert json_body(await api.http.get(f"/cards/{card_id}/balance"))["balance"] == 0
 
 
