@@ -265,7 +265,8 @@ async def throughput(
         servers.targets, servers.log_off, servers.ceilings, settings.scenarios, settings.connections, run_id
     )
     for round_number in range(1, settings.rounds + 1):
-        for run in runs:
+        # Every other round in reverse: what runs first or second in a round is not always the same side.
+        for run in runs if round_number % 2 else runs[::-1]:
             progress.step(
                 f"round {round_number}/{settings.rounds} · {run.server} · {run.name} · {run.connections} conns"
             )
