@@ -108,6 +108,21 @@ def summarize(latencies_ms: list[float]) -> Percentiles:
     }
 
 
+def measured(
+    latencies_ms: list[float], errors: int, seconds: float, generator: str, cache: Any, statuses: Any
+) -> LoadResult:
+    """The result of a run of this module's own clients, from the latencies they measured."""
+    return LoadResult(
+        requests=len(latencies_ms),
+        errors=errors,
+        seconds=seconds,
+        generator=generator,
+        cache=cache,
+        statuses=statuses,
+        **summarize(latencies_ms),
+    )
+
+
 def x_cache(head: bytes) -> str:
     """The X-Cache value of a response's header block, "-" when it has none."""
     lowered = head.lower()
@@ -227,15 +242,7 @@ async def run_builtin(
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
     # Counted requests are those sent within the window, so the window is the time base.
-    return LoadResult(
-        requests=len(latencies),
-        errors=errors,
-        seconds=duration,
-        generator="builtin",
-        cache=cache,
-        statuses=statuses,
-        **summarize(latencies),
-    )
+    return measured(latencies, errors, duration, "builtin", cache, statuses)
 
 
 # ---------------------------------------------------------------- wrk

@@ -18,7 +18,7 @@ import itertools
 from typing import cast
 from urllib.parse import urlsplit
 
-from loadgen import REQUEST_TIMEOUT, LoadResult, Scenario, summarize, tally, x_cache
+from loadgen import REQUEST_TIMEOUT, LoadResult, Scenario, measured, tally, x_cache
 
 
 class _Answers(asyncio.Protocol):
@@ -112,12 +112,4 @@ async def run_open_loop(
         for transport, _ in opened:
             transport.close()
     errors = sum(n for status, n in statuses.items() if not status.startswith("2"))
-    return LoadResult(
-        requests=len(latencies),
-        errors=errors,
-        seconds=duration,
-        generator="open loop",
-        cache=cache,
-        statuses=statuses,
-        **summarize(latencies),
-    ), lag
+    return measured(latencies, errors, duration, "open loop", cache, statuses), lag
