@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import msgspec
 from starlette.requests import Request
 
 import models
@@ -32,11 +31,8 @@ def hours_asked(request: Request) -> int:
     raise Problem(422, "VALIDATION_ERROR", f"hours must be one integer from 1 to {MAX_HOURS}", field="hours")
 
 
-def encode_hours(rows: Sequence[Any]) -> bytes:
-    """The query's rows as JSON, each hour stamped in Bogotá's time."""
-    return msgspec.json.encode(
-        [
-            models.HourTrips(hour.astimezone(BOGOTA), trips, completed, revenue)
-            for hour, trips, completed, revenue in rows
-        ]
-    )
+def hours_of(rows: Sequence[Any]) -> list[models.HourTrips]:
+    """The query's rows, each hour stamped in Bogotá's time."""
+    return [
+        models.HourTrips(hour.astimezone(BOGOTA), trips, completed, revenue) for hour, trips, completed, revenue in rows
+    ]

@@ -281,7 +281,7 @@ async def trips_hourly(request: Request) -> Response:
     hours = hourly.hours_asked(request)
 
     async def load() -> bytes:
-        return hourly.encode_hours(await request.state.lagging_db.run(TRIPS_HOURLY, hours))
+        return encode(hourly.hours_of(await request.state.lagging_db.run(TRIPS_HOURLY, hours)))
 
     return await cached(request, cachekeys.trips_hourly(hours), cachekeys.trips_hourly.ttl, load)
 
