@@ -23,6 +23,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY *.py ./
+COPY travel/ travel/
 COPY sql/ sql/
 COPY static/ static/
 ENV PATH=/opt/venv/bin:$PATH \

@@ -42,13 +42,13 @@ topology: $(STAMP)
 	$(PY) -m pytest tests/test_topology.py tests/test_two_instances.py
 
 topology-bench: $(STAMP)
-	$(PY) deploy/topology/topology.py bench --output deploy/topology/latency-with-network.md
+	$(PY) -m deploy.topology.topology bench --output deploy/topology/latency-with-network.md
 
 # Graded runs need wrk (installed here as root); `make bench ARGS=--quick` is a 1-2 minute smoke run.
 bench: $(STAMP)
 	bash bench/system-packages
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
-	$(PY) bench/run.py $(ARGS)
+	$(PY) -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

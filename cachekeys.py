@@ -4,7 +4,7 @@ A cached read's key is a `CachedKey`: its name (a fixed one, or a pattern with `
 its TTL in seconds, declared once; calling it gives the bytes Redis is sent. The route table,
 the OpenAPI document and /stats's key families read all three from here. A write's
 invalidation lists the keys it made stale. `generation(name)` is the guard of the cache-aside
-protocol (see cache.py): a write bumps it, a fill checks it.
+protocol (see travel/cache.py): a write bumps it, a fill checks it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class CachedKey:
 
     With `shared_generation`, every id of the pattern shares one generation (named after the
     pattern's head, `family_name`): a write makes them all stale by bumping it once, instead
-    of deleting each (trips:hourly:{N} has 168 of them). cache.py then stores each value with
+    of deleting each (trips:hourly:{N} has 168 of them). travel/cache.py then stores each value with
     the generation it was filled under, and serves it only while that is still current.
     """
 
@@ -72,7 +72,7 @@ TRIP_AGGREGATES = (trips_total(), trips_by_locality(), revenue_total(), revenue_
 # How long a generation is kept; fills older than MAX_FILL_AGE are dropped anyway.
 GENERATION_TTL = 600
 MAX_FILL_AGE = 30.0
-# Where every write's generation comes from (cache.py's invalidation script).
+# Where every write's generation comes from (travel/cache.py's invalidation script).
 GENERATION_SEQUENCE = b"gen:sequence"
 GENERATION_PREFIX = b"gen:"
 _SHARED_PREFIXES = tuple(key.family_name + b":" for key in CACHED_KEYS if key.shared_generation)
@@ -87,13 +87,8 @@ def generation(name: bytes) -> bytes:
     return GENERATION_PREFIX + name
 
 
-def shares_generation(name: bytes) -> bool:
-    """Whether `name` belongs to a family with one generation (its values are stored tagged)."""
-    return any(prefix in name for prefix in _SHARED_PREFIXES)
-
-
 def in_epoch(epoch: int, key: bytes) -> bytes:
-    """`key` in the cache epoch `epoch` (see cache.py); epoch 0 keeps the plain names."""
+    """`key` in the cache epoch `epoch` (see travel/cache.py); epoch 0 keeps the plain names."""
     return key if epoch == 0 else b"e%d:%s" % (epoch, key)
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen import Connection, Request
+from bench.loadgen import Connection, Request
 
 API = "/api/v1"
 BENCH_CARDS = 256  # funded cards that the hit scenario cycles over

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from throughput import CEILING_OF, GOAL_RATIO, LOG_COST_MAX, WRITE_P99_MS
+from bench.throughput import CEILING_OF, GOAL_RATIO, LOG_COST_MAX, WRITE_P99_MS
 
 CEILING_NAMES = {"redis-get": "one-GET app", "pg-select": "one-SELECT app", "pg-update": "durable-write floor"}
 

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fixture import Target, expect, get, post
-from loadgen import Connection, Request, summarize, x_cache
-from scenarios import write_requests
+from bench.fixture import Target, expect, get, post
+from bench.loadgen import Connection, Request, summarize, x_cache
+from bench.scenarios import write_requests
 
 MakeCold = Callable[[], Awaitable[str]]  # does what makes the read cold; returns the path to read
 

@@ -18,7 +18,7 @@ import itertools
 from typing import cast
 from urllib.parse import urlsplit
 
-from loadgen import REQUEST_TIMEOUT, LoadResult, Scenario, measured, tally, x_cache
+from bench.loadgen import REQUEST_TIMEOUT, LoadResult, Scenario, measured, tally, x_cache
 
 
 class _Answers(asyncio.Protocol):

@@ -1,6 +1,6 @@
 """bench/run.py: the one tool that measures the Travel Recharge API (`make bench`).
 
-With no arguments it starts a private PostgreSQL and Redis (localstack.py) in a temporary
+With no arguments it starts a private PostgreSQL and Redis (travel/startup/embedded.py) in a temporary
 directory, the API as deployed (`python server.py` with its defaults: request log and
 metrics on), a second instance with its request log off, and the four ceiling apps
 (bench/ceilings.py) on the same servers, and prints
@@ -38,23 +38,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
+from bench.fixture import API, Target, fetch_json, prepare_fixture, serves_metrics
+from bench.goals import grade, invalid_rows
+from bench.latency import latency_rows
+from bench.loadgen import wrk_version
+from bench.report import markdown, save_chart
+from bench.scale import measure_scale
+from bench.scenarios import API_SCENARIOS, DEFAULT_SCENARIOS
+from bench.stack import Pinning, Progress, ServerProcess, database_facts, machine_facts, start_api, start_ceilings
+from bench.tail import cold_key_burst, open_loop_rows, sustained_mix
+from bench.throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points
+from travel.startup.embedded import EmbeddedStack
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import uvloop  # noqa: E402
-from fixture import API, Target, fetch_json, prepare_fixture, serves_metrics  # noqa: E402
-from goals import grade, invalid_rows  # noqa: E402
-from latency import latency_rows  # noqa: E402
-from loadgen import wrk_version  # noqa: E402
-from report import markdown, save_chart  # noqa: E402
-from scale import measure_scale  # noqa: E402
-from scenarios import API_SCENARIOS, DEFAULT_SCENARIOS  # noqa: E402
-from stack import Pinning, Progress, ServerProcess, database_facts, machine_facts, start_api, start_ceilings  # noqa: E402
-from tail import cold_key_burst, open_loop_rows, sustained_mix  # noqa: E402
-from throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points  # noqa: E402
-
-from localstack import LocalStack  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 GRADED_CONNECTIONS = 32
@@ -206,7 +204,7 @@ def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path, cl
     if args.url:
         servers.targets.append(Target("A", args.url.rstrip("/").removesuffix(API), args.token))
     else:
-        stack = LocalStack(args.data or work_dir / "stack")
+        stack = EmbeddedStack(args.data or work_dir / "stack")
         servers.database_url, servers.redis_url = stack.start()  # before the bench pins itself
         cleanup.callback(stack.stop)  # after the servers stop (the callbacks run last first)
         token = secrets.token_urlsafe(24)

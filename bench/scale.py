@@ -6,18 +6,17 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fixture import API, Target, fetch_json, prepare_fixture
-from latency import aggregate_miss_costs
-from stack import Pinning, Progress, every_core, start_api
-
-from localstack import LocalStack
+from bench.fixture import API, Target, fetch_json, prepare_fixture
+from bench.latency import aggregate_miss_costs
+from bench.stack import Pinning, Progress, every_core, start_api
+from travel.startup.embedded import EmbeddedStack
 
 
 async def measure_scale(
     scale: int, requests: int, pinning: Pinning, root: Path, log_dir: Path, progress: Progress
 ) -> dict[str, Any]:
     """The miss cost of every aggregate on a stack holding DEMO_SCALE=`scale` (in root/demoN)."""
-    stack = LocalStack(root / f"demo{scale}")
+    stack = EmbeddedStack(root / f"demo{scale}")
     with every_core():
         database_url, redis_url = stack.start()
     server = None

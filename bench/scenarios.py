@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from fixture import Fixture, Target, get, post
-from loadgen import Request, Scenario
+from bench.fixture import Fixture, Target, get, post
+from bench.loadgen import Request, Scenario
 
 API_SCENARIOS = ("hit", "uncached", "miss", "recharge", "boarding", "mix")
 # What `make bench` runs unless told: the graded ones. `miss` reads tens of thousands of cards

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from loadgen import Connection, Request
 
-from processes import free_port, stop_process
+from bench.loadgen import Connection, Request
+from travel.startup.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"

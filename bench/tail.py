@@ -15,12 +15,12 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
-from fixture import Target, get, metric_total, send_all
-from latency import Writer
-from loadgen import Connection, LoadResult, run_load, summarize, tally, x_cache
-from openloop import run_open_loop
-from scenarios import EXPECTED_CACHE, api_scenario, hit_cycle
-from throughput import Run, find, refresh_hits, representative
+from bench.fixture import Target, get, metric_total, send_all
+from bench.latency import Writer
+from bench.loadgen import Connection, LoadResult, run_load, summarize, tally, x_cache
+from bench.openloop import run_open_loop
+from bench.scenarios import EXPECTED_CACHE, api_scenario, hit_cycle
+from bench.throughput import Run, find, refresh_hits, representative
 
 OPEN_LOOP_SCENARIOS = ("hit", "uncached", "recharge", "boarding")
 OPEN_LOOP_SHARE = 0.7

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
-from fixture import Target, issue_cards, post, send_all
-from loadgen import LoadResult, Scenario, run_load
-from scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
-from stack import ServerProcess
+from bench.fixture import Target, issue_cards, post, send_all
+from bench.loadgen import LoadResult, Scenario, run_load
+from bench.scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
+from bench.stack import ServerProcess
 
 # What each scenario is held against (docs/design.md: performance), and the least ratio to reach.
 CEILING_OF = {

@@ -1,11 +1,11 @@
 """sql/explain.py: the plan of every named query of sql/queries/ on a real database.
 
-    .venv/bin/python sql/explain.py --data /tmp/demo100 > bench/results/explain-10M.md
+    .venv/bin/python -m sql.explain --data /tmp/demo100 > bench/results/explain-10M.md
 
-It measures the database, not the service, so it talks SQL to PostgreSQL through db.py's
+It measures the database, not the service, so it talks SQL to PostgreSQL through database.py's
 loader (bench/ reaches the service over HTTP only, and so lives apart from this).
 
-Starts the stack in `--data` (localstack.LocalStack; a DEMO_SCALE=100 database: 10M trips),
+Starts the stack in `--data` (travel.startup.embedded.EmbeddedStack; a DEMO_SCALE=100 database: 10M trips),
 applies the schema as the server does, picks realistic parameters with small queries (a card
 with trips, a user with recharges, an open trip, ...), and runs
 `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)` for each query: one warm-up, then `--runs` runs
@@ -35,19 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import asyncpg
 
-import asyncpg  # noqa: E402
-
-import db  # noqa: E402
-from localstack import LocalStack  # noqa: E402
+from travel import PROJECT_ROOT, database
+from travel.startup.embedded import EmbeddedStack
 
 BIG_TABLE_ROWS = 10_000
 # Not on a request's path: the reconciliation audit (README: Reliability) and the
 # background pruning task. Everything else serves a request.
 OFF_HOT_PATH = {"unreconciled-cards": "audit", "prune-idempotency-keys": "background task"}
-USER_FUNCTIONS = set(re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\s*\(", (ROOT / "sql" / "functions.sql").read_text()))
+USER_FUNCTIONS = set(
+    re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\s*\(", (PROJECT_ROOT / "sql" / "functions.sql").read_text())
+)
 
 
 @dataclass
@@ -343,12 +342,12 @@ async def run(url: str, runs: int, only: set[str]) -> str:
         url, timeout=30, command_timeout=None, server_settings={"jit": "off"}
     )  # as the API's pool
     try:
-        await db.apply_schema(conn)
+        await database.apply_schema(conn)
         await conn.execute("LOAD 'auto_explain'")
         explainer = Explainer(conn, runs)
         described, parameters = await pick_parameters(conn)
         results = []
-        for name, query in db.load_queries().items():
+        for name, query in database.load_queries().items():
             if only and name not in only:
                 continue
             if name not in parameters:
@@ -366,11 +365,11 @@ async def run(url: str, runs: int, only: set[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="a LocalStack directory (e.g. /tmp/demo100)")
+    parser.add_argument("--data", type=Path, required=True, help="a EmbeddedStack directory (e.g. /tmp/demo100)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated query names")
     args = parser.parse_args()
-    stack = LocalStack(args.data)
+    stack = EmbeddedStack(args.data)
     try:
         database_url, _ = stack.start()
         print(asyncio.run(run(database_url, args.runs, set(filter(None, args.only.split(","))))))

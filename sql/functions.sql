@@ -2,7 +2,7 @@
 -- one transaction), plus the triggers that keep the aggregates exact.
 --
 -- Each domain refusal has its own SQLSTATE (class "TR"), which the API maps to an HTTP
--- status and a stable `code` (see errors.py); DETAIL carries JSON members for the answer.
+-- status and a stable `code` (see travel/errors.py); DETAIL carries JSON members for the answer.
 --   TRN01 CARD_NOT_FOUND      TRN02 TRIP_NOT_FOUND     TRN03 USER_NOT_FOUND
 --   TRN04 ROUTE_NOT_FOUND     TRN05 STATION_NOT_FOUND  TRN06 RECHARGE_POINT_NOT_FOUND
 --   TRN07 TOKEN_NOT_FOUND

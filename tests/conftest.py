@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import db
 import server
-import startup
-from localstack import LocalStack
-from processes import free_port
-from settings import Settings
+from travel import database
+from travel.settings import Settings
+from travel.startup import serve
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
 TEMPLATE = "travel_template"
 _database_numbers = itertools.count(1)
@@ -63,9 +60,9 @@ SELECT setval(pg_get_serial_sequence('stations', 'station_id'), 100),
 
 
 @contextlib.contextmanager
-def running_stack(directory: Path) -> Iterator[LocalStack]:
-    """A LocalStack started in `directory` (not durable: tests need no fsync), stopped after the block."""
-    local = LocalStack(directory, durable=False)
+def running_stack(directory: Path) -> Iterator[EmbeddedStack]:
+    """A EmbeddedStack started in `directory` (not durable: tests need no fsync), stopped after the block."""
+    local = EmbeddedStack(directory, durable=False)
     local.start()
     try:
         yield local
@@ -74,21 +71,21 @@ def running_stack(directory: Path) -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     """The private servers of this test session."""
     with running_stack(tmp_path_factory.mktemp("stack")) as local:
         yield local
 
 
 @pytest.fixture(scope="module")
-def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     """Servers of one test module alone, for tests that stop, pause or kill them: what they
     break reaches no other module. A short directory keeps the unix socket path within limits."""
     with running_stack(tmp_path_factory.mktemp("own")) as local:
         yield local
 
 
-def start_stopped_servers(local: LocalStack) -> None:
+def start_stopped_servers(local: EmbeddedStack) -> None:
     """Start again whichever of `local`'s servers a test stopped, for the tests after it."""
     if local.redis.process is None:
         local.redis.start()
@@ -97,7 +94,7 @@ def start_stopped_servers(local: LocalStack) -> None:
 
 
 @pytest.fixture(scope="session")
-async def template_url(stack: LocalStack) -> str:
+async def template_url(stack: EmbeddedStack) -> str:
     admin = await asyncpg.connect(stack.postgres.url)
     try:
         await admin.execute(f"CREATE DATABASE {TEMPLATE}")
@@ -112,13 +109,13 @@ async def prepare_network_database(url: str) -> None:
     """Apply the schema and the small network to the (empty) database at `url`."""
     conn = await asyncpg.connect(url)
     try:
-        await db.apply_schema(conn)
+        await database.apply_schema(conn)
         await conn.execute(NETWORK_SQL)
     finally:
         await conn.close()
 
 
-async def copy_template(stack: LocalStack, name: str) -> str:
+async def copy_template(stack: EmbeddedStack, name: str) -> str:
     """A new database `name` copied from the template (the schema and the small network); its URL."""
     admin = await asyncpg.connect(stack.postgres.url)
     try:
@@ -129,7 +126,7 @@ async def copy_template(stack: LocalStack, name: str) -> str:
 
 
 @pytest.fixture
-async def database_url(stack: LocalStack, template_url: str) -> str:
+async def database_url(stack: EmbeddedStack, template_url: str) -> str:
     """A fresh database with the schema and the small network, for this test alone."""
     return await copy_template(stack, f"test_{next(_database_numbers)}")
 
@@ -137,7 +134,7 @@ async def database_url(stack: LocalStack, template_url: str) -> str:
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on this test's database."""
-    test_pool = await db.create_pool(database_url, min_size=1, max_size=70)
+    test_pool = await database.create_pool(database_url, min_size=1, max_size=70)
     try:
         yield test_pool
     finally:
@@ -145,7 +142,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def redis_client(stack: LocalStack) -> AsyncIterator[aioredis.Redis]:
+async def redis_client(stack: EmbeddedStack) -> AsyncIterator[aioredis.Redis]:
     """A client of the session's Redis, emptied for this test."""
     client = aioredis.Redis.from_url(stack.redis.url)
     await client.flushdb()
@@ -182,7 +179,7 @@ async def register_test_tokens(database_url: str) -> None:
     try:
         for role, token in TOKENS.items():
             point = 1 if role == "recharge_point" else None
-            await db.QUERIES["register-token"](conn, hashlib.sha256(token.encode()).digest(), role, role, point)
+            await database.QUERIES["register-token"](conn, hashlib.sha256(token.encode()).digest(), role, role, point)
     finally:
         await conn.close()
 
@@ -202,7 +199,7 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
     configured = Settings(
         **{"database_url": database_url, "redis_url": redis_url, "pool_min": 2, "pool_max": 20, **settings}
     )
-    await startup.prepare_database(configured)  # what `python server.py` does before serving
+    await serve.prepare_database(configured)  # what `python server.py` does before serving
     app = server.create_app(configured)
     port = free_port()
     uvicorn_server = uvicorn.Server(
@@ -225,7 +222,7 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
 
 
 @pytest.fixture
-async def api(database_url: str, stack: LocalStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
+async def api(database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
     """The real server on this test's database and the session's (emptied) Redis."""
     async with serve_api(database_url, stack.redis.url) as running:
         yield running

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from db import QUERIES
+from travel.database import QUERIES
 
 Executor = asyncpg.Pool | asyncpg.Connection
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from processes import free_port
+from travel.startup.processes import free_port
 
 
 class FaultProxy:

@@ -17,15 +17,15 @@ from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
 from conftest import Api, copy_template, serve_api
 
 import server
-from endpoints import Endpoint
-from localstack import LocalStack
+from travel.endpoints.declaration import Endpoint
+from travel.startup.embedded import EmbeddedStack
 
-GUARDED = [op for op in server.ENDPOINTS if op.roles is not None]  # writes, and reads that name a person
+GUARDED = [op for op in server.ENDPOINTS if op.guarded]  # writes, and reads that name a person
 ROLES = ("admin", "recharge_point", "validator")
 
 
 @contextlib.asynccontextmanager
-async def module_api(stack: LocalStack, template_url: str, prefix: str, **settings: object) -> AsyncIterator[Api]:
+async def module_api(stack: EmbeddedStack, template_url: str, prefix: str, **settings: object) -> AsyncIterator[Api]:
     """A server on a database of its own (copied from the template) and an emptied Redis."""
     url = await copy_template(stack, f"{prefix}_{uuid.uuid4().hex[:10]}")
     redis = aioredis.Redis.from_url(stack.redis.url)

@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import with_database
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
 
-import localstack
-from localstack import LocalStack
+from travel.startup import embedded
+from travel.startup.embedded import EmbeddedStack
 
 BACKUP = Path(__file__).resolve().parent.parent / "deploy" / "backup"
 
@@ -29,7 +29,7 @@ def pg_environment(url: str, **extra: str) -> dict[str, str]:
         "PGUSER": parts.username or "",
         "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
         "PGDATABASE": parts.path.lstrip("/"),
-        "PG_BIN_DIR": str(localstack.postgres_bin_dir()),
+        "PG_BIN_DIR": str(embedded.postgres_bin_dir()),
         **extra,
     }
 
@@ -76,7 +76,7 @@ async def snapshot(url: str) -> dict[str, object]:
     return state
 
 
-async def test_dump_wipe_restore_reconcile(stack: LocalStack, database_url: str, tmp_path: Path) -> None:
+async def test_dump_wipe_restore_reconcile(stack: EmbeddedStack, database_url: str, tmp_path: Path) -> None:
     await make_history(database_url)
     before = await snapshot(database_url)
     assert len(before["trips"]) == 6 and len(before["recharges"]) == 6  # type: ignore[arg-type]
@@ -124,7 +124,7 @@ async def test_dump_wipe_restore_reconcile(stack: LocalStack, database_url: str,
 
 
 async def test_restore_fails_when_a_balance_does_not_reconcile(
-    stack: LocalStack, database_url: str, tmp_path: Path
+    stack: EmbeddedStack, database_url: str, tmp_path: Path
 ) -> None:
     await make_history(database_url)
     async with connected(database_url) as conn:
@@ -145,7 +145,7 @@ async def test_restore_fails_when_a_balance_does_not_reconcile(
 
 
 async def test_restore_refuses_a_dump_whose_checksum_does_not_match(
-    stack: LocalStack, database_url: str, tmp_path: Path
+    stack: EmbeddedStack, database_url: str, tmp_path: Path
 ) -> None:
     done = run("backup.sh", env=pg_environment(database_url, BACKUP_DIR=str(tmp_path)))
     assert done.returncode == 0, done.stderr

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from conftest import Api
 
 import cachekeys
-import db
-from cache import Cache, Lookup
+from travel import database
+from travel.cache import Cache, Lookup
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,13 +35,13 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the queries the server runs, in order."""
     calls: list[str] = []
-    original = db.Database.run
+    original = database.Database.run
 
-    async def counting(self: db.Database, query: db.Query, *args: Any) -> Any:
+    async def counting(self: database.Database, query: database.Query, *args: Any) -> Any:
         calls.append(query.name)
         return await original(self, query, *args)
 
-    monkeypatch.setattr(db.Database, "run", counting)
+    monkeypatch.setattr(database.Database, "run", counting)
     return calls
 
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from conftest import TOKENS, register_test_tokens
 
-from localstack import LocalStack
-from processes import free_port
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 15  # uvicorn's own drain timeout is 10 s
@@ -81,7 +81,7 @@ def test_image_holds_only_the_service_runs_unprivileged_and_carries_no_build_sec
     ).stdout
     uid, app_files, secrets_or_wheels, dev_packages = (part.split() for part in looks.split("--\n"))
     assert uid == ["10001"]
-    assert {"server.py", "cachekeys.py", "db.py", "sql", "static"} <= set(app_files)
+    assert {"server.py", "cachekeys.py", "travel", "sql", "static"} <= set(app_files)
     assert not set(app_files) & {
         "tests",
         "bench",
@@ -128,7 +128,7 @@ def wait_healthy(name: str, timeout: float = 90.0) -> None:
 
 
 async def test_container_serves_reads_and_a_recharge_then_stops_on_sigterm(
-    image: str, database_url: str, stack: LocalStack, containers: list[str]
+    image: str, database_url: str, stack: EmbeddedStack, containers: list[str]
 ) -> None:
     await register_test_tokens(database_url)
     name = f"travel-api-{uuid.uuid4().hex[:8]}"

@@ -26,8 +26,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-import db
-from localstack import LocalRedis, LocalStack
+from travel import database
+from travel.startup.embedded import EmbeddedStack, LocalRedis
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 FOLLOWS_WITHIN = 5.0  # seconds for a write to show (the page refreshes every 3 s)
@@ -53,10 +53,10 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
 
 
 @pytest.fixture(scope="module")
-async def demo_api(stack: LocalStack, template_url: str, own_redis: LocalRedis) -> AsyncIterator[Api]:
+async def demo_api(stack: EmbeddedStack, template_url: str, own_redis: LocalRedis) -> AsyncIterator[Api]:
     url = await copy_template(stack, "dashboard_demo")
     async with connected(url) as conn:
-        assert await db.load_demo_data(conn, 1)
+        assert await database.load_demo_data(conn, 1)
     async with serve_api(url, own_redis.url) as api:
         yield api
 

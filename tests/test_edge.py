@@ -18,12 +18,12 @@ import pytest
 from conftest import copy_template, register_test_tokens
 from test_server_process import ServerProcess
 
-import edge
-from localstack import LocalStack
-from settings import Settings, SettingsError
+from travel.edge import protocol
+from travel.settings import Settings, SettingsError
+from travel.startup.embedded import EmbeddedStack
 
 READ_TIMEOUT = 1.0  # the bound, made small for these tests through READ_TIMEOUT
-SWEEP = min(1.0, READ_TIMEOUT / 4)  # how late edge.py may notice a deadline
+SWEEP = min(1.0, READ_TIMEOUT / 4)  # how late protocol.py may notice a deadline
 SLACK = 2.0  # a shared, busy machine: scheduling delay on top of the bound
 MiB = 1024 * 1024
 
@@ -35,7 +35,7 @@ class Served:
     port: int
 
 
-async def fresh_database(stack: LocalStack, prefix: str) -> str:
+async def fresh_database(stack: EmbeddedStack, prefix: str) -> str:
     """A database of its own, copied from the session's template, with the test tokens."""
     url = await copy_template(stack, f"{prefix}_{uuid.uuid4().hex[:10]}")
     await register_test_tokens(url)
@@ -54,7 +54,7 @@ def serving(database_url: str, redis_url: str, **env: str) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="module")
-async def served(stack: LocalStack, template_url: str) -> AsyncIterator[Served]:
+async def served(stack: EmbeddedStack, template_url: str) -> AsyncIterator[Served]:
     """One server for the module, with a one-second READ_TIMEOUT."""
     database_url = await fresh_database(stack, "edge")
     with serving(database_url, stack.redis.url, READ_TIMEOUT=str(READ_TIMEOUT)) as running:
@@ -123,7 +123,7 @@ async def test_a_48_mib_header_is_refused_without_stalling_other_clients(
 
 @pytest.mark.parametrize("piece", [None, 1000], ids=["one-write", "in-1000-byte-pieces"])
 async def test_a_head_of_16_kib_passes_and_one_byte_more_is_431(served: Served, piece: int | None) -> None:
-    for size, status in ((edge.HEAD_LIMIT, 200), (edge.HEAD_LIMIT + 1, 431)):
+    for size, status in ((protocol.HEAD_LIMIT, 200), (protocol.HEAD_LIMIT + 1, 431)):
         reader, writer = await asyncio.open_connection(served.host, served.port)
         request = head_of(size)
         assert len(request) == size
@@ -221,14 +221,14 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
     )
     await asyncio.wait_for(reader.readexactly(length), timeout=5)
     answered = time.monotonic()
-    assert await read_all(reader, timeout=edge.KEEP_ALIVE_SECONDS + SLACK + 5) == b""
+    assert await read_all(reader, timeout=protocol.KEEP_ALIVE_SECONDS + SLACK + 5) == b""
     writer.close()
-    assert edge.KEEP_ALIVE_SECONDS - 0.5 <= time.monotonic() - answered <= edge.KEEP_ALIVE_SECONDS + SLACK
+    assert protocol.KEEP_ALIVE_SECONDS - 0.5 <= time.monotonic() - answered <= protocol.KEEP_ALIVE_SECONDS + SLACK
 
 
 # ---------------------------------------------------------------- the connection cap
 async def test_connections_past_the_cap_are_closed_at_once_and_service_resumes(
-    stack: LocalStack, template_url: str
+    stack: EmbeddedStack, template_url: str
 ) -> None:
     cap = 20
     database_url = await fresh_database(stack, "edgecap")
@@ -262,11 +262,11 @@ async def test_a_trailing_slash_is_404_and_never_a_redirect_to_the_host_header(h
 
 # ---------------------------------------------------------------- uvicorn_options
 def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
-    tcp = edge.uvicorn_options(Settings())
-    assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, edge.KEEP_ALIVE_SECONDS)
-    assert tcp["http"].func is edge.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
+    tcp = protocol.uvicorn_options(Settings())
+    assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, protocol.KEEP_ALIVE_SECONDS)
+    assert tcp["http"].func is protocol.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
     assert "uds" not in tcp and tcp["proxy_headers"] is False
-    uds = edge.uvicorn_options(Settings(unix_socket="/run/api.sock"))
+    uds = protocol.uvicorn_options(Settings(unix_socket="/run/api.sock"))
     assert uds["uds"] == "/run/api.sock" and "host" not in uds
     for wrong in (0.0, -1.0, 15.5):
         with pytest.raises(SettingsError, match="READ_TIMEOUT"):
@@ -274,10 +274,10 @@ def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
 
 
 def test_the_connection_cap_stays_below_the_open_file_limit() -> None:
-    assert edge.connection_cap(0, 1_048_576) == edge.DEFAULT_MAX_CONNECTIONS
-    assert edge.connection_cap(0, 1024) == 1024 - edge.FD_RESERVE
-    assert edge.connection_cap(500, 1024) == 500
-    assert edge.connection_cap(5000, 1024) == 1024 - edge.FD_RESERVE
+    assert protocol.connection_cap(0, 1_048_576) == protocol.DEFAULT_MAX_CONNECTIONS
+    assert protocol.connection_cap(0, 1024) == 1024 - protocol.FD_RESERVE
+    assert protocol.connection_cap(500, 1024) == 500
+    assert protocol.connection_cap(5000, 1024) == 1024 - protocol.FD_RESERVE
 
 
 # ---------------------------------------------------------------- pipelining, trailers, headers twice
@@ -287,10 +287,10 @@ def pipelined(count: int, path: str = "/api/v1/stations") -> bytes:
 
 async def test_a_short_pipeline_is_answered_whole(served: Served) -> None:
     reader, writer = await asyncio.open_connection(served.host, served.port)
-    writer.write(pipelined(edge.MAX_PIPELINED - 1, "/api/v1/health") + head_of(200))
+    writer.write(pipelined(protocol.MAX_PIPELINED - 1, "/api/v1/health") + head_of(200))
     answers = await read_all(reader, timeout=10)
     writer.close()
-    assert answers.count(b"HTTP/1.1 200 ") == edge.MAX_PIPELINED
+    assert answers.count(b"HTTP/1.1 200 ") == protocol.MAX_PIPELINED
 
 
 async def test_a_pipeline_read_ahead_of_its_answers_is_cut_off(served: Served, http: httpx.AsyncClient) -> None:
@@ -301,7 +301,7 @@ async def test_a_pipeline_read_ahead_of_its_answers_is_cut_off(served: Served, h
     await writer.drain()
     answers = await read_all(reader, timeout=10)
     writer.close()
-    assert answers.count(b"HTTP/1.1 200 ") <= edge.MAX_PIPELINED + 1
+    assert answers.count(b"HTTP/1.1 200 ") <= protocol.MAX_PIPELINED + 1
     assert await timed_health(http) < 0.5
     assert "more than 16 pipelined requests waiting" in served.process.printed()
 
@@ -309,7 +309,7 @@ async def test_a_pipeline_read_ahead_of_its_answers_is_cut_off(served: Served, h
 async def test_a_client_gone_under_a_pipeline_is_499_never_an_error(served: Served, http: httpx.AsyncClient) -> None:
     for _ in range(3):
         reader, writer = await asyncio.open_connection(served.host, served.port)
-        writer.write(pipelined(edge.MAX_PIPELINED))
+        writer.write(pipelined(protocol.MAX_PIPELINED))
         await writer.drain()
         await reader.read(100)
         writer.transport.abort()  # a reset, with answers still to write

@@ -25,15 +25,15 @@ from faultproxy import FaultProxy
 from prometheus_client import Counter
 
 import cachekeys
-import metrics
-from localstack import LocalStack
+from travel.observability import metrics
+from travel.startup.embedded import EmbeddedStack
 
 REDIS_BOUND = 0.5  # seconds a request may take while Redis is away (100 ms timeouts + PostgreSQL)
 DATABASE_BOUND = 2.5  # seconds to a 503 while PostgreSQL is away (2 s command/connect timeout)
 
 
 @pytest.fixture
-async def fault_api(module_stack: LocalStack) -> AsyncIterator[Api]:
+async def fault_api(module_stack: EmbeddedStack) -> AsyncIterator[Api]:
     """The API on a fresh database of the fault stack, its Redis emptied; servers restored after."""
     name = f"fault_{time.monotonic_ns()}"
     admin = await asyncpg.connect(module_stack.postgres.url)
@@ -53,19 +53,19 @@ async def fault_api(module_stack: LocalStack) -> AsyncIterator[Api]:
             start_stopped_servers(module_stack)
 
 
-def postgres_pids(stack: LocalStack) -> list[int]:
+def postgres_pids(stack: EmbeddedStack) -> list[int]:
     """Every process of the stack's PostgreSQL (postmaster and backends)."""
     postmaster = int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
     children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
     return [postmaster, *map(int, children)]
 
 
-def pause_postgres(stack: LocalStack) -> None:
+def pause_postgres(stack: EmbeddedStack) -> None:
     for pid in postgres_pids(stack):
         os.kill(pid, signal.SIGSTOP)
 
 
-def resume_postgres(stack: LocalStack) -> None:
+def resume_postgres(stack: EmbeddedStack) -> None:
     if (stack.postgres.data_dir / "postmaster.pid").exists():
         for pid in postgres_pids(stack):
             os.kill(pid, signal.SIGCONT)
@@ -85,7 +85,7 @@ async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx
 # ---------------------------------------------------------------- Redis
 @pytest.mark.parametrize("fault", ["paused", "stopped", "slow"])
 async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_time(
-    fault_api: Api, module_stack: LocalStack, fault: str
+    fault_api: Api, module_stack: EmbeddedStack, fault: str
 ) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=10_000)
@@ -125,7 +125,7 @@ async def test_without_redis_reads_and_writes_answer_from_postgresql_in_bounded_
 
 
 async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_it_heals(
-    fault_api: Api, module_stack: LocalStack
+    fault_api: Api, module_stack: EmbeddedStack
 ) -> None:
     """The link to Redis is cut (its packets vanish, so the write's DEL never lands) while
     Redis keeps the balance cached before: after the partition heals, neither this instance
@@ -166,7 +166,7 @@ async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_i
                 assert answer.json()["balance"] == 5700, instance.url  # ...and never served
 
 
-async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, module_stack: LocalStack) -> None:
+async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, module_stack: EmbeddedStack) -> None:
     """The client reconnects within the first command after the restart (its one retry on a
     dropped connection), so no read is bypassed: the first misses the emptied Redis and fills
     it, the second is a hit."""
@@ -188,7 +188,7 @@ async def test_redis_restarted_empty_is_used_again_at_once(fault_api: Api, modul
 # ---------------------------------------------------------------- PostgreSQL
 @pytest.mark.parametrize("fault", ["stopped", "paused"])
 async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers(
-    fault_api: Api, module_stack: LocalStack, fault: str
+    fault_api: Api, module_stack: EmbeddedStack, fault: str
 ) -> None:
     api = fault_api
     _, card = await make_user_with_card(api, balance=3000)
@@ -230,7 +230,7 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
 
 
 async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half(
-    fault_api: Api, module_stack: LocalStack
+    fault_api: Api, module_stack: EmbeddedStack
 ) -> None:
     """PostgreSQL is killed with writes answered and writes inside their transactions: a
     row lock held by another session keeps the latter in flight until the crash."""
@@ -279,7 +279,7 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
 
 # ---------------------------------------------------------------- overload
 async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
-    module_stack: LocalStack, fault_api: Api
+    module_stack: EmbeddedStack, fault_api: Api
 ) -> None:
     async with serve_api(fault_api.database_url, module_stack.redis.url, pool_min=1, pool_max=2, max_waiting=3) as api:
         await api.http.get("/users/count")
@@ -298,7 +298,7 @@ async def test_past_the_waiting_bound_requests_get_a_fast_503_with_retry_after(
 
 
 async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_no_half_batch(
-    fault_api: Api, module_stack: LocalStack
+    fault_api: Api, module_stack: EmbeddedStack
 ) -> None:
     """Recharges (each with its own key) and boardings on 6 cards, sent at once through group
     commit; PostgreSQL is killed once some batches have committed. Every 201 is stored, and

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import server
-from endpoints import Endpoint
+from travel.endpoints.declaration import Endpoint
 
 EXAMPLES_PER_WRITE = 450
 EXAMPLES_PER_READ = 60
@@ -185,7 +185,7 @@ def _nested(spec: tuple[str, int, str]) -> bytes:
 
 
 def requests(op: Endpoint) -> st.SearchStrategy[dict[str, Any]]:
-    roles = ("admin", *op.roles) if op.roles is not None else (None,)
+    roles = ("admin", *op.roles) if op.guarded else (None,)
     return st.fixed_dictionaries(
         {
             "ids": st.fixed_dictionaries({name: PATH_IDS for name in op.path_ids()}),

@@ -36,8 +36,8 @@ from conftest import Api, serve_api
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected
 from test_sql_functions import FULL_FARE, balance_of, new_card, new_token, set_card_status
 
-from db import Database
-from localstack import LocalStack
+from travel.database import Database
+from travel.startup.embedded import EmbeddedStack
 
 BATCHES = ("recharge-cards", "board-cards", "end-trips")
 UNKNOWN = 999_999
@@ -347,12 +347,12 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
 
 # ---------------------------------------------------------------- two instances, faults
 async def test_two_instances_batching_on_the_same_cards_neither_deadlock_nor_lose_a_peso(
-    database_url: str, stack: LocalStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two servers (two pools, two batchers: two workers) write on the same 24 cards for 3 s,
     boarding at stations of four localities: batches of both lock cards and counters in key
     order. A deadlock would fail a batch (and log its rerun) or a single write (a 500)."""
-    caplog.set_level(logging.WARNING, logger="travel.batching")
+    caplog.set_level(logging.WARNING, logger="travel.groupcommit")
     async with serve_api(database_url, stack.redis.url) as one, serve_api(database_url, stack.redis.url) as two:
         cards = [(await make_user_with_card(one, 1_000_000))[1]["card_id"] for _ in range(24)]
         trips: list[int] = []
@@ -384,7 +384,7 @@ async def test_two_instances_batching_on_the_same_cards_neither_deadlock_nor_los
     assert set(statuses) <= {200, 201, 402, 409}, statuses  # 402: a card ran dry; 409: a trip ended twice
     assert statuses[201] > 100
     assert all(max(sizes["board-cards"]) > 1 for sizes in batched)
-    assert [record.getMessage() for record in caplog.records if record.name == "travel.batching"] == []
+    assert [record.getMessage() for record in caplog.records if record.name == "travel.groupcommit"] == []
     async with connected(database_url) as conn:
         await assert_balances_reconcile(conn)
         await assert_counters_exact(conn)
@@ -410,7 +410,7 @@ async def test_a_batch_that_raises_is_rerun_item_by_item_and_only_the_guilty_wri
         )
     assert sizes["recharge-cards"] == [5, 1, 1, 1, 1, 1]  # the batch, then each item alone
     assert isinstance(outcomes[2], asyncpg.CheckViolationError)
-    assert [outcome[3] for i, outcome in enumerate(outcomes) if i != 2] == [1500] * 4  # type: ignore[index]
+    assert [outcome[0].balance for i, outcome in enumerate(outcomes) if i != 2] == [1500] * 4  # type: ignore[index]
     assert [await balance_in_db(api, card_id) for card_id in cards] == [1500, 1500, 1000, 1500, 1500]
     # Over HTTP, the guilty write is a 422 problem, as any broken constraint is.
     assert_problem(await recharge(api, guilty, 500), 422, "VALIDATION_ERROR")

@@ -23,8 +23,9 @@ from conftest import Api
 from hostile_helpers import Snapshots, fill_path, is_problem, module_api, op_label, valid_body
 
 import server
-from endpoints import Endpoint
-from localstack import LocalStack
+from travel.endpoints.declaration import Endpoint
+from travel.endpoints.writes import create_recharge
+from travel.startup.embedded import EmbeddedStack
 
 PATH_OPS = [op for op in server.ENDPOINTS if op.path_ids()]
 BODY_OPS = [op for op in server.ENDPOINTS if op.body is not None]
@@ -32,7 +33,7 @@ BODY_OPS = [op for op in server.ENDPOINTS if op.body is not None]
 
 # ---------------------------------------------------------------- one server for the module
 @pytest.fixture(scope="module")
-async def api(stack: LocalStack, template_url: str) -> AsyncIterator[Api]:
+async def api(stack: EmbeddedStack, template_url: str) -> AsyncIterator[Api]:
     async with module_api(stack, template_url, "hostile") as running:
         yield running
 
@@ -475,10 +476,7 @@ def json_edge_cases(op: Endpoint, world: dict[str, int]) -> list[tuple[str, byte
 
 
 EDGE_NAMES = [
-    name
-    for name, _, _ in json_edge_cases(
-        next(op for op in BODY_OPS if op.handler is server.create_recharge), {"card_id": 1}
-    )
+    name for name, _, _ in json_edge_cases(next(op for op in BODY_OPS if op.handler is create_recharge), {"card_id": 1})
 ]
 
 

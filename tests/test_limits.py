@@ -23,8 +23,7 @@ from api_helpers import (
 from conftest import Api
 from dbhelpers import connected
 
-import errors
-import models
+from travel import errors, models
 
 
 # ---------------------------------------------------------------- the balance maximum

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 from conftest import TOKENS, serve_api, with_database
 
-import db
-from localstack import LocalStack
+from travel import database
+from travel.startup.embedded import EmbeddedStack
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
@@ -38,7 +38,7 @@ EVERY_KIND = {
 }
 
 
-async def demo_database(stack: LocalStack) -> str:
+async def demo_database(stack: EmbeddedStack) -> str:
     """A new database holding the demo data at scale 1 (10,000 cards), as `make run` has."""
     admin = await asyncpg.connect(stack.postgres.url)
     try:
@@ -48,14 +48,14 @@ async def demo_database(stack: LocalStack) -> str:
     url = with_database(stack.postgres.url, "locust_demo")
     conn = await asyncpg.connect(url)
     try:
-        await db.apply_schema(conn)
-        assert await db.load_demo_data(conn, 1)
+        await database.apply_schema(conn)
+        assert await database.load_demo_data(conn, 1)
     finally:
         await conn.close()
     return url
 
 
-async def test_locust_headless_makes_every_kind_of_request_and_none_fails(stack: LocalStack, tmp_path: Path) -> None:
+async def test_locust_headless_makes_every_kind_of_request_and_none_fails(stack: EmbeddedStack, tmp_path: Path) -> None:
     url = await demo_database(stack)
     report = tmp_path / "stats.json"
     async with serve_api(url, stack.redis.url) as api:

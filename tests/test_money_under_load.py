@@ -17,7 +17,7 @@ from api_helpers import SITP_FARE, assert_problem, json_body, make_user_with_car
 from conftest import Api, check_answer
 from dbhelpers import assert_balances_reconcile, assert_counters_exact
 
-from db import QUERIES
+from travel.database import QUERIES
 
 
 class Ledger:

@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from api_helpers import make_user_with_card
 from conftest import TOKENS, Api, serve_api
 
-import logs
 import server
-from localstack import LocalStack
+from travel.observability import logs
+from travel.startup.embedded import EmbeddedStack
 
 
 def access_lines(text: str) -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def access_lines(text: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def logged_api(
-    database_url: str, stack: LocalStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Api]:
     """The real server with its request log on (travel.access at INFO, as LOG_LEVEL=info)."""
     caplog.set_level(logging.INFO, logger="travel.access")
@@ -96,7 +96,7 @@ async def test_a_warning_follows_the_request_lines_buffered_before_it(
 @pytest.mark.parametrize("settings", [{"access_log": False}, {}], ids=["ACCESS_LOG=off", "LOG_LEVEL=warning"])
 async def test_the_request_log_is_off_with_access_log_off_or_above_info(
     database_url: str,
-    stack: LocalStack,
+    stack: EmbeddedStack,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
     settings: dict[str, Any],

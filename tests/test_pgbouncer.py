@@ -30,9 +30,9 @@ import pytest
 from api_helpers import json_body, make_user_with_card, recharge
 from conftest import serve_api
 
-import db
-from localstack import LocalStack, Unprivileged
-from processes import free_port, stop_process
+from travel import database
+from travel.startup.embedded import EmbeddedStack, Unprivileged
+from travel.startup.processes import free_port, stop_process
 
 MIN_VERSION = (1, 21)
 SERVER_CONNECTIONS = 3
@@ -132,7 +132,7 @@ pidfile =
 
 
 @pytest.fixture(scope="module")
-async def bouncer(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PgBouncer]:
+async def bouncer(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PgBouncer]:
     assert BINARY is not None
     admin = await asyncpg.connect(stack.postgres.url)
     try:
@@ -191,7 +191,7 @@ async def test_explicit_prepared_statements_cross_server_connections(bouncer: Pg
 
 
 async def test_concurrent_writes_and_reads_through_transaction_pooling(
-    bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client
+    bouncer: PgBouncer, database_url: str, stack: EmbeddedStack, redis_client
 ) -> None:  # type: ignore[no-untyped-def]
     async with serve_api(through(bouncer, database_url), stack.redis.url) as api:
         cards = [(await make_user_with_card(api))[1]["card_id"] for _ in range(4)]
@@ -233,7 +233,7 @@ async def test_concurrent_writes_and_reads_through_transaction_pooling(
 
 
 async def test_cache_epoch_notifications_bypass_transaction_pooling(
-    bouncer: PgBouncer, database_url: str, stack: LocalStack, redis_client
+    bouncer: PgBouncer, database_url: str, stack: EmbeddedStack, redis_client
 ) -> None:  # type: ignore[no-untyped-def]
     """Another instance's epoch bump (NOTIFY cache_epoch) must reach this instance's LISTEN.
 
@@ -250,7 +250,7 @@ async def test_cache_epoch_notifications_bypass_transaction_pooling(
         before = cache.epoch
         conn = await asyncpg.connect(database_url)
         try:
-            bumped = await db.QUERIES["bump-cache-epoch"](conn)
+            bumped = await database.QUERIES["bump-cache-epoch"](conn)
         finally:
             await conn.close()
         deadline = time.monotonic() + 3

@@ -23,7 +23,7 @@ from api_helpers import board, end_trip, get_cached, json_body, make_user, make_
 from conftest import Api, prepare_network_database, serve_api
 from dbhelpers import connected
 
-from localstack import LocalPostgres, LocalStack
+from travel.startup.embedded import EmbeddedStack, LocalPostgres
 
 CATCH_UP_SECONDS = 20.0
 
@@ -106,7 +106,7 @@ async def test_replica_is_a_streaming_hot_standby(replicated: tuple[LocalPostgre
 
 
 async def test_lagging_reads_go_to_the_replica_and_the_rest_to_the_primary(
-    replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis
+    replicated: tuple[LocalPostgres, Replica], stack: EmbeddedStack, redis_client: aioredis.Redis
 ) -> None:
     primary, replica = replicated
     async with serve_api(primary.url, stack.redis.url, read_database_url=replica.url) as api:
@@ -150,7 +150,7 @@ async def test_lagging_reads_go_to_the_replica_and_the_rest_to_the_primary(
 
 
 async def test_without_a_read_url_everything_reads_the_primary(
-    replicated: tuple[LocalPostgres, Replica], stack: LocalStack, redis_client: aioredis.Redis
+    replicated: tuple[LocalPostgres, Replica], stack: EmbeddedStack, redis_client: aioredis.Redis
 ) -> None:
     primary, replica = replicated
     async with serve_api(primary.url, stack.redis.url) as api:

@@ -1,20 +1,21 @@
-"""Idempotency records are kept for server.IDEMPOTENCY_RETENTION, then pruned."""
+"""Idempotency records are kept for IDEMPOTENCY_RETENTION, then pruned."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 
 import asyncpg
 import redis.asyncio as aioredis
 from conftest import register_test_tokens, serve_api
 
-import server
-from localstack import LocalStack
+from travel.retention import IDEMPOTENCY_RETENTION
+from travel.startup.embedded import EmbeddedStack
 
 
 async def test_records_past_retention_are_pruned_and_younger_ones_kept(
-    database_url: str, stack: LocalStack, redis_client: aioredis.Redis
+    database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis
 ) -> None:
     await register_test_tokens(database_url)
     conn = await asyncpg.connect(database_url)
@@ -27,7 +28,7 @@ async def test_records_past_retention_are_pruned_and_younger_ones_kept(
         card = await conn.fetchval("SELECT card_id FROM issue_card($1, NULL)", user)
         for key in ("expired", "young"):
             await conn.execute("SELECT recharge_card($1, 1000, NULL, $2, $3)", card, token_id, key)
-        age = server.IDEMPOTENCY_RETENTION + server.datetime.timedelta(minutes=1)
+        age = IDEMPOTENCY_RETENTION + datetime.timedelta(minutes=1)
         await conn.execute(
             "UPDATE idempotency_keys SET created_at = now() - $1::interval WHERE idempotency_key = 'expired'", age
         )

@@ -10,7 +10,7 @@ from conftest import Api
 from starlette.routing import Route
 
 import server
-from endpoints import ShapeRouter
+from travel.endpoints.routing import ShapeRouter
 
 
 async def test_a_remembered_shape_answers_with_its_own_path_ids(api: Api) -> None:

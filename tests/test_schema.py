@@ -12,13 +12,13 @@ import pytest
 from conftest import NETWORK_SQL, TEMPLATE, with_database
 from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
 
-import db
-from localstack import LocalStack
+from travel import database
+from travel.startup.embedded import EmbeddedStack
 
 _database_numbers = itertools.count(1)
 
 
-async def create_database(stack: LocalStack, template: str = "template1") -> str:
+async def create_database(stack: EmbeddedStack, template: str = "template1") -> str:
     """A new database on the session's server, copied from `template`; returns its URL."""
     name = f"schema_test_{next(_database_numbers)}"
     async with connected(stack.postgres.url) as admin:
@@ -27,7 +27,7 @@ async def create_database(stack: LocalStack, template: str = "template1") -> str
 
 
 @pytest.fixture
-async def empty_conn(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
+async def empty_conn(stack: EmbeddedStack) -> AsyncIterator[asyncpg.Connection]:
     """A connection to a brand-new database holding nothing of ours."""
     async with connected(await create_database(stack)) as conn:
         yield conn
@@ -41,10 +41,10 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def execute_schema_files(conn: asyncpg.Connection) -> None:
-    """Run the schema files as db.apply_schema does, without its digest short cut."""
+    """Run the schema files as database.apply_schema does, without its digest short cut."""
     async with conn.transaction():
-        for name in db.SCHEMA_FILES:
-            await conn.execute((db.SQL_DIR / name).read_text())
+        for name in database.SCHEMA_FILES:
+            await conn.execute((database.SQL_DIR / name).read_text())
 
 
 # ------------------------------------------------------------------------ constraints
@@ -153,7 +153,7 @@ REFUSED = {
 
 
 @pytest.fixture(scope="module")
-async def seeded_conn(stack: LocalStack, template_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def seeded_conn(stack: EmbeddedStack, template_url: str) -> AsyncIterator[asyncpg.Connection]:
     """One database with SEED_SQL loaded, shared by the constraint cases (each rolls back)."""
     async with connected(await create_database(stack, TEMPLATE)) as conn:
         await conn.execute(SEED_SQL)
@@ -230,9 +230,9 @@ async def test_applying_the_schema_files_again_changes_nothing(conn: asyncpg.Con
 
 
 async def test_apply_schema_applies_once_then_reports_nothing_to_do(empty_conn: asyncpg.Connection) -> None:
-    assert await db.apply_schema(empty_conn) is True
+    assert await database.apply_schema(empty_conn) is True
     applied = await database_snapshot(empty_conn)
-    assert await db.apply_schema(empty_conn) is False
+    assert await database.apply_schema(empty_conn) is False
     assert await database_snapshot(empty_conn) == applied
 
 
@@ -283,15 +283,15 @@ OLDER_COLUMNS_SQL = (
 
 async def test_upgrade_of_an_older_database_keeps_and_reconciles_its_history(empty_conn: asyncpg.Connection) -> None:
     conn = empty_conn
-    await conn.execute((db.SQL_DIR / "schema.sql").read_text())
+    await conn.execute((database.SQL_DIR / "schema.sql").read_text())
     await conn.execute(OLDER_SHAPE_SQL)
-    await conn.execute((db.SQL_DIR / "reference.sql").read_text())
+    await conn.execute((database.SQL_DIR / "reference.sql").read_text())
     await conn.execute(NETWORK_SQL)
     await conn.execute(OLDER_HISTORY_SQL)
     history_tables = ("users", "cards", "recharges", "trips", "fares", "stations", "routes")
     older = {table: await conn.fetchval(OLDER_COLUMNS_SQL.format(table=table)) for table in history_tables}
 
-    assert await db.apply_schema(conn) is True
+    assert await database.apply_schema(conn) is True
 
     assert {table: await conn.fetchval(OLDER_COLUMNS_SQL.format(table=table)) for table in history_tables} == older
     assert dict(await conn.fetch("SELECT trip_id, fare_charged FROM trips")) == FARES_CHARGED

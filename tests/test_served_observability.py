@@ -14,8 +14,8 @@ from conftest import register_test_tokens
 from test_server_process import ServerProcess, run_server, served
 
 import cachekeys
-import logs
-from localstack import LocalStack
+from travel.observability import logs
+from travel.startup.embedded import EmbeddedStack
 
 __all__ = ["run_server", "served"]  # fixtures
 
@@ -50,7 +50,7 @@ def served_total(metrics_text: str, route: str) -> float:
 
 
 async def test_metrics_with_two_workers_sum_both(
-    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+    database_url: str, stack: EmbeddedStack, run_server: list[ServerProcess]
 ) -> None:
     await register_test_tokens(database_url)
     server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, WORKERS="2")

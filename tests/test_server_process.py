@@ -18,8 +18,8 @@ import httpx
 import pytest
 from conftest import TOKENS, register_test_tokens
 
-from localstack import LocalStack
-from processes import free_port
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def run_server() -> Iterator[list[ServerProcess]]:
 
 
 @pytest.fixture
-async def served(database_url: str, stack: LocalStack, run_server: list[ServerProcess]) -> ServerProcess:
+async def served(database_url: str, stack: EmbeddedStack, run_server: list[ServerProcess]) -> ServerProcess:
     """`python server.py` on this test's database and the session's Redis, healthy, with the test tokens."""
     await register_test_tokens(database_url)
     server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
@@ -183,7 +183,7 @@ def test_a_bad_setting_is_one_clear_line(port: str, message: str) -> None:
 
 
 async def test_a_busy_port_fails_before_announcing_it_serves(
-    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+    database_url: str, stack: EmbeddedStack, run_server: list[ServerProcess]
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -247,7 +247,7 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 
 
 async def test_saturation_soak_answers_only_200_or_overloaded_with_flat_memory(
-    database_url: str, stack: LocalStack, run_server: list[ServerProcess]
+    database_url: str, stack: EmbeddedStack, run_server: list[ServerProcess]
 ) -> None:
     """More clients than the pool and its waiting bound: the excess is refused at once with
     503 OVERLOADED, nothing else goes wrong, and the worker's memory stays flat."""

@@ -12,10 +12,10 @@ from api_helpers import json_body
 from conftest import Api, serve_api
 
 import cachekeys
-import models
-import stats
-from localstack import LocalStack
-from processes import free_port
+from travel import models
+from travel.observability import stats
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
 TOTALS = "/api/v1/trips/total"
 
@@ -67,7 +67,9 @@ async def test_keys_are_counted_per_family_without_names(api: Api) -> None:
     assert cachekeys.OTHER_FAMILY not in families  # every name the service stores has its family
 
 
-async def test_without_redis_the_cache_part_is_down_and_the_rest_answers(stack: LocalStack, database_url: str) -> None:
+async def test_without_redis_the_cache_part_is_down_and_the_rest_answers(
+    stack: EmbeddedStack, database_url: str
+) -> None:
     async with serve_api(database_url, f"redis://127.0.0.1:{free_port()}/0") as api:
         assert json_body(await api.http.get("/trips/total"))["total_trips"] == 0
         body = await read_stats(api)

@@ -24,8 +24,8 @@ import pytest
 import trustme
 from conftest import TOKENS, prepare_network_database, serve_api
 
-import localstack
-from localstack import LocalPostgres, free_port, stop_process
+from travel.startup import embedded
+from travel.startup.embedded import LocalPostgres, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ async def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     root = tmp_path_factory.mktemp("tls")
     ca, other_ca, certificate, key = write_certificates(root)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(localstack, "postgres_bin_dir", system_postgres_bin_dir)
+        patch.setattr(embedded, "postgres_bin_dir", system_postgres_bin_dir)
         postgres = LocalPostgres(root / "postgres" / "data", durable=False)
         plain_url = postgres.start()
         admin = await asyncpg.connect(plain_url, ssl=False)
@@ -124,7 +124,7 @@ async def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         redis_port, redis_password = free_port(), "tls-test-password"
         redis = start_tls_redis(root, redis_port, redis_password, certificate, key, ca)
         try:
-            localstack._wait_for_port(redis_port, redis, "redis-server --tls-port")
+            embedded._wait_for_port(redis_port, redis, "redis-server --tls-port")
             yield TlsServers(ca, other_ca, plain_url, redis_port, redis_password)
         finally:
             stop_process(redis)

@@ -14,9 +14,8 @@ from api_helpers import assert_problem, board, fetch, json_body, make_user_with_
 from conftest import TOKENS, Api, serve_api
 from dbhelpers import connected, refusal
 
-import auth
-import models
-from localstack import LocalStack
+from travel import auth, models
+from travel.startup.embedded import EmbeddedStack
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -179,7 +178,7 @@ async def test_two_admins_revoking_each_other_at_once_leave_one(api: Api) -> Non
 
 
 async def test_a_revocation_reaches_a_second_instance_at_once(
-    api: Api, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+    api: Api, stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 3600.0)  # expiry cannot be what stops it
     made = await make_token(api, "recharge_point", "till 7", recharge_point_id=1)

@@ -30,13 +30,14 @@ from api_helpers import (
 from conftest import TOKENS, Api, serve_api
 from hostile_helpers import GUARDED, ROLES, fill_path, module_api, op_label, valid_body
 
-import auth
 import server
-from endpoints import Endpoint
-from localstack import LocalStack
-from processes import free_port
+from travel import auth
+from travel.database import QUERIES
+from travel.endpoints.declaration import Access, Endpoint
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port
 
-PUBLIC_READS = [op for op in server.ENDPOINTS if op.roles is None]
+PUBLIC_READS = [op for op in server.ENDPOINTS if not op.guarded]
 
 
 # ---------------------------------------------------------------- stored hashed
@@ -54,7 +55,9 @@ async def database_dump(conn: asyncpg.Connection) -> str:
     return "\n".join(parts)
 
 
-async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(stack: LocalStack, template_url: str) -> None:
+async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(
+    stack: EmbeddedStack, template_url: str
+) -> None:
     admin_token = "env-admin-token-" + "Zq9" * 10  # as ADMIN_TOKEN would give it
     async with module_api(stack, template_url, "tokens", admin_token=admin_token) as api:
         every = {**TOKENS, "env_admin": admin_token}
@@ -146,7 +149,7 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
     json_body(await recharge(api, card["card_id"], 500, role="recharge_point"), 201)
     lookups = [args for name, args in calls if name == "token-by-hash"]
     assert lookups == [(hashlib.sha256(token.encode()).digest(),)]
-    assert "token_hash = $1" in " ".join(server.QUERIES["token-by-hash"].sql.split())
+    assert "token_hash = $1" in " ".join(QUERIES["token-by-hash"].sql.split())
     for _, args in calls:  # the token's text never reaches the database
         assert all(token not in repr(arg) for arg in args)
     assert (b"bearer", b"bearer") in compared
@@ -167,7 +170,7 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
 
 # ---------------------------------------------------------------- roles, derived from OPERATIONS
 @pytest.fixture(scope="module")
-async def shared(stack: LocalStack, template_url: str) -> AsyncIterator[Api]:
+async def shared(stack: EmbeddedStack, template_url: str) -> AsyncIterator[Api]:
     async with module_api(stack, template_url, "roles") as running:
         yield running
 
@@ -228,13 +231,13 @@ async def test_every_guarded_operation_admits_exactly_admin_and_its_roles(
             assert "@example.co" not in response.text, response.text  # no personal data in a refusal
         if role is None:
             assert response.headers["www-authenticate"] == "Bearer"
-    allowed = {"admin", *(op.roles or ())}
+    allowed = {"admin", *op.roles}
     expected = {
         role: (op.status, None) if role in allowed else (401, "UNAUTHORIZED") if role is None else (403, "FORBIDDEN")
         for role in (None, *ROLES)
     }
     assert answers == expected
-    if op.roles == server.ADMIN:  # administration: neither a recharge point nor a validator
+    if op.access is Access.ADMIN:  # administration: neither a recharge point nor a validator
         assert answers["recharge_point"] == answers["validator"] == (403, "FORBIDDEN")
 
 
@@ -312,7 +315,7 @@ SERVER_LOGGERS = (
 
 
 async def test_no_token_body_value_or_password_reaches_the_logs(
-    stack: LocalStack, database_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    stack: EmbeddedStack, database_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     for name in SERVER_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)

@@ -16,7 +16,6 @@ Needs root and `ip netns`: without them this test fails (it does not skip), sayi
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "deploy" / "topology"))
+from deploy.topology import topology
+from deploy.topology.topology import Agent, Topology, address
 
-import topology  # noqa: E402
-from topology import Agent, Topology, address  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PREFIX = "trt"  # the CLI's default is "tr": a test run never tears down a topology left up by hand
 BUDGET_S = 0.5  # each request while Redis is unreachable

@@ -31,8 +31,8 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import TOKENS, register_test_tokens
 
-from localstack import LocalStack
-from processes import free_port, stop_process
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LB_DIR = ROOT / "deploy" / "loadbalancer"
@@ -146,7 +146,7 @@ async def wait_healthy(http: httpx.AsyncClient, process: Process, timeout: float
 
 @pytest.fixture
 async def instances(
-    database_url: str, stack: LocalStack, redis_client: aioredis.Redis, tmp_path: Path
+    database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis, tmp_path: Path
 ) -> AsyncIterator[tuple[Process, Process]]:
     """Two `python server.py` on this test's database and the session's (emptied) Redis."""
     await register_test_tokens(database_url)

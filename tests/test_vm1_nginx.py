@@ -21,8 +21,8 @@ import pytest
 from test_edge import fresh_database
 from test_server_process import ServerProcess
 
-from localstack import LocalStack
-from processes import free_port, stop_process
+from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 VM1 = ROOT / "deploy" / "vm1-api"
@@ -87,7 +87,7 @@ def nginx(work: Path) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-async def vm1(stack: LocalStack, template_url: str, nginx: int, work: Path) -> AsyncIterator[Vm1]:
+async def vm1(stack: EmbeddedStack, template_url: str, nginx: int, work: Path) -> AsyncIterator[Vm1]:
     """nginx, and the API serving on the unix socket only."""
     database_url = await fresh_database(stack, "vm1")
     api = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, UNIX_SOCKET=str(work / "api.sock"))

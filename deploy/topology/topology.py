@@ -1,15 +1,15 @@
 """The seed's three VMs on one machine: network namespaces joined by a bridge.
 
-    python deploy/topology/topology.py up      # build it and leave it running
-    python deploy/topology/topology.py bench   # build it, run bench/run.py from the client, tear down
-    python deploy/topology/topology.py down    # tear down whatever `up` (or a crashed run) left
+    python -m deploy.topology.topology up      # build it and leave it running
+    python -m deploy.topology.topology bench   # build it, run bench/run.py from the client, tear down
+    python -m deploy.topology.topology down    # tear down whatever `up` (or a crashed run) left
 
 Five namespaces (names carry a prefix, `tr` by default, so that nothing else is touched):
 
     trlan     the LAN: bridge trbr0 and one veth port per host (tr-vm1, tr-vm2 ...)
     trvm1     192.168.100.10/24 on eth1   the API (python server.py, HOST=192.168.100.10, port 8000)
     trvm2     192.168.100.20/24 on eth1   Redis (the wheel's valkey-server), bound to .20:6379
-    trvm3     192.168.100.30/24 on eth1   PostgreSQL (localstack's cluster), listening on .30:5432
+    trvm3     192.168.100.30/24 on eth1   PostgreSQL (the embedded stack's cluster), listening on .30:5432
     trclient  192.168.100.40/24 on eth1   the client: curl, the tests' agent, bench/run.py
 
 The bridge itself lives in a namespace of its own: the root namespace gets no interface, no
@@ -43,12 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from travel.startup import embedded
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import localstack  # noqa: E402
 
 SUBNET = "192.168.100"
 HOSTS = {"vm1": 10, "vm2": 20, "vm3": 30, "client": 40}  # the seed's addresses (+ a client)
@@ -239,9 +237,9 @@ class Network:
 
 
 # ---------------------------------------------------------------- the servers
-def namespaced_postgres(data_dir: Path, ns: str, host: str) -> localstack.LocalPostgres:
-    """VM3: localstack's cluster run inside `ns`, listening on `host`, admitting the LAN."""
-    return localstack.LocalPostgres(
+def namespaced_postgres(data_dir: Path, ns: str, host: str) -> embedded.LocalPostgres:
+    """VM3: the embedded stack's cluster run inside `ns`, listening on `host`, admitting the LAN."""
+    return embedded.LocalPostgres(
         data_dir,
         durable=False,
         host=host,
@@ -259,7 +257,7 @@ def start_redis(network: Network, data_dir: Path, password: str) -> subprocess.P
     return subprocess.Popen(
         [
             *network.exec_prefix("vm2"),
-            str(localstack.redis_server_binary()),
+            str(embedded.redis_server_binary()),
             "--bind",
             address("vm2"),
             "--port",
@@ -368,7 +366,7 @@ class Topology:
     network: Network = field(init=False)
     token: str = ""
     redis_password: str = ""
-    postgres: localstack.LocalPostgres | None = None
+    postgres: embedded.LocalPostgres | None = None
     redis: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
 
@@ -503,7 +501,8 @@ def measure_rtt(network: Network) -> dict[str, float]:
 def run_bench(topology: Topology, requests: int, output: Path | None, extra: list[str]) -> int:
     command = [
         sys.executable,
-        str(ROOT / "bench" / "run.py"),
+        "-m",
+        "bench.run",
         "--url",
         topology.api_url,
         "--token",
@@ -521,7 +520,8 @@ def run_bench(topology: Topology, requests: int, output: Path | None, extra: lis
         [
             *topology.network.exec_prefix("client"),
             "python",
-            "bench/run.py",
+            "-m",
+            "bench.run",
             "--url",
             topology.api_url,
             "--token",
@@ -549,7 +549,7 @@ def run_bench(topology: Topology, requests: int, output: Path | None, extra: lis
             "# Latency across the three-VM topology (network namespaces on one machine)",
             "",
             "Reproduced with `make topology-bench` (or "
-            f"`python deploy/topology/topology.py bench --requests {requests} --output {shown_path(output)}`),"
+            f"`python -m deploy.topology.topology bench --requests {requests} --output {shown_path(output)}`),"
             " which builds",
             "the seed's topology (API 192.168.100.10, Redis .20, PostgreSQL .30, client .40; one bridge) and runs",
             "inside the client's namespace:",
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(topology.state(), indent=2))
             print(
                 f"\ntry: {topology.state()['client']} curl -s {topology.api_url}/api/v1/health\n"
-                f"stop: python deploy/topology/topology.py down --prefix {args.prefix}"
+                f"stop: python -m deploy.topology.topology down --prefix {args.prefix}"
             )
             return 0
         try:

@@ -5,7 +5,7 @@
 #   sudo deploy/vm3-postgres/install.sh SOURCE_DIR            # apt install postgresql
 #   sudo deploy/vm3-postgres/install.sh --docker SOURCE_DIR   # the postgres:16 container
 #
-# SOURCE_DIR is a checkout of the repository (its sql/ and db.py are applied). Safe to run
+# SOURCE_DIR is a checkout of the repository (its sql/ and travel/database.py are applied). Safe to run
 # again, and that is the upgrade path too: the config is installed again (PostgreSQL
 # restarted only if it changed), passwords are kept, the schema is upgraded in place.
 set -euo pipefail
@@ -20,7 +20,7 @@ if [[ "${1-}" == --docker ]]; then
     MODE=docker
     shift
 fi
-[[ $# -eq 1 && -f "$1/db.py" && -d "$1/sql" ]] || usage
+[[ $# -eq 1 && -f "$1/travel/database.py" && -d "$1/sql" ]] || usage
 SOURCE_DIR=$(realpath "$1")
 [[ $EUID -eq 0 ]] || { echo "run as root (sudo)" >&2; exit 1; }
 HERE=$(dirname "$(realpath "$0")")
@@ -34,7 +34,7 @@ password_file() {
     echo "$file"
 }
 
-# python3-asyncpg: migrate.sh applies the schema with the API's own code (db.py).
+# python3-asyncpg: migrate.sh applies the schema with the API's own code (travel/database.py).
 apt-get update -q
 if [[ $MODE == package ]]; then
     apt-get install -y -q postgresql python3-asyncpg openssl
@@ -66,7 +66,7 @@ if [[ $MODE == package ]]; then
     # The superuser is the postgres OS user over the local socket (peer authentication).
     export PGHOST=/var/run/postgresql PGUSER=postgres
     as_superuser() { runuser -u postgres -- "$@"; }
-    runuser -u postgres -- test -r "$SOURCE_DIR/db.py" \
+    runuser -u postgres -- test -r "$SOURCE_DIR/travel/database.py" \
         || { echo "the postgres user cannot read $SOURCE_DIR: clone it somewhere readable" >&2; exit 1; }
 else
     SUPERUSER_PASSWORD_FILE=$(password_file postgres-superuser.password)

@@ -15,10 +15,10 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 SOURCE_DIR   (a checkout of the repository, holding db.py and sql/)" >&2
+    echo "usage: $0 SOURCE_DIR   (a checkout of the repository, holding travel/database.py and sql/)" >&2
     exit 2
 }
-[[ $# -eq 1 && -f "$1/db.py" && -d "$1/sql" ]] || usage
+[[ $# -eq 1 && -f "$1/travel/database.py" && -d "$1/sql" ]] || usage
 SOURCE_DIR=$(realpath "$1")
 HERE=$(dirname "$(realpath "$0")")
 export PGDATABASE=${PGDATABASE:-travel}
@@ -27,28 +27,28 @@ API_ROLE=${API_ROLE:-travel_api}
 PYTHON=${PYTHON:-python3}
 if [[ -n "${PG_BIN_DIR-}" ]]; then PATH="$PG_BIN_DIR:$PATH"; fi
 
-# The API's own code applies the schema (db.apply_schema: the same files, the same digest
+# The API's own code applies the schema (travel.database.apply_schema: the same files, the same digest
 # and advisory lock as the API's start), so what the API checks at start is what is here.
-"$PYTHON" - "$SOURCE_DIR" "$OWNER_ROLE" <<'PY'
+PYTHONPATH="$SOURCE_DIR" "$PYTHON" - "$OWNER_ROLE" <<'PY'
 import asyncio
 import sys
 
-sys.path.insert(0, sys.argv[1])
-import asyncpg  # noqa: E402
-import db  # noqa: E402
+import asyncpg
+
+from travel import database
 
 
 async def main(owner: str) -> None:
     conn = await asyncpg.connect()  # libpq's PG* environment
     try:
         await conn.execute("SELECT set_config('role', $1, false)", owner)
-        applied = await db.apply_schema(conn)
+        applied = await database.apply_schema(conn)
         print("schema applied" if applied else "schema already current", "as", owner)
     finally:
         await conn.close()
 
 
-asyncio.run(main(sys.argv[2]))
+asyncio.run(main(sys.argv[1]))
 PY
 
 psql -X -q -v ON_ERROR_STOP=1 -v owner_role="$OWNER_ROLE" -v api_role="$API_ROLE" \

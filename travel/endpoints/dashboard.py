@@ -7,13 +7,13 @@ holds the page to that: no other host is ever asked for anything.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-PAGE = Path(__file__).parent / "static" / "dashboard" / "index.html"
+from travel import PROJECT_ROOT
+
+PAGE = PROJECT_ROOT / "static" / "dashboard" / "index.html"
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",

@@ -1,4 +1,4 @@
-"""The embedded stack (localstack.LocalStack) of `make run` and the test session: it starts,
+"""The embedded stack (travel.startup.embedded.EmbeddedStack) of `make run` and the test session: it starts,
 answers, keeps its data across a restart, runs PostgreSQL unprivileged, and stops cleanly."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from conftest import start_stopped_servers
 from dbhelpers import connected
 
-from localstack import LocalStack
+from travel.startup.embedded import EmbeddedStack
 
 
 @pytest.fixture
-def local_stack(module_stack: LocalStack) -> Iterator[LocalStack]:
+def local_stack(module_stack: EmbeddedStack) -> Iterator[EmbeddedStack]:
     """This module's stack, running; started again after a test that stopped it."""
     try:
         yield module_stack
@@ -63,11 +63,11 @@ def uids_inside_namespace(pid: int) -> list[int]:
     ]
 
 
-def postmaster_pid(stack: LocalStack) -> int:
+def postmaster_pid(stack: EmbeddedStack) -> int:
     return int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
 
 
-async def test_the_stack_answers_sql_and_ping(local_stack: LocalStack) -> None:
+async def test_the_stack_answers_sql_and_ping(local_stack: EmbeddedStack) -> None:
     async with connected(local_stack.postgres.url) as conn:
         assert await conn.fetchval("SELECT 1") == 1
         assert await conn.fetchval("SELECT current_setting('data_directory')") == str(local_stack.postgres.data_dir)
@@ -78,7 +78,7 @@ async def test_the_stack_answers_sql_and_ping(local_stack: LocalStack) -> None:
         await client.aclose()
 
 
-async def test_postgres_never_runs_as_root(local_stack: LocalStack) -> None:
+async def test_postgres_never_runs_as_root(local_stack: EmbeddedStack) -> None:
     async with connected(local_stack.postgres.url) as conn:
         backend = await conn.fetchval("SELECT pg_backend_pid()")
         for pid in (postmaster_pid(local_stack), backend):
@@ -86,7 +86,7 @@ async def test_postgres_never_runs_as_root(local_stack: LocalStack) -> None:
             assert len(uids) == 4 and 0 not in uids, (pid, uids)
 
 
-async def test_data_survives_a_restart(local_stack: LocalStack) -> None:
+async def test_data_survives_a_restart(local_stack: EmbeddedStack) -> None:
     async with connected(local_stack.postgres.url) as conn:
         await conn.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('before the restart')")
     local_stack.stop()
@@ -95,7 +95,7 @@ async def test_data_survives_a_restart(local_stack: LocalStack) -> None:
         assert await conn.fetchval("SELECT note FROM kept") == "before the restart"
 
 
-def test_stop_leaves_no_process_and_no_open_port(local_stack: LocalStack) -> None:
+def test_stop_leaves_no_process_and_no_open_port(local_stack: EmbeddedStack) -> None:
     ports = (local_stack.postgres.port, local_stack.redis.port)
     running = live_processes_under(local_stack.root)
     assert {postmaster_pid(local_stack), local_stack.redis.process.pid} <= running  # the scan sees them

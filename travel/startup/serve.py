@@ -26,16 +26,14 @@ import asyncpg
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-import auth
-import db
-import edge
-import logs
-import metrics
-from localstack import LocalStack, StackBusy
-from processes import write_secret
-from settings import Settings, SettingsError
+from travel import PROJECT_ROOT, auth, database
+from travel.edge import protocol
+from travel.observability import logs, metrics
+from travel.settings import Settings, SettingsError
+from travel.startup.embedded import EmbeddedStack, StackBusy
+from travel.startup.processes import write_secret
 
-DATA_DIR = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent / ".data")
+DATA_DIR = Path(os.environ.get("DATA_DIR") or PROJECT_ROOT / ".data")
 DEFAULT_DEMO_SCALE = 1
 API = "/api/v1"
 
@@ -54,22 +52,24 @@ async def prepare_database(settings: Settings) -> None:
     DEMO_SCALE asks for it, and register ADMIN_TOKEN: once per start, on one connection."""
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
-        await db.apply_schema(conn)
+        await database.apply_schema(conn)
         if settings.demo_scale:
             started = time.monotonic()
-            if await db.load_demo_data(conn, settings.demo_scale):
+            if await database.load_demo_data(conn, settings.demo_scale):
                 print(
                     f"loaded demo data at scale {settings.demo_scale} in {time.monotonic() - started:.1f} s", flush=True
                 )
         if settings.admin_token:
-            await db.QUERIES["register-token"](conn, auth.digest(settings.admin_token), "admin", "ADMIN_TOKEN", None)
+            await database.QUERIES["register-token"](
+                conn, auth.digest(settings.admin_token), "admin", "ADMIN_TOKEN", None
+            )
     finally:
         await conn.close()
 
 
-def start_embedded(settings: Settings) -> tuple[LocalStack, Settings]:
+def start_embedded(settings: Settings) -> tuple[EmbeddedStack, Settings]:
     """Start the private PostgreSQL and Redis under DATA_DIR for what the environment left unset."""
-    stack = LocalStack(DATA_DIR)
+    stack = EmbeddedStack(DATA_DIR)
     database_url, redis_url = stack.start()
     # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
     write_secret(DATA_DIR / "urls.env", f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
@@ -93,7 +93,7 @@ def listen(settings: Settings, log_config: dict[str, Any]) -> tuple[uvicorn.Conf
         log_level=settings.log_level,
         log_config=log_config,
         timeout_graceful_shutdown=10,
-        **edge.uvicorn_options(settings),
+        **protocol.uvicorn_options(settings),
     )
     try:
         return config, config.bind_socket()

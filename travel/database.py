@@ -1,7 +1,8 @@
 """PostgreSQL: the named queries of `sql/queries/`, the schema applied at start, the pool.
 
 Every statement lives in a `.sql` file under a `-- name: card-balance^` header whose suffix
-says what it returns (as aiosql spells it): `^` one row, `$` one value, `*` many rows.
+says what it returns: `^` one row and `$` one value (aiosql's suffixes), `*` many rows (aiosql
+leaves that name bare; we spell it, so that every query says what it returns).
 Python resolves each query by name once, at import, and never spells SQL. asyncpg prepares each
 statement once per connection and keeps it in its statement cache.
 """
@@ -20,9 +21,11 @@ from typing import Any
 
 import asyncpg
 
+from travel import PROJECT_ROOT
+
 log = logging.getLogger("travel.db")
 
-SQL_DIR = Path(__file__).parent / "sql"
+SQL_DIR = PROJECT_ROOT / "sql"
 # Files applied at every start, in order; each is idempotent.
 SCHEMA_FILES = ("schema.sql", "functions.sql", "reference.sql", "demo_data.sql")
 _HEADER = re.compile(r"^--\s*name:\s*([a-z0-9-]+)([\^$*])\s*$", re.MULTILINE)

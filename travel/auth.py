@@ -13,14 +13,12 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
-from starlette.responses import Response
 
-from db import QUERIES, Database
-from errors import Problem
+from travel.database import QUERIES, Database
+from travel.errors import Problem
 
 TOKEN_CACHE_SECONDS = 30.0  # the bound on a revocation when an instance's listener is down
 TOKEN_CACHE_ENTRIES = 10_000  # unknown tokens are cached too: bound the memory
@@ -103,17 +101,3 @@ async def authorize(request: Request, *roles: str) -> Caller:
     if caller.role != "admin" and caller.role not in roles:
         raise Problem(403, "FORBIDDEN", f"a {caller.role} token cannot do this")
     return caller
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def admin_only(handler: Handler) -> Handler:
-    """`handler` behind an admin token: for reads that name or profile a person (docs/design.md: who may read what)."""
-
-    async def guarded(request: Request) -> Response:
-        await authorize(request)
-        return await handler(request)
-
-    guarded.__name__ = handler.__name__
-    return guarded

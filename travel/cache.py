@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import cachekeys
-import metrics
+from travel.observability import metrics
 
 log = logging.getLogger("travel.cache")
 

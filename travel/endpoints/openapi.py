@@ -1,6 +1,6 @@
 """The OpenAPI document, built from the route table's endpoints, and its two viewers.
 
-Each `Endpoint` (endpoints.py) carries what the document needs: body and answer Structs,
+Each `Endpoint` (declaration.py) carries what the document needs: body and answer Structs,
 status, errors, who may call it, its cache key and TTL. `/docs` (Swagger UI) and `/redoc`
 load their assets from ./static: they work with no internet access (Swagger UI's
 online-validator badge is turned off, and ReDoc's footer logo is cut from the vendored
@@ -10,7 +10,6 @@ bundle: static/README.md).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,10 +18,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from endpoints import Endpoint
-from errors import TITLES, ProblemBody
+from travel import PROJECT_ROOT
+from travel.endpoints.declaration import Endpoint
+from travel.errors import TITLES, ProblemBody
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = PROJECT_ROOT / "static"
 VALIDATION_ERRORS = (400, 413, 415, 422)
 
 
@@ -53,7 +53,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         description = [op.notes] if op.notes else []
         if op.cache:
             description.append(f"Cached: `{op.cache}`; the `X-Cache` header says HIT or MISS.")
-        if op.roles is not None:
+        if op.guarded:
             who = ", ".join(("admin", *op.roles))
             description.append(f"Needs a bearer token of role: {who}.")
             entry["security"] = [{"bearer": []}]
@@ -89,7 +89,7 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
         errors = set(op.errors) | ({422} if parameters else set()) | {503}
         if op.body is not None:
             errors |= set(VALIDATION_ERRORS)
-        if op.roles is not None:
+        if op.guarded:
             errors |= {401, 403}
         for status in sorted(errors):
             entry["responses"][str(status)] = _problem_response(status)

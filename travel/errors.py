@@ -13,10 +13,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-import metrics
+from travel.database import Overloaded
+from travel.observability import metrics
 
 log = logging.getLogger("travel.errors")
 
@@ -91,6 +93,8 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 # Anything PostgreSQL can do to a statement: refuse it, or not be there.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS)
+# What a statement outside a request's own answer may meet: logged, never answered.
+STATEMENT_ERRORS: tuple[type[Exception], ...] = (Overloaded, *DATABASE_ERRORS)
 
 
 class ProblemBody(msgspec.Struct):
@@ -192,3 +196,27 @@ async def handle_unavailable(_: Request, exc: Exception) -> Response:
 async def handle_unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unexpected error")
     return Problem(500, "INTERNAL_ERROR", "the request could not be completed").response()
+
+
+async def handle_http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    return Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+
+async def handle_overloaded(_: Request, exc: Exception) -> Response:
+    metrics.OVERLOADED.inc()
+    return Problem(
+        503, "OVERLOADED", "too many requests wait for the database; retry shortly", headers={"Retry-After": "1"}
+    ).response()
+
+
+# Starlette's exception handlers, most particular first.
+EXCEPTION_HANDLERS = {
+    Problem: handle_problem,
+    HTTPException: handle_http,
+    Overloaded: handle_overloaded,
+    asyncpg.PostgresError: handle_postgres,
+    **{error: handle_unavailable for error in DATABASE_UNAVAILABLE_ERRORS},
+    Exception: handle_unexpected,
+}

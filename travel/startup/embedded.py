@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from processes import free_port, stop_process, write_secret
+from travel.startup.processes import free_port, stop_process, write_secret
 
 UNPRIVILEGED_USER = "nobody"
 
@@ -319,7 +319,7 @@ class LocalRedis:
 
 
 @dataclass
-class LocalStack:
+class EmbeddedStack:
     """PostgreSQL and Redis side by side under one directory (`./.data` for `make run`)."""
 
     root: Path
@@ -347,8 +347,8 @@ class LocalStack:
             self.postgres.stop()
 
 
-if __name__ == "__main__":  # `python localstack.py DIR`: start a stack by hand, Ctrl-C stops it
-    stack = LocalStack(Path(sys.argv[1] if len(sys.argv) > 1 else ".data"))
+if __name__ == "__main__":  # `python -m travel.startup.embedded DIR`: start a stack by hand, Ctrl-C stops it
+    stack = EmbeddedStack(Path(sys.argv[1] if len(sys.argv) > 1 else ".data"))
     urls = stack.start()
     # Blocked only now, or the servers started above would inherit the mask.
     stop_signals = {signal.SIGINT, signal.SIGTERM}

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 
-import models
-from errors import Problem
+from travel import models
+from travel.errors import Problem
 
 BOGOTA = ZoneInfo("America/Bogota")
 DEFAULT_HOURS = 24

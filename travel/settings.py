@@ -44,8 +44,8 @@ class Settings:
     pool_max: int = 16
     max_waiting: int = 256  # requests queued for a connection before 503 OVERLOADED
     unix_socket: str = ""  # listen on this unix socket (behind nginx) instead of host:port
-    read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge.py)
-    max_connections: int = 0  # open connections per worker; 0: edge.py's default under the fd limit
+    read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge/protocol.py)
+    max_connections: int = 0  # open connections per worker; 0: edge/protocol.py's default under the fd limit
     embedded_stack: bool = True  # start a private PostgreSQL/Redis for unset URLs (the image says 0)
 
     def __post_init__(self) -> None:

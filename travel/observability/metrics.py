@@ -1,0 +1,107 @@
+"""The service's Prometheus metrics: the counters, gauges and histograms every module counts
+into, and their scrape. A leaf: it imports nothing of the service's (middleware.py feeds
+it per request).
+
+Metrics use the official client (prometheus_client) rather than hand-written exposition.
+With several workers (`prepare_multiprocess` before uvicorn starts them) each worker writes
+its values to files of a private directory and a scrape of any worker sums them all
+(prometheus_client's multiprocess mode), so /metrics shows the service, not one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from travel.database import Database
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+POOL_SAMPLE_SECONDS = 1.0
+
+REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
+LATENCY = Histogram(
+    "travel_request_seconds",
+    "Time from request to the end of the answer",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+CACHE_HITS = Counter("travel_cache_hits_total", "Cached reads answered from Redis")
+CACHE_MISSES = Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL")
+CACHE_LOADS = Counter(
+    "travel_cache_loads_total", "PostgreSQL loads for cache misses (concurrent misses of one key share one)"
+)
+CACHE_ERRORS = Counter("travel_cache_invalidation_errors_total", "Invalidations Redis did not take")
+OVERLOADED = Counter("travel_overloaded_total", "Requests refused with 503 OVERLOADED")
+REDIS_ERRORS = Counter("travel_redis_errors_total", "Redis calls that failed or timed out", ["operation"])
+DATABASE_ERRORS = Counter("travel_database_unavailable_total", "Requests answered 503 DATABASE_UNAVAILABLE")
+# Summed over live workers when there are several.
+POOL_SIZE = Gauge("travel_db_pool_size", "Open PostgreSQL connections", multiprocess_mode="livesum")
+POOL_IDLE = Gauge("travel_db_pool_idle", "Idle PostgreSQL connections", multiprocess_mode="livesum")
+POOL_IN_FLIGHT = Gauge("travel_db_in_flight", "Requests using or waiting for a connection", multiprocess_mode="livesum")
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Before uvicorn starts several workers: make `directory` empty and private and have the
+    workers (which inherit the environment) keep their metrics in it. This process's own
+    metrics were made before and stay in memory; it serves no requests."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROCESS_DIR] = str(directory)
+
+
+def _scraped_registry() -> CollectorRegistry:
+    if MULTIPROCESS_DIR not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+_SCRAPED = _scraped_registry()
+
+
+def watch_pool(database: Database) -> None:
+    """Report the pool's figures: read at scrape time with one worker, sampled every second
+    into the shared files with several (a scrape reads only those)."""
+    if MULTIPROCESS_DIR not in os.environ:
+        POOL_SIZE.set_function(database.pool.get_size)
+        POOL_IDLE.set_function(database.pool.get_idle_size)
+        POOL_IN_FLIGHT.set_function(lambda: database.in_flight)
+        return
+    loop = asyncio.get_running_loop()
+
+    def sample() -> None:
+        POOL_SIZE.set(database.pool.get_size())
+        POOL_IDLE.set(database.pool.get_idle_size())
+        POOL_IN_FLIGHT.set(database.in_flight)
+        loop.call_later(POOL_SAMPLE_SECONDS, sample)
+
+    sample()
+
+
+def forget_worker() -> None:
+    """At a worker's shutdown: its pool gauges no longer count (its counters still do)."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+async def endpoint(_: Request) -> Response:
+    return Response(generate_latest(_SCRAPED), media_type=CONTENT_TYPE_LATEST)
