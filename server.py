@@ -74,9 +74,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Aggregates, counts and reference data may come from a replica; balances, trips,
         # recharges and every write stay on the primary.
         lagging = Database(pools[1], settings.max_waiting) if len(pools) > 1 else primary
-        async with pools[0].acquire() as conn:  # a batch function that no longer fits its Struct fails here
-            for kind in groupcommit.KINDS.values():
-                await kind.check(conn)
+        async with pools[0].acquire() as conn:  # a query that no longer fits its Struct fails the start
+            await database.check_row_shapes(conn)
             cache = Cache(redis, await CACHE_EPOCH(conn))
         metrics.watch_pool(primary)
 

@@ -14,12 +14,13 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from travel import PROJECT_ROOT
 
@@ -67,6 +68,39 @@ def load_queries(directory: Path = SQL_DIR / "queries") -> dict[str, Query]:
 
 
 QUERIES = load_queries()
+# The queries whose rows become Structs positionally (`Card(*row)`, no dict in between), with the
+# Struct and the columns before its fields: `check_row_shapes` holds each to its Struct at start.
+ROW_SHAPES: dict[str, tuple[type[msgspec.Struct], tuple[str, ...]]] = {}
+
+
+def rows_as(name: str, struct: type[msgspec.Struct], *, leading: tuple[str, ...] = ()) -> Query:
+    """The named query, whose rows are read into `struct` positionally after the `leading`
+    columns; recorded so that start-up checks its columns (`check_row_shapes`)."""
+    ROW_SHAPES[name] = (struct, leading)
+    return QUERIES[name]
+
+
+def row_shape_mismatch(columns: Sequence[str], struct: type[msgspec.Struct], leading: Sequence[str]) -> str | None:
+    """Why rows of `columns` do not fit `struct` after `leading`, or None when they do: the
+    leading columns, then the Struct's fields in order; trailing fields left out must have
+    defaults, and columns past the fields are read by name (a batch's user_id, replayed)."""
+    fields = struct.__struct_fields__
+    selected = tuple(columns[len(leading) : len(leading) + len(fields)])
+    defaulted = len(struct.__struct_defaults__)
+    if tuple(columns[: len(leading)]) != tuple(leading) or selected != fields[: len(selected)]:
+        return f"columns {tuple(columns)} are not {(*leading, *fields)} in that order"
+    if len(fields) - len(selected) > defaulted:
+        return f"fields {fields[len(selected) :]} have no column and no default"
+    return None
+
+
+async def check_row_shapes(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
+    """Raise unless every query of ROW_SHAPES still selects what its Struct reads."""
+    for name, (struct, leading) in ROW_SHAPES.items():
+        statement = await conn.prepare(QUERIES[name].sql)
+        mismatch = row_shape_mismatch([column.name for column in statement.get_attributes()], struct, leading)
+        if mismatch:
+            raise RuntimeError(f"query {name!r} no longer fits {struct.__name__}: {mismatch}")
 
 
 def schema_digest() -> str:

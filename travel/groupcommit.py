@@ -34,7 +34,7 @@ import msgspec
 
 import cachekeys
 from travel import models
-from travel.database import QUERIES, Database, Overloaded, Query
+from travel.database import Database, Overloaded, Query, rows_as
 from travel.errors import DATABASE_UNAVAILABLE_ERRORS, Problem, refusal
 
 log = logging.getLogger("travel.groupcommit")
@@ -61,25 +61,16 @@ class BrokenInvariant(Exception):
 @dataclass(frozen=True)
 class BatchKind:
     """One batched write: its batch function's query, the Struct its rows answer (the columns
-    after LEADING_COLUMNS, in the Struct's field order) and the keys a row makes stale."""
+    after LEADING_COLUMNS, in the Struct's field order, checked at start-up) and the keys a
+    row makes stale."""
 
     query: Query
     answer: type[msgspec.Struct]
     stale_keys: StaleKeys
 
-    def check_columns(self, columns: Sequence[str]) -> None:
-        """Raise unless `columns` (the statement's, as PostgreSQL describes them) are
-        LEADING_COLUMNS, then the answer's fields in order, then any extra the caller reads."""
-        expected = (*LEADING_COLUMNS, *self.answer.__struct_fields__)
-        if tuple(columns[: len(expected)]) != expected:
-            raise RuntimeError(
-                f"query {self.query.name!r} returns {tuple(columns)}; {self.answer.__name__} needs {expected} first"
-            )
 
-    async def check(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
-        """At start-up: the columns of the batch function's query fit the answer's Struct."""
-        statement = await conn.prepare(self.query.sql)
-        self.check_columns([attribute.name for attribute in statement.get_attributes()])
+def batch_kind(query_name: str, answer: type[msgspec.Struct], stale_keys: StaleKeys) -> BatchKind:
+    return BatchKind(rows_as(query_name, answer, leading=LEADING_COLUMNS), answer, stale_keys)
 
 
 class WriteBatcher:
@@ -202,15 +193,11 @@ def columns(items: list[Item]) -> list[list[Any]]:
     return [list(column) for column in zip(*items, strict=True)]
 
 
-RECHARGES = BatchKind(
-    QUERIES["recharge-cards"],
-    models.Recharge,
-    lambda row: cachekeys.after_recharge(row["card_id"], row["user_id"]),
+RECHARGES = batch_kind(
+    "recharge-cards", models.Recharge, lambda row: cachekeys.after_recharge(row["card_id"], row["user_id"])
 )
-BOARDINGS = BatchKind(QUERIES["board-cards"], models.Boarding, lambda row: cachekeys.after_boarding(row["card_id"]))
-TRIP_ENDS = BatchKind(
-    QUERIES["end-trips"], models.Trip, lambda row: cachekeys.after_trip_end(row["trip_id"], row["card_id"])
-)
+BOARDINGS = batch_kind("board-cards", models.Boarding, lambda row: cachekeys.after_boarding(row["card_id"]))
+TRIP_ENDS = batch_kind("end-trips", models.Trip, lambda row: cachekeys.after_trip_end(row["trip_id"], row["card_id"]))
 KINDS = {"recharges": RECHARGES, "boardings": BOARDINGS, "trip_ends": TRIP_ENDS}
 
 

@@ -1,8 +1,8 @@
 """Request and response bodies as msgspec Structs: decoding is validation, encoding is fast.
 
 Response Structs list their fields in the order of the columns their query selects, so a
-row becomes a Struct positionally (`Card(*row)`), with no dict in between; a test holds
-every query to that.
+row becomes a Struct positionally (`Card(*row)`), with no dict in between; every such query
+is bound with `database.rows_as`, and start-up checks its columns against its Struct.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import cachekeys
 from cachekeys import CachedKey
 from travel import models
 from travel.cache import Cache, Lookup
-from travel.database import QUERIES
+from travel.database import QUERIES, rows_as
 from travel.endpoints import hourly
 from travel.endpoints.declaration import Access, Call, Endpoint
 from travel.endpoints.responses import JSONBytes, encode
@@ -23,8 +23,8 @@ from travel.observability import metrics, stats
 PING = QUERIES["ping"]
 USERS_COUNT = QUERIES["users-count"]
 USERS_ACTIVE_COUNT = QUERIES["users-active-count"]
-USERS_LATEST = QUERIES["users-latest"]
-TRIPS_HOURLY = QUERIES["trips-hourly"]
+USERS_LATEST = rows_as("users-latest", models.User)
+TRIPS_HOURLY = rows_as("trips-hourly", models.HourTrips)
 
 
 async def cached(call: Call[None], key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
@@ -55,7 +55,7 @@ def cached_read(
     (a list of them when `many`). With an id in the path it reads the primary (it must show a
     write as soon as that returned) and finding nothing is 404 `missing`; without one
     (aggregates, reference data) it may read a replica."""
-    statement = QUERIES[query]
+    statement = rows_as(query, answer)
     if many:  # LEFT JOINs give one all-NULL row when nothing matched: not an item
 
         def shape(found: Any) -> Any:

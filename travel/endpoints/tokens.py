@@ -6,12 +6,12 @@ from starlette.responses import Response
 
 from travel import models
 from travel.auth import new_token
-from travel.database import QUERIES
+from travel.database import QUERIES, rows_as
 from travel.endpoints.declaration import Call
 from travel.endpoints.responses import JSONBytes, encode
 
 CREATE_TOKEN = QUERIES["create-token"]
-TOKENS_LIVE = QUERIES["tokens-live"]
+TOKENS_LIVE = rows_as("tokens-live", models.TokenInfo)
 REVOKE_TOKEN = QUERIES["revoke-token"]
 
 

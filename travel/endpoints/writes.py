@@ -12,7 +12,7 @@ from starlette.responses import Response
 import cachekeys
 from travel import models
 from travel.cache import Cache
-from travel.database import QUERIES, Database
+from travel.database import QUERIES, Database, rows_as
 from travel.endpoints.declaration import Call
 from travel.endpoints.parsing import idempotency_key
 from travel.endpoints.responses import JSONBytes, encode
@@ -22,9 +22,9 @@ from travel.observability import metrics
 log = logging.getLogger("travel.api")
 
 BUMP_CACHE_EPOCH = QUERIES["bump-cache-epoch"]
-CREATE_USER = QUERIES["create-user"]
-ISSUE_CARD = QUERIES["issue-card"]
-SET_CARD_STATUS = QUERIES["set-card-status"]
+CREATE_USER = rows_as("create-user", models.User)
+ISSUE_CARD = rows_as("issue-card", models.Card)
+SET_CARD_STATUS = rows_as("set-card-status", models.Card)
 
 
 async def invalidated(cache: Cache, database: Database, keys: Sequence[bytes]) -> None:
