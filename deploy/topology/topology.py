@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from travel.startup import embedded
+from travel.startup.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -295,29 +296,21 @@ def start_api(
     demo_scale: int = 0,
     workers: int = 1,
 ) -> subprocess.Popen[bytes]:
-    """VM1: `python server.py` on the private address, with the seed's port."""
+    """VM1: `python server.py` on the private address, with the seed's port (its health is
+    polled from the client's namespace: this one has no route to it)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "HOST": address("vm1"),
-        "PORT": str(API_PORT),
         "WORKERS": str(workers),
         "ADMIN_TOKEN": token,
         "LOG_LEVEL": "warning",
     }
     if demo_scale:
         env["DEMO_SCALE"] = str(demo_scale)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [*network.exec_prefix("vm1"), sys.executable, str(ROOT / "server.py")],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [*network.exec_prefix("vm1"), sys.executable, "server.py"]
+    return ServerProcess(env, command=command, port=API_PORT, log_path=log_path, inherit_env=False).process
 
 
 class Agent:
