@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-from api_helpers import (
+
+from tests.support.api import (
     PROBLEM_JSON,
     SITP_FARE,
     TRANSFER_FARE,
@@ -27,7 +28,7 @@ from api_helpers import (
     unchanged,
     user_fields,
 )
-from conftest import Api
+from tests.support.stack import Api
 
 BIGINT_PAST = 9223372036854775808  # 2**63: one past bigint
 BAD_IDS: list[Any] = [0, -1, "1", 1.5, True, None, BIGINT_PAST, 10**30]

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import (
+
+import cachekeys
+import server
+from tests.support.api import (
     CABLE_FARE,
     SITP_FARE,
     TRANSFER_FARE,
@@ -30,10 +33,7 @@ from api_helpers import (
     set_status,
     user_fields,
 )
-from conftest import Api
-
-import cachekeys
-import server
+from tests.support.stack import Api
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 

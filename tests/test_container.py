@@ -18,10 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TOKENS, register_test_tokens
 
+from tests.support.stack import TOKENS, register_test_tokens
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import free_port
+
+pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 15  # uvicorn's own drain timeout is 10 s

@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from api_helpers import board, json_body, make_user_with_card, recharge
-from conftest import Api, copy_template, serve_api
-from dbhelpers import connected
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.support.api import board, json_body, make_user_with_card, recharge
+from tests.support.db import connected
+from tests.support.stack import Api, copy_template, serve_api
 from travel import database
 from travel.startup.embedded import EmbeddedStack, LocalRedis
 
@@ -135,6 +135,8 @@ async def api_tiles(api: Api) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- tests
+@pytest.mark.browser
+@pytest.mark.slow
 async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_api: Api, browser: WebDriver) -> None:
     await in_browser(lambda: browser.get(demo_api.url + "/dashboard"))
     await until(lambda: refreshes(browser) >= 4, 20, "four refreshes")  # the cache chart has a line
@@ -188,6 +190,7 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
     assert SCREENSHOT.stat().st_size > 20_000
 
 
+@pytest.mark.browser
 async def test_tiles_and_the_current_hour_follow_writes_within_seconds(demo_api: Api, browser: WebDriver) -> None:
     await in_browser(lambda: browser.get(demo_api.url + "/dashboard"))
     await until(lambda: refreshes(browser) >= 1, 10, "the first refresh")
@@ -208,6 +211,8 @@ async def test_tiles_and_the_current_hour_follow_writes_within_seconds(demo_api:
     await until(lambda: current_hour(browser) == hour_after, FOLLOWS_WITHIN, f"this hour's bar at {hour_after}")
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 async def test_redis_stopped_is_shown_the_rest_keeps_updating_and_it_recovers(
     demo_api: Api, browser: WebDriver, own_redis: LocalRedis
 ) -> None:

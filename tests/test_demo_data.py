@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from conftest import copy_template
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, refusal
 
+from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, refusal
+from tests.support.stack import copy_template
 from travel import database
 from travel.startup.embedded import EmbeddedStack
 

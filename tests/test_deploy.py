@@ -28,12 +28,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import NETWORK_SQL, with_database
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 import cachekeys
+from tests.support.stack import NETWORK_SQL, with_database
 from travel import cache
 from travel.database import QUERIES
 from travel.settings import Settings

@@ -18,13 +18,13 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import assert_problem, make_user_with_card
-from conftest import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
-from dbhelpers import assert_balances_reconcile, connected
-from faultproxy import FaultProxy
 from prometheus_client import Counter
 
 import cachekeys
+from tests.support.api import assert_problem, make_user_with_card
+from tests.support.db import assert_balances_reconcile, connected
+from tests.support.faultproxy import FaultProxy
+from tests.support.stack import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
 from travel.observability import metrics
 from travel.startup.embedded import EmbeddedStack
 

@@ -10,7 +10,8 @@ import urllib.parse
 import asyncpg
 import msgspec
 import pytest
-from api_helpers import (
+
+from tests.support.api import (
     assert_problem,
     balance_in_db,
     execute,
@@ -20,9 +21,8 @@ from api_helpers import (
     recharge,
     unchanged,
 )
-from conftest import Api
-from dbhelpers import connected
-
+from tests.support.db import connected
+from tests.support.stack import Api
 from travel import errors, models
 
 

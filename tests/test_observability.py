@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import make_user_with_card
-from conftest import TOKENS, Api, serve_api
 
 import server
+from tests.support.api import make_user_with_card
+from tests.support.stack import TOKENS, Api, serve_api
 from travel.observability import logs
 from travel.startup.embedded import EmbeddedStack
 

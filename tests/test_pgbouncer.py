@@ -27,12 +27,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from api_helpers import json_body, make_user_with_card, recharge
-from conftest import serve_api
 
+from tests.support.api import json_body, make_user_with_card, recharge
+from tests.support.stack import serve_api
 from travel import database
 from travel.startup.embedded import EmbeddedStack, Unprivileged
 from travel.startup.processes import free_port, stop_process
+
+pytestmark = pytest.mark.root
 
 MIN_VERSION = (1, 21)
 SERVER_CONNECTIONS = 3

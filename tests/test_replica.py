@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
-from conftest import Api, prepare_network_database, serve_api
-from dbhelpers import connected
 
+from tests.support.api import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
+from tests.support.db import connected
+from tests.support.stack import Api, prepare_network_database, serve_api
 from travel.startup.embedded import EmbeddedStack, LocalPostgres
 
 CATCH_UP_SECONDS = 20.0

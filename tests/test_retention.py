@@ -8,8 +8,8 @@ import time
 
 import asyncpg
 import redis.asyncio as aioredis
-from conftest import register_test_tokens, serve_api
 
+from tests.support.stack import register_test_tokens, serve_api
 from travel.retention import IDEMPOTENCY_RETENTION
 from travel.startup.embedded import EmbeddedStack
 

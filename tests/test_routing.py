@@ -5,11 +5,11 @@ ordinary way (405, 404, 422)."""
 from __future__ import annotations
 
 import pytest
-from api_helpers import assert_problem, json_body, make_user_with_card
-from conftest import Api
 from starlette.routing import Route
 
 import server
+from tests.support.api import assert_problem, json_body, make_user_with_card
+from tests.support.stack import Api
 from travel.endpoints.routing import ShapeRouter
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import NETWORK_SQL, TEMPLATE, with_database
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
 
+from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, table_rows
+from tests.support.stack import NETWORK_SQL, TEMPLATE, with_database
 from travel import database
 from travel.startup.embedded import EmbeddedStack
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-from api_helpers import get_cached, json_body, make_user_with_card, recharge
-from conftest import Api, serve_api
 
+from tests.support.api import get_cached, json_body, make_user_with_card, recharge
+from tests.support.stack import Api, serve_api
 from travel.startup.embedded import redis_server_binary
 from travel.startup.processes import free_port
 
@@ -269,6 +269,7 @@ async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, dat
         # INFO round, up to 10 s later: not waited for here.)
 
 
+@pytest.mark.slow
 async def test_cached_reads_survive_the_primary_dying(redis_set: RedisSet, database_url: str) -> None:
     await ready(redis_set)
     async with serve_api(

@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from api_helpers import assert_problem, board, fetch, json_body, make_user_with_card, recharge, unchanged
-from conftest import TOKENS, Api, serve_api
-from dbhelpers import connected, refusal
 
+from tests.support.api import assert_problem, board, fetch, json_body, make_user_with_card, recharge, unchanged
+from tests.support.db import connected, refusal
+from tests.support.stack import TOKENS, Api, serve_api
 from travel import auth, models
 from travel.startup.embedded import EmbeddedStack
 

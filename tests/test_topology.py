@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from deploy.topology import topology
 from deploy.topology.topology import Agent, Topology, address
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.root
 
 PREFIX = "trt"  # the CLI's default is "tr": a test run never tears down a topology left up by hand
 BUDGET_S = 0.5  # each request while Redis is unreachable

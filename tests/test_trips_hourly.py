@@ -9,7 +9,9 @@ import itertools
 import random
 
 import pytest
-from api_helpers import (
+
+import cachekeys
+from tests.support.api import (
     SITP_FARE,
     assert_problem,
     board,
@@ -21,9 +23,7 @@ from api_helpers import (
     json_body,
     make_user_with_card,
 )
-from conftest import Api
-
-import cachekeys
+from tests.support.stack import Api
 
 BOGOTA_OFFSET = "-05:00"  # Bogotá keeps UTC-5 all year
 # What the triggers kept, and what the trips say, per Bogotá hour.
