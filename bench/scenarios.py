@@ -1,4 +1,4 @@
-"""What each throughput scenario sends, as a cycle of requests (loadgen.Scenario).
+"""What each throughput scenario sends, as a cycle of requests (wire.Scenario).
 
 hit: per-card balances and one hot aggregate, all cached (every answer must say X-Cache: HIT);
 uncached: /users/count, read from PostgreSQL every time; miss: balances of cards never read
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from bench.fixture import Fixture, Target, get, post
-from bench.loadgen import Request, Scenario
+from bench.wire import Request, Scenario
 
 API_SCENARIOS = ("hit", "uncached", "miss", "recharge", "boarding", "mix")
 # What `make bench` runs unless told: the graded ones. `miss` reads tens of thousands of cards
