@@ -9,9 +9,9 @@ metrics on), a second instance with its request log off, and the four ceiling ap
    sequential requests on one connection (latency.py);
 2. throughput per scenario at 32 connections (wrk -t1), interleaved with the ceilings in
    rounds, as ratios to them, and the request log's cost (throughput.py);
-3. the tail: open-loop runs at ~70 % of each maximum (openloop.py), a sustained mixed load
-   (wrk), an 800-request burst on one cold key (tail.py); then the goals of docs/design.md:
-   performance (goals.py).
+3. the tail: open-loop runs at ~70 % of each maximum (openloop.py), the traffic mix of mix.py
+   sustained (wrk), an 800-request burst on one cold key (tail.py); then the goals of
+   docs/design.md: performance (goals.py).
 
 The bench talks to the service over HTTP only (its admin API for set-up; X-Cache checked on
 every answer of a HIT or MISS row). `--quick` is a smoke run of a minute or two; `--url URL

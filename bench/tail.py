@@ -2,8 +2,8 @@
 
 - Open loop: hit, uncached, recharge and boarding at ~70 % of the req/s their median round
   reached, latencies from each request's intended start (openloop.py): p50/p99/p99.9/max.
-- Sustained mix: 90 % reads / 10 % writes for a minute (wrk); any answer slower than 1 s, or
-  any whole second without an answer, is a stall.
+- Sustained mix: bench/mix.py's traffic (90 % reads / 10 % writes) for a minute (wrk); any
+  answer slower than 1 s, or any whole second without an answer, is a stall.
 - Burst: 800 requests at once for one key that a boarding just made cold: how many
   PostgreSQL loads (travel_cache_loads_total when the API counts them, else the MISS
   answers: one load each), and every answer other than 200.
