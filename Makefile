@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test check container-test locust bench topology topology-bench clean
+.PHONY: run test test-fast check container-test locust bench topology topology-bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-locust.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,17 @@ check: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# Every test (about 4 minutes here): as root with apt it first installs the programs the root
+# and browser tests drive (.ci/system-packages).
 test: check
 	bash .ci/system-packages
 	$(PY) -m pytest
+
+# The tests that need neither root, nor programs from .ci/system-packages, nor a browser, nor
+# more than a few seconds each (markers root, browser, slow in pytest.ini): under a minute,
+# for the edit-test loop. Not a substitute for `make test` before a commit.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not root and not browser"
 
 # The API's container image (Dockerfile), built with podman and run against the test session's
 # PostgreSQL and Redis; compose.yaml through a Compose parser. Minutes on a cold cache.

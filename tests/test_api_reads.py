@@ -7,6 +7,7 @@ test_api_errors.py, concurrency and roles in test_api_writes.py.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from typing import Any
 
@@ -462,7 +463,7 @@ async def test_totals_localities_and_revenue_follow_the_trips(api: Api, redis_cl
                 "active_trips": 1,
             },
         ],
-        key=lambda row: row["location_id"],
+        key=operator.itemgetter("location_id"),
     )
     assert json_body(await api.http.get("/trips/total/localities")) == expected_trips
     assert json_body(await api.http.get("/finance/revenue/localities")) == [
@@ -471,7 +472,7 @@ async def test_totals_localities_and_revenue_follow_the_trips(api: Api, redis_cl
                 {"location_id": usaquen, "locality": "Usaquén", "total_revenue": SITP_FARE, "currency": "COP"},
                 {"location_id": bolivar, "locality": "Ciudad Bolívar", "total_revenue": CABLE_FARE, "currency": "COP"},
             ),
-            key=lambda row: row["location_id"],
+            key=operator.itemgetter("location_id"),
         ),
         {"location_id": tunjuelito, "locality": "Tunjuelito", "total_revenue": TRANSFER_FARE, "currency": "COP"},
     ]

@@ -72,7 +72,7 @@ PATH_IDS = st.one_of(
     st.text(max_size=25),
 )
 # Header values h11 will send: visible latin-1, inner spaces.
-HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_categories=("Cc",)), max_size=60).map(str.strip)
+HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]), max_size=60).map(str.strip)
 CONTENT_TYPES = st.one_of(
     st.just("application/json"),
     st.just("application/json"),

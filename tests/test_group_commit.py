@@ -178,7 +178,7 @@ async def test_concurrent_batches_on_overlapping_cards_and_localities_never_dead
 
     async with contextlib.AsyncExitStack() as held:
         conns = [await held.enter_async_context(pool.acquire()) for _ in range(24)]  # pids share counter shards
-        await asyncio.gather(*(batch(conn) for conn in conns))
+        await asyncio.gather(*(batch(conn) for conn in conns))  # type: ignore[arg-type]
     await assert_counters_exact(pool)
     await assert_balances_reconcile(pool)
 

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support.polling import eventually_async
+from tests.support.db import until_a_session_waits_on_a_lock
 from tests.support.servers import StartServer, api_url
 from tests.support.stack import TOKENS
 from travel.startup.embedded import EmbeddedStack
@@ -139,14 +139,7 @@ async def test_sigterm_lets_an_in_flight_recharge_finish_and_be_answered(
         await lock.start()
         await holder.execute("SELECT FROM cards WHERE card_id = $1 FOR UPDATE", card["card_id"])
         in_flight = asyncio.ensure_future(http.post("/recharges", json={"card_id": card["card_id"], "amount": 900}))
-        waiting_on_lock = (
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-
-        async def recharge_blocked() -> bool:  # inside its function, waiting on the lock
-            return bool(await holder.fetchval(waiting_on_lock))
-
-        await eventually_async(recharge_blocked, 10, "the recharge waits on the card's lock")
+        await until_a_session_waits_on_a_lock(holder, "the recharge waits on the card's lock")
         server.process.send_signal(signal.SIGTERM)
         eventually(lambda: not port_open(server.port), 10, "uvicorn stops accepting")  # first...
         await lock.rollback()  # ...then the recharge may finish

@@ -65,7 +65,7 @@ async def test_recharge_of_an_unknown_card_or_at_an_unknown_point_is_refused(poo
     assert (await balance_of(pool, card), await count_of(pool, "recharges", card)) == (1000, 1)
 
 
-def answer(done: asyncpg.Record) -> tuple:
+def answer(done: asyncpg.Record) -> tuple[object, ...]:
     """What a keyed recharge answers, less `replayed`, which tells the first from its replays."""
     return tuple(value for name, value in done.items() if name != "replayed")
 
@@ -141,7 +141,10 @@ async def test_concurrent_boardings_never_overdraw_the_card(pool: asyncpg.Pool) 
     refused = [outcome for outcome in outcomes if not isinstance(outcome, asyncpg.Record)]
     assert [getattr(error, "sqlstate", error) for error in refused] == ["TRP01"] * 30
     assert all(
-        json.loads(error.detail)["balance"] == 0 and json.loads(error.detail)["fare"] == FULL_FARE for error in refused
+        isinstance(error, asyncpg.PostgresError)
+        and json.loads(error.detail)["balance"] == 0
+        and json.loads(error.detail)["fare"] == FULL_FARE
+        for error in refused
     )
     assert (await balance_of(pool, card), await count_of(pool, "trips", card)) == (0, 10)
 

@@ -4,7 +4,6 @@ work, Redis's figures and keys per family, the pool; public, and still answering
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import msgspec
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 
 import cachekeys
 from tests.support.api import json_body
+from tests.support.polling import eventually_async
 from tests.support.stack import Api, serve_api
 from travel import models
 from travel.observability import stats
@@ -62,13 +62,13 @@ async def test_figures_move_as_traffic_moves(api: Api, redis_client: aioredis.Re
 async def test_keys_are_counted_per_family_without_names(api: Api) -> None:
     await api.http.get("/trips/total")
     await api.http.get("/trips/hourly?hours=5")
-    deadline = time.monotonic() + stats.SCAN_EVERY_SECONDS + 5
-    while True:  # the count is redone at most every SCAN_EVERY_SECONDS
-        families = (await read_stats(api))["redis"]["keys_by_family"]
-        if (families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1, families
+
+    async def both_counted() -> dict[str, int] | None:
+        families: dict[str, int] = (await read_stats(api))["redis"]["keys_by_family"]
+        return families if families.get("trips:total") == 1 and families.get("trips:hourly:*") == 1 else None
+
+    # The count is redone at most every SCAN_EVERY_SECONDS.
+    families = await eventually_async(both_counted, stats.SCAN_EVERY_SECONDS + 5, "both families counted", every=0.2)
     assert cachekeys.OTHER_FAMILY not in families  # every name the service stores has its family
 
 

@@ -24,7 +24,8 @@ import trustme
 from tests.support.servers import StartServer
 from tests.support.stack import TOKENS, prepare_network_database, serve_api
 from travel.startup import embedded
-from travel.startup.embedded import LocalPostgres, free_port, stop_process
+from travel.startup.embedded import LocalPostgres
+from travel.startup.processes import free_port, stop_process
 
 pytestmark = pytest.mark.root
 

@@ -141,7 +141,7 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
         return real_compare(a, b)
 
     monkeypatch.setattr(db, "run", spy_run)
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy_compare)
+    monkeypatch.setattr(hmac, "compare_digest", spy_compare)  # what auth.py calls
     _, card = await make_user_with_card(api, 1000)
     token = TOKENS["recharge_point"]
     api.state["tokens"].entries.clear()  # make the next request look the token up
@@ -269,7 +269,7 @@ async def test_a_revoked_token_stops_working_when_the_token_cache_expires(
     api.state["tokens"].entries.clear()
     json_body(await board(api, card["card_id"]), 201)  # the validator's token is now cached
     await revoke(api, "validator")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # past TOKEN_CACHE_SECONDS: the expiry under test, not a synchronisation
     async with unchanged(api):
         assert_problem(await board(api, card["card_id"]), 401, "UNAUTHORIZED")
     # The other tokens are untouched.

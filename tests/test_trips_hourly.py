@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ _TRIP_AT = """INSERT INTO trips (card_id, route_id, boarding_station_id, boardin
               SELECT $1, 1, 1, $2, fare_id, value FROM fares WHERE fare_type = 'STANDARD_SITP' LIMIT 1"""
 
 
-async def hourly(api: Api, hours: int | None = None) -> list[dict[str, object]]:
+async def hourly(api: Api, hours: int | None = None) -> list[dict[str, Any]]:
     params = {} if hours is None else {"hours": hours}
     return json_body(await api.http.get("/trips/hourly", params=params))
 

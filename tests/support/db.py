@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.support.polling import eventually_async
 from travel.database import QUERIES
 
 Executor = asyncpg.Pool | asyncpg.Connection
@@ -27,6 +28,21 @@ async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def until_a_session_waits_on_a_lock(conn: asyncpg.Connection, what: str, within: float = 10) -> None:
+    """Poll pg_stat_activity (on `conn`, which must not be the one blocked) until a session of
+    this database waits on a lock: a write is inside its function, blocked."""
+
+    async def waiting() -> bool:
+        return bool(await conn.fetchval(_WAITING_ON_A_LOCK))
+
+    await eventually_async(waiting, within, what, every=0.01)
+
+
+_WAITING_ON_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
 
 
 async def refusal(sqlstate: str, call: Awaitable[Any]) -> dict[str, Any]:
@@ -152,4 +168,4 @@ async def fare_type_of(db: Executor, fare_id: int) -> str:
 async def connections(pool: asyncpg.Pool, count: int) -> AsyncIterator[list[asyncpg.Connection]]:
     """`count` distinct connections held at once, so that calls made on them truly overlap."""
     async with contextlib.AsyncExitStack() as held:
-        yield [await held.enter_async_context(pool.acquire()) for _ in range(count)]
+        yield [await held.enter_async_context(pool.acquire()) for _ in range(count)]  # type: ignore[arg-type]

@@ -17,8 +17,10 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 import uvicorn
+from starlette.applications import Starlette
 
 import server
+from tests.support.polling import eventually_async
 from travel import database
 from travel.settings import Settings
 from travel.startup import serve
@@ -132,7 +134,7 @@ class Api:
 
     http: httpx.AsyncClient
     url: str
-    app: object
+    app: Starlette
     database_url: str
     state: dict[str, Any]  # what the lifespan yielded: db, cache, tokens ...
 
@@ -162,9 +164,8 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
     """Run the real server (uvicorn on a free port, in this event loop) until the block ends;
     its client checks every answer (`check_answer`)."""
     await register_test_tokens(database_url)
-    configured = Settings(
-        **{"database_url": database_url, "redis_url": redis_url, "pool_min": 2, "pool_max": 20, **settings}
-    )
+    fields: dict[str, Any] = {"database_url": database_url, "redis_url": redis_url, "pool_min": 2, "pool_max": 20}
+    configured = Settings(**{**fields, **settings})
     await serve.prepare_database(configured)  # what `python server.py` does before serving
     app = server.create_app(configured)
     port = free_port()
@@ -172,10 +173,14 @@ async def serve_api(database_url: str, redis_url: str, **settings: object) -> As
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False)
     )
     serving = asyncio.create_task(uvicorn_server.serve())
-    while not uvicorn_server.started:  # uvicorn offers a flag, not an event
+
+    def started() -> bool:  # uvicorn offers a flag, not an event
         if serving.done():
-            serving.result()
-        await asyncio.sleep(0.005)
+            serving.result()  # raises what stopped it
+            raise RuntimeError("uvicorn stopped before it started serving")
+        return uvicorn_server.started
+
+    await eventually_async(started, 30, "uvicorn serving", every=0.005)
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(
