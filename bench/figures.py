@@ -25,6 +25,7 @@ class LoadResult:
     cache: dict[str, int] = field(default_factory=dict)  # X-Cache value ("-" when absent) -> answers
     statuses: dict[str, int] = field(default_factory=dict)  # status -> answers
     silent_seconds: int = 0  # whole seconds inside the run in which no answer arrived
+    cpu_s: dict[str, float] = field(default_factory=dict)  # part (bench/cpu.py) -> CPU seconds of the run
 
     @property
     def rps(self) -> float:

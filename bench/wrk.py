@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bench.cpu import CpuProbe
 from bench.figures import LoadResult
 from bench.wire import REQUEST_TIMEOUT, Scenario
 
@@ -156,15 +157,18 @@ async def run_wrk(
     warmup: float,
     key_prefix: str,
     prepare: Prepare | None = None,
+    cpu: CpuProbe | None = None,
 ) -> LoadResult:
     """`prepare` (refreshing the keys a hit run reads, say), a warm-up run whose figures are
     thrown away, then the measured run (one wrk thread: the load generator gets one core of
-    its own)."""
+    its own), with the CPU that `cpu`'s processes spent during it."""
     if prepare is not None:
         await prepare()
     if warmup > 0:
         await _wrk_once(url, scenario, connections, max(1, round(warmup)), key_prefix + "w")
+    spent = cpu.around() if cpu is not None else None
     figures = await _wrk_once(url, scenario, connections, max(1, round(duration)), key_prefix)
+    cpu_s = spent() if spent is not None else {}
     return LoadResult(
         requests=figures["requests"],
         errors=figures["errors"],
@@ -178,6 +182,7 @@ async def run_wrk(
         cache=figures["cache"],
         statuses=figures["statuses"],
         silent_seconds=figures["silent_seconds"],
+        cpu_s=cpu_s,
     )
 
 
