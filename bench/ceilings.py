@@ -1,4 +1,4 @@
-"""The ceilings: four minimal Starlette apps that bound what the API can reach.
+"""The ceilings: four minimal Starlette apps, what the Python stack itself can reach.
 
 `python -m bench.ceilings KIND` serves GET /ceiling/{card_id} on 127.0.0.1:$PORT with one
 uvicorn worker (uvloop + httptools, as the API runs), where KIND is
@@ -8,11 +8,14 @@ uvicorn worker (uvloop + httptools, as the API runs), where KIND is
   cache hit that the API's hit path is held against;
 - pg-select: one asyncpg prepared SELECT of a card's balance by primary key, the floor
   under every uncached read of the API;
-- pg-update: the durable-write floor, one autocommit `UPDATE cards SET balance = balance
+- pg-update: the one-UPDATE Python app, one autocommit `UPDATE cards SET balance = balance
   WHERE card_id = $1` (one row version, one commit, nothing else) on the card in the path
-  (the bench sends random cards of 64, as its recharges do).
+  (the bench sends random cards of 64, as its recharges do). It is bound by its Python
+  process, not by commits: PostgreSQL's own floor is pgbench running the same statement
+  (bench/pgbench.py), the anchor the writes are graded against.
 
-These apps are the baselines, so they may use SQL on the bench's database directly.
+These apps are context for the ratios (DESIGN.md §9): each carries every cost of the Python
+stack. They are the baselines, so they may use SQL on the bench's database directly.
 
 Each parses the card id from the path, as the API does, so routing costs the same.
 """

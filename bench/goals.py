@@ -1,12 +1,22 @@
-"""docs/design.md: performance's targets, graded from the saved report (so the verdicts are what the JSON holds)."""
+"""DESIGN.md §9's performance targets, graded from the saved report (so the verdicts are what the JSON holds)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.throughput import CEILING_OF, GOAL_RATIO, LOG_COST_MAX, WRITE_P99_MS
+from bench.throughput import ANCHOR_NAMES, GO, PGBENCH
 
-CEILING_NAMES = {"redis-get": "one-GET app", "pg-select": "one-SELECT app", "pg-update": "durable-write floor"}
+# (scenario, anchor, least ratio of A to the anchor), each measured in the same run.
+RATIO_GOALS = (
+    ("hit", "ceiling:constant", 0.8),
+    ("hit", GO, 0.6),
+    ("uncached", GO, 0.5),
+    ("recharge", GO, 1.5),
+    ("recharge", PGBENCH, 0.5),
+    ("boarding", GO, 1.2),
+)
+WRITE_P99_MS = 15.0  # recharge and boarding, open loop at 70 % of their maximum
+LOG_COST_MAX = 0.03
 
 
 def point(report: dict[str, Any], server: str, scenario: str, connections: int) -> dict[str, Any] | None:
@@ -28,28 +38,48 @@ def goal(name: str, measured: str, target: str, passed: bool | None) -> dict[str
     return {"name": name, "measured": measured, "target": target, "passed": passed}
 
 
-def ratio_goal(report: dict[str, Any], scenario: str, level: int) -> dict[str, Any] | None:
+def ratio_goal(report: dict[str, Any], scenario: str, anchor: str, wanted: float, level: int) -> dict[str, Any] | None:
     found = point(report, "A", scenario, level)
     if found is None:
         return None
-    ceiling, wanted = CEILING_NAMES[CEILING_OF[scenario]], GOAL_RATIO[scenario]
-    ratio = found["of_ceiling"]
-    measured = [f"{ratio:.2f}× {ceiling}" if ratio is not None else f"{found['median']['rps']:,.0f} req/s"]
-    target = f"≥ {wanted}× {ceiling}"
-    passed = ratio >= wanted if ratio is not None else None
-    if scenario in ("recharge", "boarding"):
-        tail = open_loop(report, scenario)
-        p99, where = (tail["p99_ms"], "open loop") if tail else (found["median"]["p99_ms"], "closed loop")
-        errors = found["median"]["errors"] + (tail["errors"] if tail else 0)
-        measured += [f"p99 {p99:.1f} ms ({where})", f"{errors} errors"]
-        target += f", p99 ≤ {WRITE_P99_MS:g} ms, 0 errors"
-        passed = passed if passed is None else passed and p99 <= WRITE_P99_MS and errors == 0
-    return goal(f"{scenario} @ {level} conns", ", ".join(measured), target, passed)
+    name, ratio = ANCHOR_NAMES[anchor], found["anchors"].get(anchor)
+    other = point(report, anchor, scenario if anchor == GO else anchor, level)
+    if ratio is None or other is None:
+        measured = f"{found['median']['rps']:,.0f} req/s; the {name} was not measured"
+    else:
+        unit = "TPS" if anchor == PGBENCH else "req/s"
+        measured = f"{ratio:.2f}× ({found['median']['rps']:,.0f} vs {other['median']['rps']:,.0f} {unit})"
+    return goal(
+        f"{scenario} @ {level} conns vs the {name}",
+        measured,
+        f"≥ {wanted}×",
+        None if ratio is None else ratio >= wanted,
+    )
+
+
+def tail_goal(report: dict[str, Any], scenario: str, level: int) -> dict[str, Any] | None:
+    """A write's p99 at 70 % of its maximum (open loop) and its errors, closed loop included."""
+    found = point(report, "A", scenario, level)
+    if found is None:
+        return None
+    tail = open_loop(report, scenario)
+    errors = found["median"]["errors"] + (tail["errors"] if tail else 0)
+    if tail is None:
+        measured = f"no open-loop run; closed-loop p99 at saturation {found['median']['p99_ms']:.1f} ms"
+    else:
+        measured = f"p99 {tail['p99_ms']:.1f} ms at {tail['rate']:,.0f} req/s"
+    return goal(
+        f"{scenario} p99 at 70 % load",
+        f"{measured}, {errors} errors",
+        f"≤ {WRITE_P99_MS:g} ms, 0 errors",
+        None if tail is None else tail["p99_ms"] <= WRITE_P99_MS and errors == 0,
+    )
 
 
 def grade(report: dict[str, Any]) -> list[dict[str, Any]]:
     level = 32 if 32 in report["settings"]["connections"] else max(report["settings"]["connections"])
-    goals = [g for scenario in GOAL_RATIO if (g := ratio_goal(report, scenario, level)) is not None]
+    goals = [g for s, anchor, wanted in RATIO_GOALS if (g := ratio_goal(report, s, anchor, wanted, level))]
+    goals += [g for scenario in ("recharge", "boarding") if (g := tail_goal(report, scenario, level))]
     if (log := report.get("log_cost")) and log["cost"] is not None:
         goals.append(
             goal(

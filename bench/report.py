@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import PARTS
+from bench.throughput import ANCHOR_NAMES, GO, GO_SCENARIOS, PGBENCH
+
 AGGREGATE_MISS_P50_MS = 2.0
 AGGREGATE_GROWTH = 1.5
 BIG_DATA_TRIPS = 10_000_000
@@ -90,9 +93,23 @@ def latency_table(latency: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
+def cpu_cell(cpu_us: dict[str, float]) -> str:
+    """CPU µs per answer of the server, PostgreSQL and Redis ("-": not measured)."""
+    if not cpu_us:
+        return ""
+    return " · ".join(f"{cpu_us[part]:,.0f}" if part in cpu_us else "-" for part in PARTS)
+
+
+def ratios_cell(anchors: dict[str, float | None]) -> str:
+    return ", ".join(
+        f"{ratio:.2f}× {anchor.removeprefix('ceiling:')}" for anchor, ratio in anchors.items() if ratio is not None
+    )
+
+
 def throughput_table(points: list[dict[str, Any]]) -> str:
     b_points = {(p["scenario"], p["connections"]): p for p in points if p["server"] == "B"}
-    header = ["server", "scenario", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "ratio"]
+    header = ["server", "scenario", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
+    header += ["CPU µs/answer: server · PG · Redis", "A / anchor"]
     if b_points:
         header += ["B req/s", "B p99 ms", "B errors", "B/A req/s"]
     rows = []
@@ -100,12 +117,9 @@ def throughput_table(points: list[dict[str, Any]]) -> str:
         if point["server"] == "B":
             continue
         m = point["median"]
-        if point.get("of_ceiling"):
-            ratio = f"{point['of_ceiling']:.2f}× {point['ceiling']}"
-        elif point.get("ratio_to_a"):
+        ratio = ratios_cell(point["anchors"])
+        if not ratio and point.get("ratio_to_a"):
             ratio = f"{point['ratio_to_a']:.2f}× A"
-        else:
-            ratio = ""
         name = point["scenario"] + (" **INVALID**" if point["invalid"] else "")
         cells = [
             point["server"],
@@ -117,6 +131,7 @@ def throughput_table(points: list[dict[str, Any]]) -> str:
             ms(m["p999_ms"]),
             ms(m["max_ms"]),
             str(m["errors"]),
+            cpu_cell(point["cpu_us"]),
             ratio,
         ]
         if b_points:
@@ -133,6 +148,65 @@ def throughput_table(points: list[dict[str, Any]]) -> str:
             )
         rows.append(cells)
     return markdown_table(header, rows)
+
+
+def go_table(points: list[dict[str, Any]]) -> str | None:
+    """The seed's question: this service against the Go version, path by path, in the same rounds."""
+    found = {(p["server"], p["scenario"], p["connections"]): p for p in points}
+    rows = []
+    for p in points:
+        go = found.get((GO, p["scenario"], p["connections"]))
+        if p["server"] != "A" or go is None:
+            continue
+        ratio = p["anchors"].get(GO)
+        ours_cpu, go_cpu = p["cpu_us"].get("server"), go["cpu_us"].get("server")
+        rows.append(
+            [
+                p["scenario"],
+                str(p["connections"]),
+                f"{p['median']['rps']:,.0f}",
+                f"{go['median']['rps']:,.0f}",
+                "" if ratio is None else f"**{ratio:.2f}×**",
+                "" if ours_cpu is None else f"{ours_cpu:,.0f}",
+                "" if go_cpu is None else f"{go_cpu:,.0f}",
+                "" if not (ours_cpu and go_cpu) else f"{ours_cpu / go_cpu:.1f}×",
+            ]
+        )
+    if not rows:
+        return None
+    return markdown_table(
+        ["path", "conns", "ours req/s", "Go req/s", "ours/Go", "ours CPU µs/answer", "Go CPU µs/answer", "CPU ours/Go"],
+        rows,
+    )
+
+
+def anchors_note(report: dict[str, Any]) -> str:
+    go, pgbench = report.get("go"), report.get("pgbench")
+    lines = [
+        "Anchors (DESIGN.md §9): "
+        + "; ".join(f"{k.removeprefix('ceiling:')} = {v}" for k, v in ANCHOR_NAMES.items())
+        + ". The Python apps (bench/ceilings.py) serve one uvicorn worker each."
+    ]
+    if go:
+        lines.append(
+            f"Go version: {go['binary']} ({go['version']}), GOMAXPROCS={go['gomaxprocs']}, pinned as the API is, "
+            f"on the same PostgreSQL and Redis; it runs {', '.join(GO_SCENARIOS)} (one transaction per write)."
+        )
+    elif report.get("go_skipped"):
+        lines.append(f"Go version: not measured ({report['go_skipped']}).")
+    if pgbench:
+        lines.append(
+            f"{PGBENCH}: {pgbench['version']}, `{pgbench['statement']}` autocommit, :id random among the bench's "
+            f"{pgbench['cards']} write cards, -M prepared, clients = conns, one thread on the load generator's core; "
+            "its req/s are transactions per second."
+        )
+    elif report.get("pgbench_skipped"):
+        lines.append(f"pgbench: not measured ({report['pgbench_skipped']}).")
+    lines.append(
+        "CPU µs/answer: utime + stime (/proc) of the server and its workers, of PostgreSQL (postmaster and "
+        "backends) and of Redis over the measured run of the median round, divided by its answers."
+    )
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def log_cost_line(log: dict[str, Any]) -> str:
@@ -199,7 +273,7 @@ def tail_parts(tail: dict[str, Any]) -> list[str]:
 def goals_table(goals: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
     return markdown_table(
-        ["goal (docs/design.md: performance)", "measured", "target", "result"],
+        ["goal (DESIGN.md §9)", "measured", "target", "result"],
         [[g["name"], g["measured"], g["target"], verdict[g["passed"]]] for g in goals],
     )
 
@@ -233,7 +307,9 @@ def markdown(report: dict[str, Any]) -> str:
             latency_table(report["latency"]),
         ]
     if report.get("throughput"):
-        parts += ["## Throughput (closed loop)", throughput_table(report["throughput"])]
+        parts += ["## Throughput (closed loop)", throughput_table(report["throughput"]), anchors_note(report)]
+        if go := go_table(report["throughput"]):
+            parts += ["## This service and the Go version (same servers, interleaved rounds)", go]
     if report.get("log_cost"):
         parts.append(log_cost_line(report["log_cost"]))
     if report.get("tail"):

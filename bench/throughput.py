@@ -1,51 +1,71 @@
-"""Throughput rounds: every scenario beside the ceiling app it is held against, interleaved.
+"""Throughput rounds: every scenario beside the anchors it is held against, interleaved.
 
-A round runs each point once (wrk -t1, N connections); rounds repeat, and figures are the
-median round's, ratios the median of per-round ratios (both sides measured in the same
-round, on the same servers). A row claiming cache hits (or misses) whose answers say
-otherwise is invalid: it is reported as such and the bench exits non-zero.
+A round runs each point once (wrk -t1, N connections; pgbench for PostgreSQL's floor); rounds
+repeat, and figures are the median round's, ratios the median of per-round ratios (both sides
+measured in the same round, on the same servers). The anchors (DESIGN.md §9): the
+minimal Python apps (bench/ceilings.py), PostgreSQL's floor (bench/pgbench.py) and the Go
+version (go/), which runs the same scenarios as the API. A row claiming cache hits (or
+misses) whose answers say otherwise is invalid: it is reported as such and the bench exits
+non-zero. Each row also carries the CPU its servers spent per answer (bench/cpu.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
+from bench.cpu import CpuProbe, per_request_us
 from bench.figures import LoadResult
 from bench.fixture import Target, issue_cards, post, send_all
+from bench.pgbench import PgBench
 from bench.scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
 from bench.wire import Scenario
 from bench.wrk import run_wrk
 from travel.startup.processes import ServerProcess
 
-# What each scenario is held against (docs/design.md: performance), and the least ratio to reach.
-CEILING_OF = {
-    "hit": "redis-get",
-    "uncached": "pg-select",
-    "miss": "pg-select",
-    "recharge": "pg-update",
-    "boarding": "pg-update",
+GO = "Go"  # the Go version's server label
+PGBENCH = "ceiling:pgbench"
+# The anchors each scenario is shown beside (ratios in the report), first to last in a round's
+# order; goals.py grades against some of them (DESIGN.md §9).
+ANCHORS_OF = {
+    "hit": ("ceiling:constant", "ceiling:redis-get", GO),
+    "uncached": ("ceiling:pg-select", GO),
+    "miss": ("ceiling:pg-select",),
+    "recharge": (PGBENCH, "ceiling:pg-update", GO),
+    "boarding": (PGBENCH, "ceiling:pg-update", GO),
 }
-GOAL_RATIO = {"hit": 1.5, "uncached": 0.9, "recharge": 1.0, "boarding": 0.8}  # miss: shown, no goal
-WRITE_P99_MS = 20.0
-LOG_COST_MAX = 0.05
+ANCHOR_NAMES = {
+    "ceiling:constant": "constant-answer app",
+    "ceiling:redis-get": "one-GET app",
+    "ceiling:pg-select": "one-SELECT app",
+    "ceiling:pg-update": "one-UPDATE Python app",
+    PGBENCH: "pgbench floor",
+    GO: "Go version",
+}
+GO_SCENARIOS = ("hit", "uncached", "recharge", "boarding")  # what the Go version serves of them
 LOG_OFF = "A, request log off"
 GUESSED_MISS_RATE = 10_000.0  # req/s, before any PostgreSQL ceiling was measured in this run
+
+# A measurement other than wrk (pgbench): (duration, warm-up, CPU probe) -> result.
+Load = Callable[[float, float, CpuProbe | None], Awaitable[LoadResult]]
 
 
 @dataclass
 class Run:
     """One point to measure: a scenario on a server, at a concurrency level."""
 
-    server: str  # "A", "B", LOG_OFF or "ceiling:<kind>"
+    server: str  # "A", "B", LOG_OFF, GO, "ceiling:<kind>" or PGBENCH
     url: str
     scenario: Scenario
     connections: int
     target: Target | None = None
     prepare: Callable[[], Awaitable[None]] | None = None
+    cpu: CpuProbe | None = None
+    load: Load | None = None  # instead of wrk
     results: list[LoadResult] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
 
@@ -87,27 +107,40 @@ def plan_runs(
     scenarios: tuple[str, ...],
     levels: tuple[int, ...],
     run_id: str,
+    go: Target | None = None,
+    pgbench: PgBench | None = None,
+    probes: dict[str, CpuProbe] | None = None,
 ) -> list[Run]:
-    """The order of one round: each ceiling beside what it bounds, each scenario on A then B
-    (and the hit scenario on A with its request log off, for the log's cost)."""
+    """The order of one round: each anchor once, before the first scenario it bounds, then the
+    scenario on A and B (on A with its request log off too for hits, for the log's cost), then
+    on the Go version."""
     runs: list[Run] = []
     fixture = targets[0].data
+    probes = probes or {}
     for connections in levels:
-        wanted = ["constant"] + [CEILING_OF[name] for name in scenarios if name in CEILING_OF]
+        placed: set[str] = set()
         for name in ("", *scenarios):  # "": the constant app first
-            kind = "constant" if not name else CEILING_OF.get(name)
-            if kind in ceilings and kind in wanted:
-                wanted = [k for k in wanted if k != kind]  # each ceiling once, beside the first it bounds
-                runs.append(
-                    Run(f"ceiling:{kind}", ceilings[kind].base_url, ceiling_scenario(kind, fixture), connections)
-                )
+            for anchor in ("ceiling:constant",) if not name else ANCHORS_OF.get(name, ()):
+                if anchor in placed or not anchor.startswith("ceiling:"):
+                    continue
+                placed.add(anchor)
+                kind = anchor.removeprefix("ceiling:")
+                if anchor == PGBENCH and pgbench is not None:
+                    load = functools.partial(pgbench.run, fixture.write_cards, connections)
+                    runs.append(Run(anchor, "", Scenario(anchor, ()), connections, cpu=probes.get(anchor), load=load))
+                elif kind in ceilings:
+                    scenario = ceiling_scenario(kind, fixture)
+                    runs.append(Run(anchor, ceilings[kind].base_url, scenario, connections, cpu=probes.get(anchor)))
             if not name:
                 continue
             servers = [*targets, *([log_off] if log_off is not None and name == "hit" else [])]
+            servers += [go] if go is not None and name in GO_SCENARIOS else []
             for target in servers:
                 scenario = Scenario(name, ()) if name == "miss" else api_scenario(target, name)
                 prepare = refresh_hits(target, f"{run_id}-refresh-{target.label}") if name == "hit" else None
-                runs.append(Run(target.label, target.url, scenario, connections, target, prepare))
+                runs.append(
+                    Run(target.label, target.url, scenario, connections, target, prepare, probes.get(target.label))
+                )
     return runs
 
 
@@ -130,6 +163,9 @@ async def measure(run: Run, runs: list[Run], duration: float, warmup: float, run
     scenario, run_warmup = run.scenario, warmup
     if run.name == "miss":
         scenario, run_warmup = await miss_scenario(run, runs, duration, run_id), 0.0  # a warm-up would read them
+    if run.load is not None:
+        run.results.append(await run.load(duration, warmup, run.cpu))
+        return
     result = await run_wrk(
         run.url,
         scenario,
@@ -138,6 +174,7 @@ async def measure(run: Run, runs: list[Run], duration: float, warmup: float, run
         run_warmup,
         f"{run_id}-{run.server}-{run.name}-{run.connections}-{len(run.results)}".replace(" ", ""),
         run.prepare,
+        run.cpu,
     )
     expected = EXPECTED_CACHE.get(run.name) if run.target is not None else None
     if expected is not None and set(result.cache) != {expected}:
@@ -167,22 +204,24 @@ def find(runs: list[Run], server: str, scenario: str, connections: int) -> Run |
     )
 
 
-def ceiling_of(runs: list[Run], scenario: str, connections: int) -> Run | None:
-    """The ceiling app's run that `scenario` is held against, at the same concurrency."""
-    if scenario not in CEILING_OF:
-        return None
-    name = f"ceiling:{CEILING_OF[scenario]}"
-    return find(runs, name, name, connections)
+def anchor_run(runs: list[Run], anchor: str, scenario: str, connections: int) -> Run | None:
+    """The anchor's run at the same concurrency (the Go version's of the same scenario)."""
+    return find(runs, anchor, scenario if anchor == GO else anchor, connections)
 
 
 def throughput_points(runs: list[Run]) -> list[dict[str, Any]]:
-    """Every point with its rounds, its median round, and its ratios (for the JSON and the report)."""
+    """Every point with its rounds, its median round, its ratios and its CPU per answer (for the
+    JSON and the report)."""
     points = []
     for run in runs:
         if not run.results:
             continue
         middle = representative(run.results)
-        ceiling = ceiling_of(runs, run.name, run.connections) if run.server == "A" else None
+        anchors: dict[str, float | None] = {}
+        if run.server == "A":
+            for anchor in ANCHORS_OF.get(run.name, ()):
+                if (other := anchor_run(runs, anchor, run.name, run.connections)) is not None:
+                    anchors[anchor] = ratio_of_rounds(run, other)
         twin_a = find(runs, "A", run.name, run.connections) if run.server != "A" and run.target else None
         points.append(
             {
@@ -191,8 +230,8 @@ def throughput_points(runs: list[Run]) -> list[dict[str, Any]]:
                 "connections": run.connections,
                 "median": asdict(middle) | {"rps": middle.rps},
                 "rounds": [asdict(result) | {"rps": result.rps} for result in run.results],
-                "ceiling": CEILING_OF.get(run.name) if ceiling else None,
-                "of_ceiling": ratio_of_rounds(run, ceiling) if ceiling else None,
+                "cpu_us": per_request_us(middle.cpu_s, middle.requests),
+                "anchors": anchors,  # anchor server -> A / anchor, median of per-round ratios
                 "ratio_to_a": ratio_of_rounds(run, twin_a) if twin_a else None,
                 "invalid": run.invalid,
             }
