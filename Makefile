@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast check container-test locust bench topology topology-bench clean
+.PHONY: run test test-fast check container-test locust go bench topology topology-bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-locust.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +53,14 @@ topology: $(STAMP)
 topology-bench: $(STAMP)
 	$(PY) -m deploy.topology.topology bench --output deploy/topology/latency-with-network.md
 
+# The Go version of the hot endpoints (go/README.md), built offline from Debian's packages
+# (installed here as root when missing) into go/bin/travel-go.
+go:
+	sh go/build.sh
+
 # Graded runs need wrk (installed here as root); `make bench ARGS=--quick` is a 1-2 minute smoke run.
-bench: $(STAMP)
+# The bench runs the Go version beside the API (ARGS=--no-vs-go leaves it out).
+bench: $(STAMP) go
 	bash bench/system-packages
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m bench.run $(ARGS)
