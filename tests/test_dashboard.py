@@ -230,6 +230,7 @@ async def test_redis_stopped_is_shown_the_rest_keeps_updating_and_it_recovers(
     await until(lambda: attribute(browser, "banner", "hidden") is not None, 10, "the banner gone")
 
 
+@pytest.mark.slow
 async def test_root_redirects_to_the_dashboard_without_echoing_host(demo_api: Api) -> None:
     async with httpx.AsyncClient(base_url=demo_api.url) as http:
         response = await http.get("/", headers={"Host": "evil.example"})

@@ -14,6 +14,8 @@ from tests.support.stack import copy_template
 from travel import database
 from travel.startup.embedded import EmbeddedStack
 
+pytestmark = pytest.mark.slow  # loads the demo data set
+
 SCALE = 1
 DEMO_DATABASE = "demo_data"
 BIG_TABLES = ["users", "cards", "trips", "recharges"]

@@ -23,6 +23,8 @@ from travel.settings import Settings, SettingsError
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess
 
+pytestmark = pytest.mark.slow  # its own server process, and bounds of a second or more waited out
+
 READ_TIMEOUT = 1.0  # the bound, made small for these tests through READ_TIMEOUT
 SWEEP = min(1.0, READ_TIMEOUT / 4)  # how late protocol.py may notice a deadline
 SLACK = 2.0  # a shared, busy machine: scheduling delay on top of the bound
@@ -210,7 +212,6 @@ async def test_a_body_that_stalls_midway_is_closed_within_the_bound(served: Serv
     assert time.monotonic() - started <= READ_TIMEOUT + SWEEP + SLACK
 
 
-@pytest.mark.slow
 async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(served: Served) -> None:
     reader, writer = await asyncio.open_connection(served.host, served.port)
     writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")

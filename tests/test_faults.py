@@ -29,6 +29,8 @@ from tests.support.stack import Api, prepare_network_database, serve_api, start_
 from travel.observability import metrics
 from travel.startup.embedded import EmbeddedStack
 
+pytestmark = pytest.mark.slow  # servers of its own, stopped, paused and restarted; timeouts waited out
+
 REDIS_BOUND = 0.5  # seconds a request may take while Redis is away (100 ms timeouts + PostgreSQL)
 DATABASE_BOUND = 2.5  # seconds to a 503 while PostgreSQL is away (2 s command/connect timeout)
 

@@ -354,6 +354,7 @@ async def test_a_burst_of_200_mixed_writes_answers_each_as_if_alone_and_reconcil
 
 
 # ---------------------------------------------------------------- two instances, faults
+@pytest.mark.slow
 async def test_two_instances_batching_on_the_same_cards_neither_deadlock_nor_lose_a_peso(
     database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,8 @@ from tests.support.polling import eventually_async
 from tests.support.stack import Api, prepare_network_database, serve_api
 from travel.startup.embedded import EmbeddedStack, LocalPostgres
 
+pytestmark = pytest.mark.slow  # a streaming replica started for the module
+
 CATCH_UP_SECONDS = 20.0
 
 

@@ -27,6 +27,8 @@ from tests.support.stack import Api, serve_api
 from travel.startup.embedded import redis_server_binary
 from travel.startup.processes import eventually, free_port
 
+pytestmark = pytest.mark.slow  # five Valkey processes per test, and failovers
+
 SERVICE = "travel"
 SETTLE_SECONDS = 15.0  # every wait below is bounded by this
 
@@ -269,7 +271,6 @@ async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, dat
         # INFO round, up to 10 s later: not waited for here.)
 
 
-@pytest.mark.slow
 async def test_cached_reads_survive_the_primary_dying(redis_set: RedisSet, database_url: str) -> None:
     await ready(redis_set)
     async with serve_api(

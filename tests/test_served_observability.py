@@ -9,6 +9,7 @@ import re
 import time
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 import cachekeys
@@ -17,6 +18,8 @@ from tests.support.stack import register_test_tokens
 from travel.observability import logs
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess
+
+pytestmark = pytest.mark.slow  # each test starts `python server.py` (two workers where it matters)
 
 
 def access_lines(output: str) -> list[dict[str, object]]:

@@ -19,6 +19,8 @@ from tests.support.stack import TOKENS
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess, eventually
 
+pytestmark = pytest.mark.slow  # each test starts `python server.py`
+
 
 async def test_server_serves_given_databases_and_stops_cleanly_on_sigterm(served: ServerProcess) -> None:
     server = served
@@ -165,7 +167,6 @@ def rss_kib(pid: int) -> int:
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 
 
-@pytest.mark.slow
 async def test_saturation_soak_answers_only_200_or_overloaded_with_flat_memory(
     database_url: str, stack: EmbeddedStack, run_server: StartServer
 ) -> None:

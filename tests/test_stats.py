@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 import cachekeys
@@ -59,6 +60,7 @@ async def test_figures_move_as_traffic_moves(api: Api, redis_client: aioredis.Re
     assert 1 <= pool["size"] <= pool["max_size"] == 20 and 0 <= pool["idle"] <= pool["size"] and pool["waiting"] == 0
 
 
+@pytest.mark.slow
 async def test_keys_are_counted_per_family_without_names(api: Api) -> None:
     await api.http.get("/trips/total")
     await api.http.get("/trips/hourly?hours=5")

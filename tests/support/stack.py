@@ -102,7 +102,7 @@ async def copy_template(stack: EmbeddedStack, name: str) -> str:
     """A new database `name` copied from the template (the schema and the small network); its URL."""
     admin = await asyncpg.connect(stack.postgres.url)
     try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY")
     finally:
         await admin.close()
     return with_database(stack.postgres.url, name)
