@@ -42,8 +42,9 @@ def header_lines(report: dict[str, Any]) -> list[str]:
             else ""
         )
         + (f"; {stack['trips']:,} trips" if "trips" in stack else ""),
-        "- as deployed: the API runs with its defaults (request log and metrics on), 1 worker unless --workers; "
-        'only the row "request log cost" turns the log off, on a second instance on the same servers',
+        "- as deployed: the API runs with its defaults (request log and metrics on), "
+        f'WORKERS={report.get("workers", 1)}; only the row "request log cost" turns the log off, on a second '
+        "instance on the same servers",
         f"- load: {report['generator']}, -t1, {settings['duration']:g} s per point after {settings['warmup']:g} s of "
         f"warm-up, {settings['rounds']} interleaved round(s), figures from the median round; {report['pinning']}",
         f"- note: {facts['cores']} cores shared by the load generator, the app, PostgreSQL and Redis, so every "
@@ -189,8 +190,9 @@ def anchors_note(report: dict[str, Any]) -> str:
     ]
     if go:
         lines.append(
-            f"Go version: {go['binary']} ({go['version']}), GOMAXPROCS={go['gomaxprocs']}, pinned as the API is, "
-            f"on the same PostgreSQL and Redis; it runs {', '.join(GO_SCENARIOS)} (one transaction per write)."
+            f"Go version: {go['binary']} ({go['version']}), GOMAXPROCS={go['gomaxprocs']} (the API's WORKERS), on "
+            f"the API's cores and the same PostgreSQL and Redis; it runs {', '.join(GO_SCENARIOS)}, one transaction "
+            "a write."
         )
     elif report.get("go_skipped"):
         lines.append(f"Go version: not measured ({report['go_skipped']}).")
