@@ -3,7 +3,7 @@ latency per route over the last minute, cache hits and misses, Redis's own figur
 keys per family, and the database pool. Public: route templates and key families only, never
 a path, a key or anything about a person.
 
-The observability middleware (middleware.py) calls `RECENT.observe` once per answer. Each route keeps a ring of
+The observer (observer.py) calls `RECENT.observe` once per answer. Each route keeps a ring of
 per-second slots, each a sparse log-scale histogram (20 bins per decade), so recording is a
 few dict operations, a minute of any traffic costs at most 60 small dicts per route, and a
 percentile is the middle of its bin: within 6 % of the exact value.
