@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     before (travel/startup/serve.py), once per start rather than once per worker."""
     settings = settings or Settings.from_env()
     logs.ACCESS_LOG.share_with_workers(settings.workers > 1)
+    answers = observer(settings.access_log)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -116,13 +117,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             logs.ACCESS_LOG.flush()
+            answers.flush()
             metrics.forget_worker()
             # Requests have drained by now; closing must finish even if we are cancelled.
             await asyncio.shield(
                 asyncio.gather(*(database.close_pool(pool) for pool in pools), redis.aclose(), return_exceptions=True)
             )
 
-    app = ServiceApp(exception_handlers=EXCEPTION_HANDLERS, observer=observer(settings.access_log))
+    app = ServiceApp(exception_handlers=EXCEPTION_HANDLERS, observer=answers)
     app.router = ShapeRouter(ROUTES, lifespan)
     return app
 

@@ -146,26 +146,29 @@ class Cache:
         self._bypass_until = 0.0  # after a failure, reads skip Redis until then
         self._fill_script = client.register_script(_FILL_IF_GENERATION_UNCHANGED)
         self._invalidate_script = client.register_script(_BUMP_AND_DELETE)
-        self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
+        self._pending: dict[bytes, list[asyncio.Future[Lookup]]] = {}
         self._flush_scheduled = False
         self._fetches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._loads: dict[tuple[bytes, bytes], _Load] = {}  # by (Redis name, generation seen)
 
     # ------------------------------------------------------------------ reads
     def lookup(self, key: bytes) -> asyncio.Future[Lookup]:
-        """Look `key` up in the next batch. Concurrent lookups of one key share one answer.
+        """Look `key` up in the next batch; concurrent lookups of one key share one read.
+        Each caller gets a future of its own, so one that goes away cancels only its wait.
         Shortly after a failure the answer is a miss at once, without asking Redis."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Lookup] = loop.create_future()
         if not self.healthy and time.monotonic() < self._bypass_until:
-            bypassed = asyncio.get_running_loop().create_future()
-            bypassed.set_result(Lookup(None, b"", self._names(key), time.monotonic()))
-            return bypassed
-        future = self._pending.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[key] = future
+            future.set_result(Lookup(None, b"", self._names(key), time.monotonic()))
+            return future
+        waiting = self._pending.get(key)
+        if waiting is None:
+            self._pending[key] = [future]
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                loop.call_soon(self._flush)
+        else:
+            waiting.append(future)
         return future
 
     def _flush(self) -> None:
@@ -175,7 +178,7 @@ class Cache:
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
 
-    async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
+    async def _fetch(self, batch: dict[bytes, list[asyncio.Future[Lookup]]]) -> None:
         pairs = [self._names(key) for key in batch]
         values: list[bytes | None] = [None] * (2 * len(pairs))
         sent = time.monotonic()
@@ -185,9 +188,11 @@ class Cache:
         except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("read", error)
         finally:  # whatever happened, every waiting request gets an answer (a miss at worst)
-            for index, future in enumerate(batch.values()):
-                if not future.done():
-                    future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index], sent))
+            for index, waiting in enumerate(batch.values()):
+                found = Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index], sent)
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(found)
 
     # ------------------------------------------------------------------ misses
     async def load(self, lookup: Lookup, ttl: int, load: Callable[[], Awaitable[bytes]]) -> bytes:

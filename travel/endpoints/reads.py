@@ -30,9 +30,7 @@ TRIPS_HOURLY = rows_as("trips-hourly", models.HourTrips)
 async def cached(call: Call[None], key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
     """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (docs/design.md: cache-aside)."""
     cache: Cache = call.state.cache
-    # Shielded: the future is shared by every request for this key in this tick, and one
-    # client going away must not cancel it for the others.
-    lookup: Lookup = await asyncio.shield(cache.lookup(key))
+    lookup: Lookup = await cache.lookup(key)
     if lookup.value is not None:
         metrics.CACHE_HITS.inc()
         return JSONBytes(lookup.value, cache=b"HIT")

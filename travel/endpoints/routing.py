@@ -33,11 +33,11 @@ class ShapeRouter(Router):
         route = self.by_shape.get(shape)
         if route is not None:
             match, child_scope = route.matches(scope)
-            if match is Match.FULL:
+            if match is Match.FULL:  # the method is part of the shape: no 405 to decide
                 scope["router"] = self
                 scope["route"] = route
                 scope.update(child_scope)
-                return await route.handle(scope, receive, send)
+                return await route.app(scope, receive, send)
         await super().app(scope, receive, send)
         found = scope.get("route")
         if isinstance(found, Route) and len(self.by_shape) < self.MAX_SHAPES and found.matches(scope)[0] is Match.FULL:
