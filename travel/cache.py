@@ -1,7 +1,8 @@
 """Cache-aside on Redis: coalesced reads, generation-guarded fills, one-trip invalidation.
 
 Read: the keys asked for during one event-loop tick go to Redis as one MGET (each key with
-its generation), so a hit costs a share of one round trip. Miss: `load` reads PostgreSQL and
+its generation), and while an MGET is out the next keys gather for the one after it, so a hit
+costs a share of one round trip, a smaller share the busier the service. Miss: `load` reads PostgreSQL and
 fills, once for all the concurrent misses of a key that saw the same generation (single
 flight: a burst on a cold key is one query, not one per request). The fill stores the value
 only if the key's generation is still the one the read saw: a write that committed in
@@ -61,6 +62,10 @@ return 0
 
 
 BYPASS_SECONDS = 0.5
+# Reads out at once: past it, lookups gather for the next MGET, so under load a batch holds
+# every request that arrived during one round trip (one Redis call for many hits: the read
+# side of group commit) instead of one call per event-loop tick.
+MAX_FETCHES = 1
 # A shared-generation family's value is stored as b"<generation it was filled under>|<value>".
 TAG_END = b"|"
 # A miss whose MGET went out before a load of its key finished takes that load's answer
@@ -172,11 +177,16 @@ class Cache:
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, {}
         self._flush_scheduled = False
-        task = asyncio.ensure_future(self._fetch(batch))
-        self._fetches.add(task)
-        task.add_done_callback(self._fetches.discard)
+        if self._pending and len(self._fetches) < MAX_FETCHES:
+            batch, self._pending = self._pending, {}
+            task = asyncio.ensure_future(self._fetch(batch))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetched)
+
+    def _fetched(self, task: asyncio.Task[None]) -> None:
+        self._fetches.discard(task)
+        self._flush()  # what gathered while the fetches were out goes now, as one batch
 
     async def _fetch(self, batch: dict[bytes, list[asyncio.Future[Lookup]]]) -> None:
         pairs = [self._names(key) for key in batch]

@@ -39,8 +39,35 @@ POOL_SAMPLE_SECONDS = 1.0
 REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds, upper bounds
 LATENCY = Histogram("travel_request_seconds", "Time from request to the end of the answer", ["route"], buckets=BUCKETS)
-CACHE_HITS = Counter("travel_cache_hits_total", "Cached reads answered from Redis")
-CACHE_MISSES = Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL")
+
+
+class Tallied:
+    """A counter counted once per request: a plain integer here, added to the Prometheus
+    `counter` in bulk by `flush_tallied` (a Prometheus increment takes a lock every time)."""
+
+    __slots__ = ("count", "counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.count = 0
+
+    def inc(self) -> None:
+        self.count += 1
+
+
+CACHE_HITS = Tallied(Counter("travel_cache_hits_total", "Cached reads answered from Redis"))
+CACHE_MISSES = Tallied(Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL"))
+_TALLIED = (CACHE_HITS, CACHE_MISSES)
+
+
+def flush_tallied() -> None:
+    """Add what the Tallied counters counted since the last flush."""
+    for tallied in _TALLIED:
+        if tallied.count:
+            tallied.counter.inc(tallied.count)
+            tallied.count = 0
+
+
 CACHE_LOADS = Counter(
     "travel_cache_loads_total", "PostgreSQL loads for cache misses (concurrent misses of one key share one)"
 )

@@ -99,6 +99,7 @@ class Observer:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        metrics.flush_tallied()
         for tally in self._tallies.values():
             if tally.count:
                 tally.requests.inc(tally.count)
