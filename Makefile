@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test check container-test locust bench topology topology-bench clean
+.PHONY: run test test-fast check container-test locust bench topology topology-bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-locust.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,17 @@ check: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# Every test (about 4 minutes here): as root with apt it first installs the programs the root
+# and browser tests drive (.ci/system-packages).
 test: check
 	bash .ci/system-packages
 	$(PY) -m pytest
+
+# The tests that need neither root, nor programs from .ci/system-packages, nor a browser, nor
+# more than a few seconds each (markers root, browser, slow in pytest.ini): under a minute,
+# for the edit-test loop. Not a substitute for `make test` before a commit.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not root and not browser"
 
 # The API's container image (Dockerfile), built with podman and run against the test session's
 # PostgreSQL and Redis; compose.yaml through a Compose parser. Minutes on a cold cache.
@@ -31,9 +39,10 @@ container-test: $(STAMP)
 
 # Locust's web UI (http://127.0.0.1:8089) against a running API (`make run`, compose, a VM):
 # make locust URL=http://192.168.100.10:8000 ADMIN_TOKEN=...
+# Run from the root, which Locust puts on sys.path: the locustfile imports bench.mix.
 URL ?= http://127.0.0.1:8000
 locust: $(STAMP)
-	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(VENV)/bin/locust -f bench/locustfile.py --host $(URL)
+	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(PY) -m locust -f bench/locustfile.py --host $(URL)
 
 # The three-VM topology (network namespaces, root) and two instances behind a load balancer;
 # both are part of `make test` too.

@@ -1,6 +1,6 @@
 """The ceilings: four minimal Starlette apps that bound what the API can reach.
 
-`python bench/ceilings.py KIND` serves GET /ceiling/{card_id} on 127.0.0.1:$PORT with one
+`python -m bench.ceilings KIND` serves GET /ceiling/{card_id} on 127.0.0.1:$PORT with one
 uvicorn worker (uvloop + httptools, as the API runs), where KIND is
 
 - constant: returns a constant JSON (routing and HTTP alone);
@@ -91,7 +91,7 @@ def create_app(kind: str) -> Starlette:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in KINDS:
-        sys.exit(f"usage: ceilings.py {{{','.join(KINDS)}}}  (env DATABASE_URL, REDIS_URL, PORT)")
+        sys.exit(f"usage: python -m bench.ceilings {{{','.join(KINDS)}}}  (env DATABASE_URL, REDIS_URL, PORT)")
     uvicorn.run(
         create_app(sys.argv[1]),
         host="127.0.0.1",

@@ -2,6 +2,7 @@
 
 The bench never writes SQL into the service's tables nor names a Redis key: users, cards,
 funding and trips are POSTed with the admin token the bench gave the API (or --token).
+Set-up calls go through httpx; nothing they cost is in a figure.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bench.loadgen import Connection, Request
+import httpx
+
+from bench.wire import REQUEST_TIMEOUT, Request
 
 API = "/api/v1"
 BENCH_CARDS = 256  # funded cards that the hit scenario cycles over
@@ -19,8 +22,6 @@ WRITE_CARDS = 64  # of them, the cards writes land on at random (and the durable
 BENCH_USERS = 16
 FUNDING_RECHARGES = 3  # x 1,000,000 pesos (the balance limit is 5,000,000)
 SETUP_CONNECTIONS = 8
-
-Answer = tuple[int, bytes, bytes]  # status, header block, body
 
 
 @dataclass
@@ -65,50 +66,55 @@ def get(path: str, auth: tuple[tuple[str, str], ...] = ()) -> Request:
     return Request("GET", API + path, headers=auth)
 
 
-async def send_all(url: str, requests: list[Request], key_prefix: str) -> list[Answer]:
+def client(url: str) -> httpx.AsyncClient:
+    """An httpx client for set-up calls to `url` (never through a proxy of the environment)."""
+    return httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT, trust_env=False)
+
+
+async def send(client: httpx.AsyncClient, request: Request, key: str | None = None) -> httpx.Response:
+    headers = dict(request.headers)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if request.body is not None:
+        headers["Content-Type"] = "application/json"
+    return await client.request(request.method, request.path, content=request.body, headers=headers)
+
+
+async def send_all(url: str, requests: list[Request], key_prefix: str) -> list[httpx.Response]:
     """Send set-up requests over a few connections; answers in the order of `requests`."""
-    answers: list[Answer] = [(0, b"", b"")] * len(requests)
+    answers: dict[int, httpx.Response] = {}
     pending = iter(enumerate(requests))  # shared by the workers: one event loop, no races
 
-    async def worker() -> None:
-        connection = Connection(url)
-        try:
-            for index, request in pending:
-                answers[index] = await connection.send(request, f"{key_prefix}-{index}" if request.unique_key else None)
-        finally:
-            await connection.close()
+    async def worker(session: httpx.AsyncClient) -> None:
+        for index, request in pending:
+            answers[index] = await send(session, request, f"{key_prefix}-{index}" if request.unique_key else None)
 
-    await asyncio.gather(*(worker() for _ in range(SETUP_CONNECTIONS)))
-    return answers
+    async with client(url) as session:
+        await asyncio.gather(*(worker(session) for _ in range(SETUP_CONNECTIONS)))
+    return [answers[index] for index in range(len(requests))]
 
 
-def expect(answers: list[Answer], status: int, what: str) -> list[Any]:
-    for got, _, body in answers:
-        if got != status:
-            raise RuntimeError(f"{what}: expected {status}, got {got}: {body[:300]!r}")
-    return [json.loads(body) for _, _, body in answers]
-
-
-async def fetch(url: str, request: Request) -> Answer:
-    connection = Connection(url)
-    try:
-        return await connection.send(request)
-    finally:
-        await connection.close()
+def expect(answers: list[httpx.Response], status: int, what: str) -> list[Any]:
+    for answer in answers:
+        if answer.status_code != status:
+            raise RuntimeError(f"{what}: expected {status}, got {answer.status_code}: {answer.text[:300]}")
+    return [answer.json() for answer in answers]
 
 
 async def fetch_json(url: str, path: str, auth: tuple[tuple[str, str], ...] = ()) -> Any:
-    return expect([await fetch(url, Request("GET", path, headers=auth))], 200, f"GET {path}")[0]
+    async with client(url) as session:
+        return expect([await session.get(path, headers=dict(auth))], 200, f"GET {path}")[0]
 
 
 async def metric_total(target: Target, name: str) -> float | None:
     """The sum of a metric's samples (over all labels) in the API's /metrics, if it has them."""
     if not target.has_metrics:
         return None
-    _, _, body = await fetch(target.url, Request("GET", "/metrics"))
+    async with client(target.url) as session:
+        text = (await session.get("/metrics")).text
     samples = [
         line.rpartition(" ")[2]
-        for line in body.decode().splitlines()
+        for line in text.splitlines()
         if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{")
     ]
     return sum(float(value) for value in samples) if samples else None
@@ -116,8 +122,9 @@ async def metric_total(target: Target, name: str) -> float | None:
 
 async def serves_metrics(target: Target) -> bool:
     """Whether the target exposes this API's cache counters (B may be another implementation)."""
-    status, _, body = await fetch(target.url, Request("GET", "/metrics"))
-    return status == 200 and b"travel_cache_misses_total" in body
+    async with client(target.url) as session:
+        answer = await session.get("/metrics")
+    return answer.status_code == 200 and "travel_cache_misses_total" in answer.text
 
 
 async def issue_cards(target: Target, owners: list[int], count: int, key_prefix: str) -> list[int]:

@@ -15,27 +15,32 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fixture import Target, expect, get, post
-from bench.loadgen import Connection, Request, summarize, x_cache
+from bench.figures import summarize
+from bench.fixture import Target, client, expect, get, post, send
 from bench.scenarios import write_requests
+from bench.wire import Connection, Request, x_cache
 
 MakeCold = Callable[[], Awaitable[str]]  # does what makes the read cold; returns the path to read
 
 
 class Writer:
-    """Writes on one card, on a connection of their own, that make cached reads cold."""
+    """Writes on one card, untimed, on a client of their own, that make cached reads cold."""
 
     def __init__(self, target: Target, key_prefix: str) -> None:
         self.target = target
-        self.connection = Connection(target.url)
+        self.client = client(target.url)
         self.key_prefix = key_prefix
         self.sent = itertools.count()
         self.boardings = itertools.count()
 
     async def write(self, request: Request) -> dict[str, Any]:
         number = next(self.sent)
-        answer = await self.connection.send(request, f"{self.key_prefix}-{number}")
-        return expect([answer], 201, f"{request.method} {request.path}")[0]
+        answer = await send(self.client, request, f"{self.key_prefix}-{number}")
+        written: dict[str, Any] = expect([answer], 201, f"{request.method} {request.path}")[0]
+        return written
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
     async def board(self) -> dict[str, Any]:
         fixture = self.target.data
@@ -195,8 +200,8 @@ async def latency_rows(target: Target, n: int, run_id: str) -> list[dict[str, An
                 }
             )
     finally:
-        await connection.close()
-        await writer.connection.close()
+        connection.close()
+        await writer.aclose()
     return rows
 
 
@@ -210,6 +215,6 @@ async def aggregate_miss_costs(target: Target, n: int, run_id: str) -> dict[str,
         for path in UNCACHED[:2]:
             costs[path] = await timed(connection, n, reads(path), None, run_id)
     finally:
-        await connection.close()
-        await writer.connection.close()
+        connection.close()
+        await writer.aclose()
     return costs

@@ -1,21 +1,29 @@
-"""Locust: the users a transit system has, against a running API.
+"""Locust: the users a transit system has, against a running API, in the bench's traffic mix.
+
+Run from the project root (it imports bench.mix; Locust puts the working directory on sys.path):
 
     make locust                                   # web UI on http://127.0.0.1:8089, API at http://127.0.0.1:8000
-    ADMIN_TOKEN=... .venv/bin/locust -f bench/locustfile.py --host http://127.0.0.1:8000 \\
+    ADMIN_TOKEN=... .venv/bin/python -m locust -f bench/locustfile.py --host http://127.0.0.1:8000 \\
         --headless --users 200 --spawn-rate 50 --run-time 60s --only-summary
 
+Each role of bench/mix.py is a user class weighted by its share of the mix, each kind a task
+weighted by its own (every user waits alike, so users' shares are requests' shares):
+
 - riders (most traffic) read their card's balance and latest trips;
+- the operators' dashboards read the totals, the user counts and a person's recharges (with the
+  admin token);
 - recharge points recharge cards with an Idempotency-Key, and now and then send the same
   request again (an answer lost on a flaky link): it must replay the first recharge;
-- validators board cards onto routes and end the trips they opened;
-- one operator polls the totals and the latest registrations.
+- validators board cards onto routes, and now and then end a trip they opened.
 
+The retries and the trips' ends follow a recharge or a boarding, outside the mix's shares.
 Recharge points and validators get a token of their own role in `on_start`, made through the
 admin API (`POST /api/v1/tokens`) with ADMIN_TOKEN from the environment, as the service reads
 it; where that endpoint does not exist yet they use the admin token itself. Cards are ids
-1..CARDS (DEMO_SCALE × 10,000 for the demo data; default 10,000); RECHARGE_POINT is the point
-the recharge points' tokens belong to (default 1); RETRY_SHARE the share of recharges sent
-twice (default 0.1).
+1..CARDS (DEMO_SCALE × 10,000 for the demo data; default 10,000), users 1..USERS (default
+8 per 10 cards, as the demo data has); RECHARGE_POINT is the point the recharge points'
+tokens belong to (default 1); RETRY_SHARE the share of recharges sent twice (default 0.1);
+END_SHARE the share of boardings followed by the end of an open trip (default 0.5).
 
 A boarding answered 402 (balance short of the fare), or a recharge or boarding answered 409
 (a blocked or lost card), is the system working as it should, not a failure.
@@ -23,25 +31,29 @@ A boarding answered 402 (balance short of the fare), or a recharge or boarding a
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from locust import FastHttpUser, between, constant, events, task
+from locust import FastHttpUser, TaskSet, between, events, task
 from locust.env import Environment
+
+from bench.mix import Kind, Role, kinds_of, role_weight
 
 API = "/api/v1"
 CARDS = int(os.environ.get("CARDS", "10000"))
+USERS = int(os.environ.get("USERS", str(CARDS * 8 // 10)))
 RECHARGE_POINT = int(os.environ.get("RECHARGE_POINT", "1"))
 RETRY_SHARE = float(os.environ.get("RETRY_SHARE", "0.1"))  # recharges sent twice, same Idempotency-Key
+END_SHARE = float(os.environ.get("END_SHARE", "0.5"))  # boardings followed by the end of an open trip
+WAIT = between(0.5, 2.0)  # every user alike: then the classes' weights are the requests' shares
 AMOUNTS = (2000, 5000, 10000, 20000, 50000)
 # Answers, not failures: a card that is blocked or lost (409), short of the fare (402).
 RECHARGE_REFUSALS = (409,)
 BOARDING_REFUSALS = (402, 409)
-
-log = logging.getLogger("locustfile")
 
 
 def admin_token() -> str:
@@ -51,15 +63,18 @@ def admin_token() -> str:
     return token
 
 
-@events.init.add_listener
 def check_admin_token(environment: Environment, **_: Any) -> None:
     admin_token()  # fail at start, not in every user
+
+
+events.init.add_listener(check_admin_token)  # type: ignore[no-untyped-call]  # locust leaves it unannotated
 
 
 class TransitUser(FastHttpUser):
     """A user that may hold a token of its own role (made through the admin API)."""
 
     abstract = True
+    wait_time = WAIT
     role = ""
     token = ""
     token_id: int | None = None
@@ -95,29 +110,45 @@ class TransitUser(FastHttpUser):
         return {"Authorization": f"Bearer {token}"}
 
 
+def read(kind: Kind) -> Callable[[TransitUser], None]:
+    """A task that GETs the kind's next path (in turn, across all users of the class)."""
+    paths = itertools.cycle(kind.paths)
+
+    def task(user: TransitUser) -> None:
+        path = next(paths)
+        headers = user.bearer(admin_token()) if kind.role == "operator" else {}
+        filled = path.format(card=random.randint(1, CARDS), user=random.randint(1, USERS))
+        user.client.get(
+            API + filled, headers=headers, name=API + path.replace("{card}", "[id]").replace("{user}", "[id]")
+        )
+
+    task.__name__ = kind.name.replace(" ", "_")
+    return task
+
+
+def reads(role: Role) -> list[TaskSet | Callable[..., Any]]:
+    """The role's read tasks, each as many times as its weight (Locust's way of weighting)."""
+    return [task for kind in kinds_of(role) for task in [read(kind)] * kind.weight]
+
+
 class Rider(TransitUser):
-    """Checks a card's balance and latest trips: most of the traffic, all cache hits."""
+    """Reads a card's balance and latest trips: most of the traffic, nearly all cache hits."""
 
-    weight = 70
-    wait_time = between(0.5, 2.0)
+    weight = role_weight("rider")
+    tasks = reads("rider")
 
-    def on_start(self) -> None:
-        self.card_id = random.randint(1, CARDS)
 
-    @task(3)
-    def balance(self) -> None:
-        self.client.get(f"{API}/cards/{self.card_id}/balance", name=f"{API}/cards/[id]/balance")
+class Operator(TransitUser):
+    """An operator's dashboard: the totals, the user counts, a person's recharges."""
 
-    @task(2)
-    def trips(self) -> None:
-        self.client.get(f"{API}/trips/card/{self.card_id}", name=f"{API}/trips/card/[id]")
+    weight = role_weight("operator")
+    tasks = reads("operator")
 
 
 class RechargePoint(TransitUser):
     """Recharges cards; sometimes sends a recharge again, which must replay the first answer."""
 
-    weight = 10
-    wait_time = between(0.5, 2.0)
+    weight = role_weight("recharge_point")
     role = "recharge_point"
 
     @task
@@ -144,10 +175,9 @@ class RechargePoint(TransitUser):
 
 
 class Validator(TransitUser):
-    """Boards cards onto routes at stations and ends the trips it opened."""
+    """Boards cards onto routes at stations; now and then ends a trip it opened."""
 
-    weight = 15
-    wait_time = between(0.5, 2.0)
+    weight = role_weight("validator")
     role = "validator"
 
     def on_start(self) -> None:
@@ -156,7 +186,7 @@ class Validator(TransitUser):
         self.stations = [station["station_id"] for station in self.client.get(f"{API}/stations").json()]
         self.open_trips: list[int] = []
 
-    @task(3)
+    @task
     def board(self) -> None:
         body = {
             "card_id": random.randint(1, CARDS),
@@ -170,35 +200,13 @@ class Validator(TransitUser):
                 self.open_trips.append(response.json()["trip_id"])
             elif response.status_code in BOARDING_REFUSALS:
                 response.success()
+        if self.open_trips and random.random() < END_SHARE:
+            self.end_trip(self.open_trips.pop(0))
 
-    @task(2)
-    def end_trip(self) -> None:
-        if not self.open_trips:
-            return
-        trip_id = self.open_trips.pop(0)
+    def end_trip(self, trip_id: int) -> None:
         self.client.post(
             f"{API}/trips/{trip_id}/end",
             json={"disembarking_station_id": random.choice(self.stations)},
             headers=self.bearer(self.token),
             name=f"{API}/trips/[id]/end",
         )
-
-
-class Operator(TransitUser):
-    """One operator's dashboard, polling the totals."""
-
-    fixed_count = 1
-    wait_time = constant(1.0)
-
-    @task
-    def poll(self) -> None:
-        for path in (
-            "/trips/total",
-            "/trips/total/localities",
-            "/finance/revenue",
-            "/finance/revenue/localities",
-            "/users/count",
-            "/users/active/count",
-        ):
-            self.client.get(API + path)
-        self.client.get(f"{API}/users/latest", headers=self.bearer(admin_token()))

@@ -1,4 +1,4 @@
-"""bench/run.py: the one tool that measures the Travel Recharge API (`make bench`).
+"""bench/run.py: the one tool that measures the Travel Recharge API (`make bench`, `python -m bench.run`).
 
 With no arguments it starts a private PostgreSQL and Redis (travel/startup/embedded.py) in a temporary
 directory, the API as deployed (`python server.py` with its defaults: request log and
@@ -9,8 +9,9 @@ metrics on), a second instance with its request log off, and the four ceiling ap
    sequential requests on one connection (latency.py);
 2. throughput per scenario at 32 connections (wrk -t1), interleaved with the ceilings in
    rounds, as ratios to them, and the request log's cost (throughput.py);
-3. the tail: open-loop runs at ~70 % of each maximum, a sustained mixed load, an 800-request
-   burst on one cold key (tail.py); then the goals of docs/design.md: performance (goals.py).
+3. the tail: open-loop runs at ~70 % of each maximum (openloop.py), the traffic mix of mix.py
+   sustained (wrk), an 800-request burst on one cold key (tail.py); then the goals of
+   docs/design.md: performance (goals.py).
 
 The bench talks to the service over HTTP only (its admin API for set-up; X-Cache checked on
 every answer of a HIT or MISS row). `--quick` is a smoke run of a minute or two; `--url URL
@@ -23,6 +24,7 @@ when a goal fails).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -43,14 +45,24 @@ import uvloop
 from bench.fixture import API, Target, fetch_json, prepare_fixture, serves_metrics
 from bench.goals import grade, invalid_rows
 from bench.latency import latency_rows
-from bench.loadgen import wrk_version
 from bench.report import markdown, save_chart
 from bench.scale import measure_scale
 from bench.scenarios import API_SCENARIOS, DEFAULT_SCENARIOS
-from bench.stack import Pinning, Progress, ServerProcess, database_facts, machine_facts, start_api, start_ceilings
+from bench.stack import (
+    Pinning,
+    Progress,
+    database_facts,
+    log_line_count,
+    machine_facts,
+    rss_mib,
+    start_api,
+    start_ceilings,
+)
 from bench.tail import cold_key_burst, open_loop_rows, sustained_mix
 from bench.throughput import LOG_OFF, Run, log_cost, measure, plan_runs, throughput_points
+from bench.wrk import wrk_version
 from travel.startup.embedded import EmbeddedStack
+from travel.startup.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +85,6 @@ class Settings:
     scale_requests: int
     open_seconds: float
     sustained_seconds: float
-    generator: str
     scenarios: tuple[str, ...]
 
     @property
@@ -83,7 +94,9 @@ class Settings:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = parser.add_argument_group("what to measure")
     target.add_argument("--url", help="benchmark this running API (root URL) instead of starting one")
@@ -138,12 +151,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=Path("/tmp"),
         help="scale N keeps its stack in ROOT/demoN, reused across runs (default /tmp)",
     )
-    shape.add_argument(
-        "--generator",
-        choices=("wrk", "builtin"),
-        default="wrk",
-        help="closed-loop load: wrk (graded), or the built-in client (a smoke test, not graded)",
-    )
     shape.add_argument("--no-pin", action="store_true", help="do not pin the API and load generator to cores")
     shape.add_argument("--strict", action="store_true", help="exit 1 when a goal fails (for CI-style gating)")
     args = parser.parse_args(argv)
@@ -155,11 +162,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown scenarios: {args.scenarios}")
     if "=" not in args.log_off_env:
         parser.error("--log-off-env takes NAME=VALUE")
-    if args.generator == "wrk" and not (args.no_throughput or shutil.which("wrk")):
-        parser.error(
-            "graded throughput runs need wrk: `make bench` installs it as root (apt-get install wrk); "
-            "or pass --generator builtin for an ungraded smoke run"
-        )
+    if not (args.no_throughput or shutil.which("wrk")):
+        parser.error("throughput runs need wrk: `make bench` installs it as root (apt-get install wrk)")
     return args
 
 
@@ -174,7 +178,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         scale_requests=10 if quick else 50,
         open_seconds=2.0 if quick else 10.0,
         sustained_seconds=5.0 if quick else 60.0,
-        generator=args.generator,
         scenarios=tuple(args.scenarios.split(",")),
     )
 
@@ -212,7 +215,7 @@ def start_servers(args: argparse.Namespace, pinning: Pinning, work_dir: Path, cl
             servers.database_url, servers.redis_url, token, args.workers, pinning, work_dir, {"DEMO_SCALE": "1"}
         )
         servers.processes["A"] = api
-        servers.targets.append(Target("A", api.url, token))
+        servers.targets.append(Target("A", api.base_url, token))
         if not args.no_throughput and "hit" in args.scenarios.split(","):
             name, value = args.log_off_env.split("=", 1)
             # Started once A is up: two processes applying the schema at once would collide.
@@ -244,15 +247,15 @@ async def get_ready(servers: Servers, run_id: str, progress: Progress) -> None:
         progress.step(f"{target.label}: waiting for {target.url}, then creating the bench's data")
         process = servers.processes.get(target.label)
         if process is not None:
-            await process.wait_ready(API + "/health", within=600)
+            await asyncio.to_thread(process.wait_healthy, 600)
         target.has_metrics = await serves_metrics(target)
         target.fixture = await prepare_fixture(target, f"{run_id}{target.label.lower()}")
     if servers.start_log_off is not None:
         twin = servers.processes[LOG_OFF] = servers.start_log_off()
-        await twin.wait_ready(API + "/health", within=600)
-        servers.log_off = Target(LOG_OFF, twin.url, servers.targets[0].token, servers.targets[0].fixture)
+        await asyncio.to_thread(twin.wait_healthy, 600)
+        servers.log_off = Target(LOG_OFF, twin.base_url, servers.targets[0].token, servers.targets[0].fixture)
     for process in servers.ceilings.values():
-        await process.wait_ready("/ceiling/1", within=60)
+        await asyncio.to_thread(process.wait_healthy, 60)
 
 
 async def throughput(
@@ -268,10 +271,10 @@ async def throughput(
             progress.step(
                 f"round {round_number}/{settings.rounds} · {run.server} · {run.name} · {run.connections} conns"
             )
-            await measure(run, runs, settings.duration, settings.warmup, settings.generator, run_id)
+            await measure(run, runs, settings.duration, settings.warmup, run_id)
     result: dict[str, Any] = {"throughput": throughput_points(runs), "runs": runs}
     if servers.log_off is not None:
-        lines = servers.processes[LOG_OFF].log_line_count()
+        lines = log_line_count(servers.processes[LOG_OFF])
         result["log_cost"] = {
             "env": log_off_env,
             "cost": log_cost(runs, settings.graded_level),
@@ -294,12 +297,12 @@ async def tail(target: Target, runs: list[Run], settings: Settings, run_id: str,
 
 def new_report(settings: Settings, pinning: Pinning) -> dict[str, Any]:
     return {
-        "command": shlex.join([sys.executable, *masked(sys.argv)]),
+        "command": shlex.join([sys.executable, "-m", "bench.run", *masked(sys.argv[1:])]),
         "started": dt.datetime.now().astimezone().isoformat(),
         "machine": machine_facts(),
         "settings": asdict(settings),
         "pinning": pinning.describe(),
-        "generator": (wrk_version() or "wrk") if settings.generator == "wrk" else "built-in asyncio client",
+        "generator": wrk_version() or "wrk",
         "servers": {},
     }
 
@@ -312,7 +315,7 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
     measuring = not (args.no_latency and args.no_throughput)
     servers = start_servers(args, pinning, work_dir, cleanup) if measuring else Servers()
     if pinning.pinned:
-        os.sched_setaffinity(0, pinning.load)  # the bench itself, the built-in client and wrk (its child)
+        os.sched_setaffinity(0, pinning.load)  # the bench itself, its open-loop client and wrk (its child)
     scales = [int(s) for s in args.scale.split(",")] if args.scale else []
     runs_per_round = len(settings.connections) * (len(settings.scenarios) * (len(servers.targets) + 1) + 4)
     progress = Progress(
@@ -337,10 +340,10 @@ async def bench(args: argparse.Namespace, settings: Settings, cleanup: contextli
         measured = await throughput(servers, settings, run_id, progress, args.log_off_env)
         runs = measured.pop("runs")
         report |= measured
-        if not args.no_tail and settings.generator == "wrk":
+        if not args.no_tail:
             report["tail"] = await tail(servers.targets[0], runs, settings, run_id, progress)
     if "A" in servers.processes:
-        report["api_rss_mib_after"] = servers.processes["A"].rss_mib()
+        report["api_rss_mib_after"] = rss_mib(servers.processes["A"])
     if scales:
         stop_all(servers)  # each scale's stack gets the machine to itself
         report["scale"] = [

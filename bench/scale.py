@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,13 @@ async def measure_scale(
         server = start_api(
             database_url, redis_url, token, 1, pinning, log_dir, {"DEMO_SCALE": str(scale)}, f"api-scale{scale}"
         )
-        await server.wait_ready(API + "/health", within=3600)
-        target = Target(f"scale{scale}", server.url, token)
+        await asyncio.to_thread(server.wait_healthy, 3600)
+        target = Target(f"scale{scale}", server.base_url, token)
         run_id = "s" + secrets.token_hex(4)
         target.fixture = await prepare_fixture(target, run_id)
         costs = await aggregate_miss_costs(target, requests, run_id)
-        totals = await fetch_json(server.url, API + "/trips/total")
-        users = await fetch_json(server.url, API + "/users/count")
+        totals = await fetch_json(server.base_url, API + "/trips/total")
+        users = await fetch_json(server.base_url, API + "/users/count")
         return {"scale": scale, "trips": totals["total_trips"], "users": users["count"], "costs": costs}
     finally:
         if server is not None:

@@ -1,17 +1,20 @@
-"""What each throughput scenario sends, as a cycle of requests (loadgen.Scenario).
+"""What each throughput scenario sends, as a cycle of requests (wire.Scenario).
 
 hit: per-card balances and one hot aggregate, all cached (every answer must say X-Cache: HIT);
 uncached: /users/count, read from PostgreSQL every time; miss: balances of cards never read
 (every answer must say X-Cache: MISS); recharge and boarding: writes on random cards of 64;
-mix: 90 % reads / 10 % writes. The ceilings get the same ids in the same order.
+mix: the traffic mix of bench/mix.py (90 % reads / 10 % writes). The ceilings get the same ids
+in the same order.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from bench.fixture import Fixture, Target, get, post
-from bench.loadgen import Request, Scenario
+from bench.mix import MIX
+from bench.wire import Request, Scenario
 
 API_SCENARIOS = ("hit", "uncached", "miss", "recharge", "boarding", "mix")
 # What `make bench` runs unless told: the graded ones. `miss` reads tens of thousands of cards
@@ -20,6 +23,7 @@ DEFAULT_SCENARIOS = ("hit", "uncached", "recharge", "boarding", "mix")
 # The X-Cache value every measured answer of a scenario must carry (others are not checked).
 EXPECTED_CACHE = {"hit": "HIT", "miss": "MISS"}
 WRITE_DRAWS = 1024  # random cards drawn per lap of a write scenario
+MIX_CYCLE = 2000  # requests per lap of the mix
 
 
 def write_requests(target: Target, kind: str, seed: int = 12) -> list[Request]:
@@ -63,31 +67,25 @@ def api_scenario(target: Target, name: str, miss_cards: list[int] | None = None)
 
 
 def mix_cycle(target: Target) -> list[Request]:
-    """90 % reads, mostly hits (the writes' invalidations make the rest misses), 10 % writes."""
+    """bench/mix.py's kinds in their shares, shuffled: reads of the fixture's cards and users
+    (mostly hits; the writes' invalidations make the rest misses), the operator's with the
+    admin token, and writes on random cards of 64."""
     fixture = target.data
-    recharges, boardings = write_requests(target, "recharge", 4), write_requests(target, "boarding", 5)
+    writes = {"recharge": write_requests(target, "recharge", 4), "boarding": write_requests(target, "boarding", 5)}
     chooser = random.Random(4)  # the same mix in every run, for A and for B
-    reader = (("Authorization", f"Bearer {target.token}"),)  # a user's recharges name a person: admin only
+    slots = [kind for kind in MIX for _ in range(kind.weight)]
+    turns = {kind.name: itertools.count() for kind in MIX}
     cycle = []
-    for n in range(2000):
-        card = chooser.choice(fixture.card_ids)
-        slot = n % 100
-        if slot < 55:
-            cycle.append(get(f"/cards/{card}/balance"))
-        elif slot < 65:
-            cycle.append(get("/trips/total"))
-        elif slot < 72:
-            cycle.append(get(f"/trips/card/{card}"))
-        elif slot < 79:
-            cycle.append(get("/finance/revenue"))
-        elif slot < 85:
-            cycle.append(get(f"/users/{fixture.user_ids[0]}/recharges", reader))
-        elif slot < 90:
-            cycle.append(get("/users/count"))
-        elif slot < 95:
-            cycle.append(recharges[n % len(recharges)])
+    for n in range(MIX_CYCLE):
+        kind = slots[n % len(slots)]
+        turn = next(turns[kind.name])
+        if kind.method == "POST":
+            laps = writes[kind.name]
+            cycle.append(laps[turn % len(laps)])
         else:
-            cycle.append(boardings[n % len(boardings)])
+            path = kind.paths[turn % len(kind.paths)]
+            filled = path.format(card=chooser.choice(fixture.card_ids), user=chooser.choice(fixture.user_ids))
+            cycle.append(get(filled, target.auth() if kind.role == "operator" else ()))
     chooser.shuffle(cycle)
     return cycle
 

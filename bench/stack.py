@@ -1,16 +1,15 @@
 """The servers under test and the machine they share: processes, core pinning, progress.
 
 bench/ reaches the service over HTTP only; here it starts it (`python server.py`, as
-`make run` does: default settings, request log on) and the ceiling apps beside it.
+`make run` does: default settings, request log on) and the ceiling apps beside it, each a
+travel.startup.processes.ServerProcess with its output in the run's log directory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,12 +19,10 @@ from typing import Any
 
 import asyncpg
 
-from bench.loadgen import Connection, Request
-from travel.startup.processes import free_port, stop_process
+from bench.ceilings import KINDS as CEILING_KINDS
+from travel.startup.processes import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-API = "/api/v1"
-CEILING_KINDS = ("constant", "redis-get", "pg-select", "pg-update")
+CEILING_HEALTH = "/ceiling/1"  # a ceiling app is ready when it serves
 
 
 def machine_facts() -> dict[str, Any]:
@@ -97,65 +94,26 @@ def every_core() -> Iterator[None]:
         os.sched_setaffinity(0, mine)
 
 
-class ServerProcess:
-    """A server under test (the API or a ceiling app) as a child process with a log file."""
+def log_line_count(server: ServerProcess) -> int:
+    with server.log_path.open("rb") as log:
+        return sum(1 for _ in log)
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], port: int, log_dir: Path) -> None:
-        self.name = name
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_dir / f"{name}.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env={**os.environ, **env, "PORT": str(port)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+
+def rss_mib(server: ServerProcess) -> float | None:
+    """Resident memory of the server and its workers, from /proc."""
+    pid = server.process.pid
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    total_kb = 0
+    for each in pids:
+        status = Path(f"/proc/{each}/status")
+        if status.exists():
+            total_kb += next(
+                (int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")), 0
             )
-
-    async def wait_ready(self, path: str, within: float) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-            connection = Connection(self.url)
-            try:
-                status, _, _ = await connection.send(Request("GET", path))
-                if status == 200:
-                    return
-            except (TimeoutError, OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                await connection.close()
-            await asyncio.sleep(0.2)  # the port is not open yet: nothing to wait on but time
-        raise RuntimeError(f"{self.name} not ready within {within:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_line_count(self) -> int:
-        with self.log_path.open("rb") as log:
-            return sum(1 for _ in log)
-
-    def rss_mib(self) -> float | None:
-        """Resident memory of the server and its workers, from /proc."""
-        pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
-            pids += [int(pid) for pid in children.read_text().split()]
-        total_kb = 0
-        for pid in pids:
-            status = Path(f"/proc/{pid}/status")
-            if status.exists():
-                total_kb += next(
-                    (int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")), 0
-                )
-        return total_kb / 1024 if total_kb else None
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=15)
+    return total_kb / 1024 if total_kb else None
 
 
 class Progress:
@@ -201,17 +159,18 @@ def start_api(
         "WORKERS": str(workers),
         **extra_env,
     }
-    return ServerProcess(name, [*pinning.server_prefix(), sys.executable, "server.py"], env, free_port(), log_dir)
+    return ServerProcess(
+        env, command=[*pinning.server_prefix(), sys.executable, "server.py"], log_path=log_dir / f"{name}.log"
+    )
 
 
 def start_ceilings(database_url: str, redis_url: str, pinning: Pinning, log_dir: Path) -> dict[str, ServerProcess]:
     return {
         kind: ServerProcess(
-            f"ceiling-{kind}",
-            [*pinning.server_prefix(), sys.executable, str(ROOT / "bench" / "ceilings.py"), kind],
             {"DATABASE_URL": database_url, "REDIS_URL": redis_url},
-            free_port(),
-            log_dir,
+            command=[*pinning.server_prefix(), sys.executable, "-m", "bench.ceilings", kind],
+            log_path=log_dir / f"ceiling-{kind}.log",
+            health_path=CEILING_HEALTH,
         )
         for kind in CEILING_KINDS
     }

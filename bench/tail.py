@@ -2,8 +2,8 @@
 
 - Open loop: hit, uncached, recharge and boarding at ~70 % of the req/s their median round
   reached, latencies from each request's intended start (openloop.py): p50/p99/p99.9/max.
-- Sustained mix: 90 % reads / 10 % writes for a minute (wrk); any answer slower than 1 s, or
-  any whole second without an answer, is a stall.
+- Sustained mix: bench/mix.py's traffic (90 % reads / 10 % writes) for a minute (wrk); any
+  answer slower than 1 s, or any whole second without an answer, is a stall.
 - Burst: 800 requests at once for one key that a boarding just made cold: how many
   PostgreSQL loads (travel_cache_loads_total when the API counts them, else the MISS
   answers: one load each), and every answer other than 200.
@@ -15,12 +15,14 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
+from bench.figures import LoadResult, summarize, tally
 from bench.fixture import Target, get, metric_total, send_all
 from bench.latency import Writer
-from bench.loadgen import Connection, LoadResult, run_load, summarize, tally, x_cache
 from bench.openloop import run_open_loop
 from bench.scenarios import EXPECTED_CACHE, api_scenario, hit_cycle
 from bench.throughput import Run, find, refresh_hits, representative
+from bench.wire import Connection, x_cache
+from bench.wrk import run_wrk
 
 OPEN_LOOP_SCENARIOS = ("hit", "uncached", "recharge", "boarding")
 OPEN_LOOP_SHARE = 0.7
@@ -64,9 +66,7 @@ async def open_loop_rows(
 
 async def sustained_mix(target: Target, connections: int, seconds: float, run_id: str) -> dict[str, Any]:
     """The mix for `seconds` at `connections` (wrk); stalls: answers over 1 s, silent seconds."""
-    result = await run_load(
-        target.url, api_scenario(target, "mix"), connections, seconds, 0.0, f"{run_id}-sustained", "wrk"
-    )
+    result = await run_wrk(target.url, api_scenario(target, "mix"), connections, seconds, 0.0, f"{run_id}-sustained")
     return figures(result) | {
         "stalled": result.max_ms > STALL_MS or result.silent_seconds > 0,
         "connections": connections,
@@ -86,8 +86,9 @@ async def cold_key_burst(target: Target, run_id: str) -> dict[str, Any]:
         )
         loads_after = await metric_total(target, "travel_cache_loads_total")
     finally:
-        await writer.connection.close()
-        await asyncio.gather(*(connection.close() for connection in connections))
+        await writer.aclose()
+        for connection in connections:
+            connection.close()
     statuses: dict[str, int] = {}
     cache: dict[str, int] = {}
     for answer in answers:

@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
+from bench.figures import LoadResult
 from bench.fixture import Target, issue_cards, post, send_all
-from bench.loadgen import LoadResult, Scenario, run_load
 from bench.scenarios import EXPECTED_CACHE, api_scenario, ceiling_scenario
-from bench.stack import ServerProcess
+from bench.wire import Scenario
+from bench.wrk import run_wrk
+from travel.startup.processes import ServerProcess
 
 # What each scenario is held against (docs/design.md: performance), and the least ratio to reach.
 CEILING_OF = {
@@ -72,8 +74,8 @@ def refresh_hits(target: Target, key_prefix: str) -> Callable[[], Awaitable[None
 
     async def refresh() -> None:
         answers = await send_all(target.url, writes, f"{key_prefix}-{next(rounds)}")
-        if any(status != 201 for status, _, _ in answers):
-            raise RuntimeError(f"refreshing the hit keys of {target.label}: {sorted({a[0] for a in answers})}")
+        if any(answer.status_code != 201 for answer in answers):
+            raise RuntimeError(f"refreshing the hit keys of {target.label}: {sorted({a.status_code for a in answers})}")
 
     return refresh
 
@@ -96,7 +98,9 @@ def plan_runs(
             kind = "constant" if not name else CEILING_OF.get(name)
             if kind in ceilings and kind in wanted:
                 wanted = [k for k in wanted if k != kind]  # each ceiling once, beside the first it bounds
-                runs.append(Run(f"ceiling:{kind}", ceilings[kind].url, ceiling_scenario(kind, fixture), connections))
+                runs.append(
+                    Run(f"ceiling:{kind}", ceilings[kind].base_url, ceiling_scenario(kind, fixture), connections)
+                )
             if not name:
                 continue
             servers = [*targets, *([log_off] if log_off is not None and name == "hit" else [])]
@@ -121,19 +125,18 @@ async def miss_scenario(run: Run, runs: list[Run], duration: float, run_id: str)
     return api_scenario(run.target, "miss", cards)
 
 
-async def measure(run: Run, runs: list[Run], duration: float, warmup: float, generator: str, run_id: str) -> None:
+async def measure(run: Run, runs: list[Run], duration: float, warmup: float, run_id: str) -> None:
     """One round of one point; a result whose answers are not what the row claims is noted as invalid."""
     scenario, run_warmup = run.scenario, warmup
     if run.name == "miss":
         scenario, run_warmup = await miss_scenario(run, runs, duration, run_id), 0.0  # a warm-up would read them
-    result = await run_load(
+    result = await run_wrk(
         run.url,
         scenario,
         run.connections,
         duration,
         run_warmup,
         f"{run_id}-{run.server}-{run.name}-{run.connections}-{len(run.results)}".replace(" ", ""),
-        generator,
         run.prepare,
     )
     expected = EXPECTED_CACHE.get(run.name) if run.target is not None else None

@@ -1,73 +1,26 @@
 """Test session: a private PostgreSQL and a private Redis on free ports, started once.
 
 Each test that asks for `database_url` gets a database of its own, copied from a template
-that holds the applied schema and a small transit network (fast: CREATE DATABASE ... TEMPLATE).
-"""
+that holds the applied schema and a small transit network. The helpers behind these fixtures
+are in tests/support/stack.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 
-import server
+from tests.support.servers import StartServer, server_process
+from tests.support.stack import Api, copy_template, create_template, register_test_tokens, running_stack, serve_api
 from travel import database
-from travel.settings import Settings
-from travel.startup import serve
 from travel.startup.embedded import EmbeddedStack
-from travel.startup.processes import free_port
+from travel.startup.processes import ServerProcess
 
-TEMPLATE = "travel_template"
 _database_numbers = itertools.count(1)
-
-
-def with_database(url: str, name: str) -> str:
-    """The same server URL, pointing at database `name`."""
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
-# A small network: two localities' stations, a bus route and a cable route, a recharge point.
-NETWORK_SQL = """
-INSERT INTO stations (station_id, name, station_code, station_type, location_id) VALUES
-    (1, 'Portal Norte', 'TM-001', 'PORTAL', (SELECT location_id FROM locations WHERE name = 'Usaquén')),
-    (2, 'Calle 100', 'TM-002', 'TRUNK', (SELECT location_id FROM locations WHERE name = 'Chapinero')),
-    (3, 'Tunal', 'TM-003', 'PORTAL', (SELECT location_id FROM locations WHERE name = 'Tunjuelito')),
-    (4, 'Mirador del Paraíso', 'TC-001', 'CABLE', (SELECT location_id FROM locations WHERE name = 'Ciudad Bolívar'));
-INSERT INTO routes (route_id, route_code, route_name, route_type, origin_station_id, destination_station_id) VALUES
-    (1, 'B74', 'Portal Norte - Calle 100', 'TRUNK', 1, 2),
-    (2, 'H20', 'Tunal - Portal Norte', 'TRUNK', 3, 1),
-    (3, 'TC1', 'TransMiCable Tunal - Mirador', 'CABLE', 3, 4),
-    (4, 'X99', 'Retired route', 'ZONAL', 1, 3);
-UPDATE routes SET is_active = false WHERE route_id = 4;
-INSERT INTO recharge_points (recharge_point_id, name, location_id, operator) VALUES
-    (1, 'Taquilla Portal Norte', (SELECT location_id FROM locations WHERE name = 'Usaquén'), 'Recaudo Bogotá'),
-    (2, 'Punto Tunal', (SELECT location_id FROM locations WHERE name = 'Tunjuelito'), 'Recaudo Bogotá');
-SELECT setval(pg_get_serial_sequence('stations', 'station_id'), 100),
-       setval(pg_get_serial_sequence('routes', 'route_id'), 100),
-       setval(pg_get_serial_sequence('recharge_points', 'recharge_point_id'), 100);
-"""
-
-
-@contextlib.contextmanager
-def running_stack(directory: Path) -> Iterator[EmbeddedStack]:
-    """A EmbeddedStack started in `directory` (not durable: tests need no fsync), stopped after the block."""
-    local = EmbeddedStack(directory, durable=False)
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="session")
@@ -85,44 +38,10 @@ def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS
         yield local
 
 
-def start_stopped_servers(local: EmbeddedStack) -> None:
-    """Start again whichever of `local`'s servers a test stopped, for the tests after it."""
-    if local.redis.process is None:
-        local.redis.start()
-    if not (local.postgres.data_dir / "postmaster.pid").exists():
-        local.postgres.start()
-
-
 @pytest.fixture(scope="session")
 async def template_url(stack: EmbeddedStack) -> str:
-    admin = await asyncpg.connect(stack.postgres.url)
-    try:
-        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-    finally:
-        await admin.close()
-    url = with_database(stack.postgres.url, TEMPLATE)
-    await prepare_network_database(url)
-    return url
-
-
-async def prepare_network_database(url: str) -> None:
-    """Apply the schema and the small network to the (empty) database at `url`."""
-    conn = await asyncpg.connect(url)
-    try:
-        await database.apply_schema(conn)
-        await conn.execute(NETWORK_SQL)
-    finally:
-        await conn.close()
-
-
-async def copy_template(stack: EmbeddedStack, name: str) -> str:
-    """A new database `name` copied from the template (the schema and the small network); its URL."""
-    admin = await asyncpg.connect(stack.postgres.url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    return with_database(stack.postgres.url, name)
+    """The template every test database is copied from (the schema and the small network)."""
+    return await create_template(stack)
 
 
 @pytest.fixture
@@ -152,77 +71,32 @@ async def redis_client(stack: EmbeddedStack) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-# One token per role; the recharge point's token belongs to recharge point 1.
-TOKENS = {
-    "admin": "admin-token-for-tests",
-    "recharge_point": "recharge-point-1-token",
-    "validator": "validator-token-for-tests",
-}
-
-
-@dataclass
-class Api:
-    """A running API (uvicorn on a free port, in this event loop) and a client for it."""
-
-    http: httpx.AsyncClient
-    url: str
-    app: object
-    database_url: str
-    state: dict[str, Any]  # what the lifespan yielded: db, cache, tokens ...
-
-    def auth(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {TOKENS[role]}"}
-
-
-async def register_test_tokens(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        for role, token in TOKENS.items():
-            point = 1 if role == "recharge_point" else None
-            await database.QUERIES["register-token"](conn, hashlib.sha256(token.encode()).digest(), role, role, point)
-    finally:
-        await conn.close()
-
-
-async def check_answer(response: httpx.Response) -> None:
-    """What every answer a test receives must be: never a stack trace, never a 500."""
-    await response.aread()
-    assert b"Traceback" not in response.content, response.content[:2000]
-    assert response.status_code != 500, (response.request.method, response.request.url, response.content[:2000])
-
-
-@contextlib.asynccontextmanager
-async def serve_api(database_url: str, redis_url: str, **settings: object) -> AsyncIterator[Api]:
-    """Run the real server (uvicorn on a free port, in this event loop) until the block ends;
-    its client checks every answer (`check_answer`)."""
-    await register_test_tokens(database_url)
-    configured = Settings(
-        **{"database_url": database_url, "redis_url": redis_url, "pool_min": 2, "pool_max": 20, **settings}
-    )
-    await serve.prepare_database(configured)  # what `python server.py` does before serving
-    app = server.create_app(configured)
-    port = free_port()
-    uvicorn_server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False)
-    )
-    serving = asyncio.create_task(uvicorn_server.serve())
-    while not uvicorn_server.started:  # uvicorn offers a flag, not an event
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.005)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(
-            base_url=url + "/api/v1", timeout=10, event_hooks={"response": [check_answer]}
-        ) as http:
-            yield Api(http, url, app, database_url, uvicorn_server.lifespan.state)
-    finally:
-        uvicorn_server.should_exit = True
-        await serving
-
-
 @pytest.fixture
 async def api(database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis) -> AsyncIterator[Api]:
     """The real server on this test's database and the session's (emptied) Redis."""
     async with serve_api(database_url, stack.redis.url) as running:
         yield running
+
+
+@pytest.fixture
+def run_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start `python server.py` with the given environment (`run_server(DATABASE_URL=...)`);
+    each one started is stopped after the test, its output in tmp_path."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        started.append(server_process(tmp_path / f"server-{len(started) + 1}.log", **env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def served(database_url: str, stack: EmbeddedStack, run_server: StartServer) -> ServerProcess:
+    """`python server.py` on this test's database and the session's Redis, healthy, with the test tokens."""
+    await register_test_tokens(database_url)
+    server = run_server(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
+    server.wait_healthy()
+    return server

@@ -3,11 +3,13 @@ the refused write left exactly as it was."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
-from api_helpers import (
+
+from tests.support.api import (
     PROBLEM_JSON,
     SITP_FARE,
     TRANSFER_FARE,
@@ -27,7 +29,7 @@ from api_helpers import (
     unchanged,
     user_fields,
 )
-from conftest import Api
+from tests.support.stack import Api
 
 BIGINT_PAST = 9223372036854775808  # 2**63: one past bigint
 BAD_IDS: list[Any] = [0, -1, "1", 1.5, True, None, BIGINT_PAST, 10**30]
@@ -35,7 +37,7 @@ BAD_PATH_IDS = ["0", "-1", "abc", "1.5", "1e3", "%201", "0x10", str(BIGINT_PAST)
 
 
 async def refused_all(
-    api: Api, status: int, code: str, requests: list[tuple[str, Callable[[], Awaitable[httpx.Response]]]]
+    api: Api, status: int, code: str, requests: Sequence[tuple[str, Callable[..., Awaitable[httpx.Response]]]]
 ) -> None:
     """Each request is refused with (status, code) and changes nothing; reports every case that is not."""
     wrong = {}
@@ -166,7 +168,10 @@ async def test_trip_and_card_bodies_that_do_not_fit_are_422(api: Api) -> None:
     ]
     requests = [(f"{path} {body!r}", post(api, path, body)) for path, body in cases]
     requests += [
-        (f"PATCH {body!r}", lambda body=body: api.http.patch(f"/cards/{card_id}", headers=api.auth("admin"), json=body))
+        (
+            f"PATCH {body!r}",
+            functools.partial(api.http.patch, f"/cards/{card_id}", headers=api.auth("admin"), json=body),
+        )
         for body in (
             {},
             {"status": "stolen"},
@@ -280,7 +285,9 @@ async def test_bad_idempotency_keys_are_422(api: Api) -> None:
             (
                 "latin-1",
                 lambda: api.http.post(
-                    "/recharges", json=body, headers=[*api.auth("admin").items(), ("Idempotency-Key", b"caf\xe9")]
+                    "/recharges",
+                    json=body,
+                    headers=[*api.auth("admin").items(), ("Idempotency-Key", b"caf\xe9")],  # type: ignore[arg-type]
                 ),
             ),
         ],
@@ -369,7 +376,7 @@ async def test_unknown_ids_are_404_with_their_code(api: Api) -> None:
     trip = json_body(await board(api, card["card_id"]), 201)
     card_id, missing = card["card_id"], 999_999
 
-    async def expect(code: str, requests: list[tuple[str, Callable[[], Awaitable[httpx.Response]]]]) -> None:
+    async def expect(code: str, requests: Sequence[tuple[str, Callable[..., Awaitable[httpx.Response]]]]) -> None:
         await refused_all(api, 404, code, requests)
 
     await expect(
@@ -583,7 +590,7 @@ async def test_a_body_over_64_kib_is_413_with_or_without_content_length(api: Api
     exact = valid + b" " * (64 * 1024 - len(valid))
     headers = {**api.auth("admin"), "content-type": "application/json"}
 
-    async def chunked(body: bytes):  # type: ignore[no-untyped-def]
+    async def chunked(body: bytes):
         for start in range(0, len(body), 8192):
             yield body[start : start + 8192]
 

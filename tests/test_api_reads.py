@@ -7,12 +7,16 @@ test_api_errors.py, concurrency and roles in test_api_writes.py.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import (
+
+import cachekeys
+import server
+from tests.support.api import (
     CABLE_FARE,
     SITP_FARE,
     TRANSFER_FARE,
@@ -30,10 +34,7 @@ from api_helpers import (
     set_status,
     user_fields,
 )
-from conftest import Api
-
-import cachekeys
-import server
+from tests.support.stack import Api
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -462,7 +463,7 @@ async def test_totals_localities_and_revenue_follow_the_trips(api: Api, redis_cl
                 "active_trips": 1,
             },
         ],
-        key=lambda row: row["location_id"],
+        key=operator.itemgetter("location_id"),
     )
     assert json_body(await api.http.get("/trips/total/localities")) == expected_trips
     assert json_body(await api.http.get("/finance/revenue/localities")) == [
@@ -471,7 +472,7 @@ async def test_totals_localities_and_revenue_follow_the_trips(api: Api, redis_cl
                 {"location_id": usaquen, "locality": "Usaquén", "total_revenue": SITP_FARE, "currency": "COP"},
                 {"location_id": bolivar, "locality": "Ciudad Bolívar", "total_revenue": CABLE_FARE, "currency": "COP"},
             ),
-            key=lambda row: row["location_id"],
+            key=operator.itemgetter("location_id"),
         ),
         {"location_id": tunjuelito, "locality": "Tunjuelito", "total_revenue": TRANSFER_FARE, "currency": "COP"},
     ]

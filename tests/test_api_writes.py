@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from api_helpers import (
+
+from tests.support.api import (
     assert_problem,
     balance_in_db,
     board,
@@ -22,7 +23,7 @@ from api_helpers import (
     snapshot,
     user_fields,
 )
-from conftest import Api
+from tests.support.stack import Api
 
 ROLES = (None, "admin", "recharge_point", "validator")
 

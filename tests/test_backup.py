@@ -10,9 +10,8 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
-from conftest import with_database
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
-
+from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, table_rows
+from tests.support.stack import with_database
 from travel.startup import embedded
 from travel.startup.embedded import EmbeddedStack
 

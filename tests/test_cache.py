@@ -10,9 +10,10 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import Api
 
 import cachekeys
+from tests.support.api import make_user_with_card
+from tests.support.stack import Api
 from travel import database
 from travel.cache import Cache, Lookup
 
@@ -45,28 +46,16 @@ def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-async def new_card(api: Api, balance: int = 0) -> int:
-    user = await api.http.post(
-        "/users",
-        headers=api.auth("admin"),
-        json={
-            "first_name": "Camila",
-            "last_name": "Rojas",
-            "email": f"c{time.monotonic_ns()}@example.co",
-            "id_number": str(time.monotonic_ns())[-12:],
-        },
-    )
-    card = await api.http.post("/cards", headers=api.auth("admin"), json={"user_id": user.json()["user_id"]})
-    card_id: int = card.json()["card_id"]
-    if balance:
-        await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": balance})
-    return card_id
+async def funded_card(api: Api, balance: int) -> int:
+    """A new user's card with `balance` pesos, made through the API; its id."""
+    _, card = await make_user_with_card(api, balance)
+    return int(card["card_id"])
 
 
 async def test_a_hit_is_one_redis_round_trip_and_no_database_query(
     api: Api, redis_client: aioredis.Redis, database_calls: list[str]
 ) -> None:
-    card_id = await new_card(api, 5000)
+    card_id = await funded_card(api, 5000)
     await api.http.get("/trips/total")  # loads the fill script, so the counts below are the steady state
     miss = await api.http.get(f"/cards/{card_id}/balance")
     assert miss.headers["x-cache"] == "MISS"
@@ -102,8 +91,8 @@ async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
 async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
     api: Api, redis_client: aioredis.Redis, database_calls: list[str]
 ) -> None:
-    card_id = await new_card(api, 5000)
-    # new_card's writes left the admin token in the server's token cache: no lookup below.
+    card_id = await funded_card(api, 5000)
+    # funded_card's writes left the admin token in the server's token cache: no lookup below.
     database_calls.clear()
     before = await command_calls(redis_client)
     answer = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 100})
@@ -137,7 +126,7 @@ async def test_a_slow_miss_cannot_put_back_what_it_read_before_a_write(
 ) -> None:
     """docs/design.md: cache-aside's race: a miss reads the old row, a write commits and DELs, then the miss
     fills. The miss is paused between its read and its fill, so the order is certain."""
-    card_id = await new_card(api, 5000)
+    card_id = await funded_card(api, 5000)
     key = cachekeys.card_balance(card_id)
     miss_has_read = asyncio.Event()
     write_is_done = asyncio.Event()

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TOKENS, register_test_tokens
 
+from tests.support.stack import TOKENS, register_test_tokens
 from travel.startup.embedded import EmbeddedStack
-from travel.startup.processes import free_port
+from travel.startup.processes import eventually, free_port
+
+pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 15  # uvicorn's own drain timeout is 10 s
@@ -119,12 +121,18 @@ def test_image_refuses_to_start_without_database_and_redis(image: str) -> None:
 
 def wait_healthy(name: str, timeout: float = 90.0) -> None:
     """Run the image's HEALTHCHECK by hand (no systemd timer here) until it passes."""
-    deadline = time.monotonic() + timeout
-    while podman("healthcheck", "run", name, check=False).returncode != 0:
+
+    def healthy() -> bool:  # the API opens its port when it is ready; nothing to wait on instead
+        if podman("healthcheck", "run", name, check=False).returncode == 0:
+            return True
         state = json.loads(podman("inspect", name).stdout)[0]["State"]
         assert state["Running"], podman("logs", name).stderr
-        assert time.monotonic() < deadline, podman("logs", name).stderr
-        time.sleep(0.5)  # the API opens its port when it is ready; nothing to wait on instead
+        return False
+
+    try:
+        eventually(healthy, timeout, f"container {name} healthy", every=0.5)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}:\n{podman('logs', name).stderr}") from None
 
 
 async def test_container_serves_reads_and_a_recharge_then_stops_on_sigterm(

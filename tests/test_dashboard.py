@@ -9,9 +9,9 @@ The API runs on demo data (scale 1) and a Redis of this module's own, which thes
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from api_helpers import board, json_body, make_user_with_card, recharge
-from conftest import Api, copy_template, serve_api
-from dbhelpers import connected
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.support.api import board, json_body, make_user_with_card, recharge
+from tests.support.db import connected
+from tests.support.polling import eventually_async
+from tests.support.stack import Api, copy_template, serve_api
 from travel import database
 from travel.startup.embedded import EmbeddedStack, LocalRedis
 
@@ -94,15 +95,8 @@ async def in_browser(call: Callable[[], T]) -> T:
 
 
 async def until(condition: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll `condition` in the browser until it is truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await in_browser(condition)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.1)
+    """Poll `condition` in the browser until it holds; fail after `within` seconds."""
+    return await eventually_async(lambda: in_browser(condition), within, what, every=0.1)
 
 
 def attribute(browser: WebDriver, element_id: str, name: str) -> str | None:
@@ -135,6 +129,8 @@ async def api_tiles(api: Api) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- tests
+@pytest.mark.browser
+@pytest.mark.slow
 async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_api: Api, browser: WebDriver) -> None:
     await in_browser(lambda: browser.get(demo_api.url + "/dashboard"))
     await until(lambda: refreshes(browser) >= 4, 20, "four refreshes")  # the cache chart has a line
@@ -164,10 +160,10 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
     assert await in_browser(lambda: attribute(browser, "cache-state", "data-state")) == "ok"
     assert await in_browser(lambda: attribute(browser, "banner", "hidden")) is not None
 
-    console = await in_browser(lambda: browser.get_log("browser"))
+    console = await in_browser(lambda: browser.get_log("browser"))  # type: ignore[attr-defined]
     assert [entry for entry in console if entry["level"] in ("SEVERE", "WARNING")] == []
     asked = set()
-    for entry in await in_browser(lambda: browser.get_log("performance")):
+    for entry in await in_browser(lambda: browser.get_log("performance")):  # type: ignore[attr-defined]
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             asked.add(message["params"]["request"]["url"])
@@ -181,13 +177,14 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
                 "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight + 40;"
             )
         )
-        await in_browser(lambda height=height: browser.set_window_size(1600, min(height, 2600)))
+        await in_browser(functools.partial(browser.set_window_size, 1600, min(height, 2600)))
     await until(lambda: refreshes(browser) >= 6, 10, "charts redrawn at the new size")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert await in_browser(lambda: browser.save_screenshot(str(SCREENSHOT)))
     assert SCREENSHOT.stat().st_size > 20_000
 
 
+@pytest.mark.browser
 async def test_tiles_and_the_current_hour_follow_writes_within_seconds(demo_api: Api, browser: WebDriver) -> None:
     await in_browser(lambda: browser.get(demo_api.url + "/dashboard"))
     await until(lambda: refreshes(browser) >= 1, 10, "the first refresh")
@@ -208,6 +205,8 @@ async def test_tiles_and_the_current_hour_follow_writes_within_seconds(demo_api:
     await until(lambda: current_hour(browser) == hour_after, FOLLOWS_WITHIN, f"this hour's bar at {hour_after}")
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 async def test_redis_stopped_is_shown_the_rest_keeps_updating_and_it_recovers(
     demo_api: Api, browser: WebDriver, own_redis: LocalRedis
 ) -> None:

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from conftest import copy_template
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, refusal
 
+from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, refusal
+from tests.support.stack import copy_template
 from travel import database
 from travel.startup.embedded import EmbeddedStack
 
@@ -156,7 +156,7 @@ async def test_dates_and_statuses_follow_each_card(demo: asyncpg.Connection) -> 
         LEFT JOIN (SELECT card_id, min(recharge_timestamp) AS first_recharge, max(recharge_timestamp) AS last_recharge
                    FROM recharges GROUP BY card_id) r USING (card_id)""")
     assert dict(wrong) == {"last_used": 0, "acquired": 0, "registered": 0, "updated": 0}
-    statuses = dict(await demo.fetch("SELECT status, count(*) FROM cards GROUP BY status"))
+    statuses = {row[0]: row[1] for row in await demo.fetch("SELECT status, count(*) FROM cards GROUP BY status")}
     assert statuses.keys() == {"active", "blocked", "lost", "inactive"}
     assert 0.85 < statuses["active"] / (10_000 * SCALE) < 0.95
 

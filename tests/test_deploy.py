@@ -24,16 +24,17 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from conftest import NETWORK_SQL, with_database
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 import cachekeys
+from tests.support.stack import NETWORK_SQL, with_database
 from travel import cache
 from travel.database import QUERIES
 from travel.settings import Settings
@@ -204,7 +205,7 @@ def test_env_example_configures_the_server_for_the_seed_addresses(monkeypatch: p
     api_connections = 2 * settings.workers * (settings.pool_max + 1)
     assert int(conf["max_connections"]) >= api_connections + int(conf["superuser_reserved_connections"]) + 2
     roles = (DEPLOY / "vm3-postgres" / "roles.sql").read_text()
-    limit = int(re.search(r"CONNECTION LIMIT (\d+)", roles)[1])  # type: ignore[index]
+    limit = int(re.search(r"CONNECTION LIMIT (\d+)", roles)[1])
     assert api_connections <= limit <= int(conf["max_connections"]) - int(conf["superuser_reserved_connections"])
 
 
@@ -463,7 +464,7 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
     queries = QUERIES
     ran: set[str] = set()
 
-    async def run(conn: asyncpg.Connection, name: str, *args: object) -> object:
+    async def run(conn: asyncpg.Connection, name: str, *args: object) -> Any:
         ran.add(name)
         return await queries[name](conn, *args)
 
@@ -472,7 +473,7 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         assert await run(conn, "ping") == 1
         token_hash = hashlib.sha256(b"deploy-test-token").digest()
         token_id = await run(conn, "register-token", token_hash, "admin", "ADMIN_TOKEN", None)
-        assert (await run(conn, "token-by-hash", token_hash))["token_id"] == token_id  # type: ignore[index]
+        assert (await run(conn, "token-by-hash", token_hash))["token_id"] == token_id
         user = await run(
             conn,
             "create-user",
@@ -486,41 +487,41 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
             None,
             "Bogotá",
         )
-        card = await run(conn, "issue-card", user["user_id"], None)  # type: ignore[index]
-        card_id = card["card_id"]  # type: ignore[index]
+        card = await run(conn, "issue-card", user["user_id"], None)
+        card_id = card["card_id"]
         first, replay = await run(
             conn, "recharge-cards", [card_id] * 2, [20_000] * 2, [1] * 2, [token_id] * 2, ["key-1"] * 2
-        )  # type: ignore[misc]
+        )
         assert replay["replayed"] and replay["recharge_id"] == first["recharge_id"]
-        boarding, transfer = await run(conn, "board-cards", [card_id] * 2, [1, 3], [1, 3])  # type: ignore[misc]
+        boarding, transfer = await run(conn, "board-cards", [card_id] * 2, [1, 3], [1, 3])
         assert transfer["is_transfer"] and transfer["balance"] == 20_000 - 2950
-        (ended,) = await run(conn, "end-trips", [boarding["trip_id"]], [2])  # type: ignore[misc]
+        (ended,) = await run(conn, "end-trips", [boarding["trip_id"]], [2])
         assert ended["disembarking_station_id"] == 2
-        assert (await run(conn, "set-card-status", card_id, "blocked"))["status"] == "blocked"  # type: ignore[index]
-        assert (await run(conn, "card-balance", card_id))["balance"] == 20_000 - 2950  # type: ignore[index]
-        assert len(await run(conn, "card-trips", card_id)) == 2  # type: ignore[arg-type]
-        assert (await run(conn, "trip", boarding["trip_id"]))["card_id"] == card_id  # type: ignore[index]
-        assert (await run(conn, "trips-total"))["total_trips"] == 2  # type: ignore[index]
+        assert (await run(conn, "set-card-status", card_id, "blocked"))["status"] == "blocked"
+        assert (await run(conn, "card-balance", card_id))["balance"] == 20_000 - 2950
+        assert len(await run(conn, "card-trips", card_id)) == 2
+        assert (await run(conn, "trip", boarding["trip_id"]))["card_id"] == card_id
+        assert (await run(conn, "trips-total"))["total_trips"] == 2
         assert await run(conn, "trips-by-locality")
-        assert (await run(conn, "revenue-total"))["total_revenue"] == 2950  # type: ignore[index]
+        assert (await run(conn, "revenue-total"))["total_revenue"] == 2950
         assert await run(conn, "revenue-by-locality")
-        assert sum(hour["trips"] for hour in await run(conn, "trips-hourly", 24)) == 2  # type: ignore[union-attr]
+        assert sum(hour["trips"] for hour in await run(conn, "trips-hourly", 24)) == 2
         assert await run(conn, "routes-all") and await run(conn, "stations-all")
-        assert len(await run(conn, "user-recharges", user["user_id"])) == 1  # type: ignore[arg-type,index]
+        assert len(await run(conn, "user-recharges", user["user_id"])) == 1
         assert await run(conn, "users-count") == 1 and await run(conn, "users-active-count") == 0
-        assert len(await run(conn, "users-latest")) == 1  # type: ignore[arg-type]
+        assert len(await run(conn, "users-latest")) == 1
         epoch = await run(conn, "cache-epoch")
         await conn.add_listener("cache_epoch", lambda *_: None)  # the API's LISTEN connection
-        assert await run(conn, "bump-cache-epoch") == epoch + 1  # type: ignore[operator]
+        assert await run(conn, "bump-cache-epoch") == epoch + 1
         assert await run(conn, "prune-idempotency-keys", datetime.timedelta(hours=24), 5000) == 0
         assert await run(conn, "unreconciled-cards") == []
         made = await run(conn, "create-token", hashlib.sha256(b"made").digest(), "recharge_point", "till", 1)
-        assert [row["token_id"] for row in await run(conn, "tokens-live")] == [  # type: ignore[attr-defined]
+        assert [row["token_id"] for row in await run(conn, "tokens-live")] == [
             token_id,
             made["token_id"],
-        ]  # type: ignore[index]
+        ]
         await conn.add_listener("write_tokens", lambda *_: None)
-        await run(conn, "revoke-token", made["token_id"])  # type: ignore[index]
+        await run(conn, "revoke-token", made["token_id"])
     finally:
         await conn.close()
     assert ran == set(queries), f"not exercised here: {set(queries) - ran}"

@@ -12,9 +12,11 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import Api
 
+from tests.support.stack import Api
 from travel.endpoints.openapi import STATIC_DIR
+
+pytestmark = pytest.mark.browser
 
 # What makes a browser fetch a URL: an element's src, a CSS url(), a stylesheet import, and the
 # usual CDN hosts. (Plain links, schema ids and XML namespaces name hosts without loading them.)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import start_stopped_servers
-from dbhelpers import connected
 
+from tests.support.db import connected
+from tests.support.stack import start_stopped_servers
 from travel.startup.embedded import EmbeddedStack
 
 

@@ -18,13 +18,14 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import assert_problem, make_user_with_card
-from conftest import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
-from dbhelpers import assert_balances_reconcile, connected
-from faultproxy import FaultProxy
 from prometheus_client import Counter
 
 import cachekeys
+from tests.support.api import assert_problem, make_user_with_card
+from tests.support.db import assert_balances_reconcile, connected, until_a_session_waits_on_a_lock
+from tests.support.faultproxy import FaultProxy
+from tests.support.polling import eventually_async
+from tests.support.stack import Api, prepare_network_database, serve_api, start_stopped_servers, with_database
 from travel.observability import metrics
 from travel.startup.embedded import EmbeddedStack
 
@@ -73,7 +74,7 @@ def resume_postgres(stack: EmbeddedStack) -> None:
 
 def counted(counter: Counter) -> float:
     """What `counter` has counted so far, over all its labels (read from its public samples)."""
-    return sum(sample.value for sample in counter.collect()[0].samples if sample.name.endswith("_total"))
+    return sum(sample.value for sample in next(iter(counter.collect())).samples if sample.name.endswith("_total"))
 
 
 async def timed(request: asyncio.Future[httpx.Response] | object) -> tuple[httpx.Response, float]:
@@ -151,10 +152,9 @@ async def test_a_write_during_a_redis_partition_leaves_no_stale_value_for_when_i
             )
             assert recharge.status_code == 201
             # The other instance hears of the new epoch by NOTIFY: wait for it, bounded.
-            deadline = time.monotonic() + 5
-            while other_cache.epoch == epoch_before:
-                assert time.monotonic() < deadline, "the other instance never heard of the new epoch"
-                await asyncio.sleep(0.01)
+            await eventually_async(
+                lambda: other_cache.epoch != epoch_before, 5, "the other instance hears of the new epoch", every=0.01
+            )
             link.cut = False
 
             direct = aioredis.Redis.from_url(module_stack.redis.url)
@@ -220,9 +220,11 @@ async def test_without_postgresql_the_answer_is_a_fast_503_and_the_pool_recovers
     else:
         resume_postgres(module_stack)
     back = time.monotonic()
-    deadline = back + 10
-    while (await api.http.get("/users/count")).status_code != 200:
-        assert time.monotonic() < deadline, "the pool did not recover"
+
+    async def answered() -> bool:
+        return (await api.http.get("/users/count")).status_code == 200
+
+    await eventually_async(answered, 10, "the pool recovers", every=0)
     recovered_after = time.monotonic() - back
     balance = await api.http.get(f"/cards/{card['card_id']}/balance")
     assert balance.json()["balance"] == 3000  # the refused recharge was not applied
@@ -252,12 +254,7 @@ async def test_a_crash_during_writes_loses_no_answered_write_and_applies_no_half
         await holder.execute("BEGIN")
         await holder.fetchval("SELECT card_id FROM cards WHERE card_id = $1 FOR UPDATE", card["card_id"])
         in_flight = [asyncio.ensure_future(recharge(n)) for n in range(10, 60)]
-        deadline = time.monotonic() + 5
-        while not await watcher.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ):
-            assert time.monotonic() < deadline, "no write came to wait on the card's lock"
-            await asyncio.sleep(0.01)
+        await until_a_session_waits_on_a_lock(watcher, "a write waits on the card's lock", within=5)
         module_stack.postgres.kill()
         unanswered = await asyncio.gather(*in_flight)
     finally:
@@ -319,7 +316,7 @@ async def test_a_crash_under_batched_writes_loses_no_answered_write_and_applies_
             committed.set()
         return answer
 
-    database.run = run  # type: ignore[method-assign]
+    database.run = run
 
     async def recharge(n: int) -> httpx.Response:
         return await api.http.post(

@@ -21,15 +21,18 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
-from api_helpers import execute, json_body, make_user_with_card
-from conftest import Api
-from dbhelpers import assert_balances_reconcile, assert_counters_exact
-from hostile_helpers import is_problem, op_label
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import server
+from tests.support.api import execute, json_body, make_user_with_card
+from tests.support.db import assert_balances_reconcile, assert_counters_exact
+from tests.support.hostile import is_problem, op_label
+from tests.support.stack import Api
 from travel.endpoints.declaration import Endpoint
+
+pytestmark = pytest.mark.slow
 
 EXAMPLES_PER_WRITE = 450
 EXAMPLES_PER_READ = 60
@@ -69,7 +72,7 @@ PATH_IDS = st.one_of(
     st.text(max_size=25),
 )
 # Header values h11 will send: visible latin-1, inner spaces.
-HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_categories=("Cc",)), max_size=60).map(str.strip)
+HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]), max_size=60).map(str.strip)
 CONTENT_TYPES = st.one_of(
     st.just("application/json"),
     st.just("application/json"),

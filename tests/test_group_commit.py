@@ -20,7 +20,8 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import (
+
+from tests.support.api import (
     SITP_FARE,
     assert_problem,
     balance_in_db,
@@ -32,10 +33,17 @@ from api_helpers import (
     recharge,
     set_status,
 )
-from conftest import Api, serve_api
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected
-from test_sql_functions import FULL_FARE, balance_of, new_card, new_token, set_card_status
-
+from tests.support.db import (
+    FULL_FARE,
+    assert_balances_reconcile,
+    assert_counters_exact,
+    balance_of,
+    connected,
+    new_card,
+    new_token,
+    set_card_status,
+)
+from tests.support.stack import Api, serve_api
 from travel.database import Database
 from travel.startup.embedded import EmbeddedStack
 
@@ -170,7 +178,7 @@ async def test_concurrent_batches_on_overlapping_cards_and_localities_never_dead
 
     async with contextlib.AsyncExitStack() as held:
         conns = [await held.enter_async_context(pool.acquire()) for _ in range(24)]  # pids share counter shards
-        await asyncio.gather(*(batch(conn) for conn in conns))
+        await asyncio.gather(*(batch(conn) for conn in conns))  # type: ignore[arg-type]
     await assert_counters_exact(pool)
     await assert_balances_reconcile(pool)
 

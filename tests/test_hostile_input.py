@@ -18,11 +18,11 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
-from api_helpers import assert_problem, json_body, make_user_with_card, user_fields
-from conftest import Api
-from hostile_helpers import Snapshots, fill_path, is_problem, module_api, op_label, valid_body
 
 import server
+from tests.support.api import assert_problem, json_body, make_user_with_card, user_fields
+from tests.support.hostile import Snapshots, fill_path, is_problem, op_label, valid_body
+from tests.support.stack import Api, module_api
 from travel.endpoints.declaration import Endpoint
 from travel.endpoints.writes import create_recharge
 from travel.startup.embedded import EmbeddedStack
@@ -34,7 +34,7 @@ BODY_OPS = [op for op in server.ENDPOINTS if op.body is not None]
 # ---------------------------------------------------------------- one server for the module
 @pytest.fixture(scope="module")
 async def api(stack: EmbeddedStack, template_url: str) -> AsyncIterator[Api]:
-    async with module_api(stack, template_url, "hostile") as running:
+    async with module_api(stack, "hostile") as running:
         yield running
 
 

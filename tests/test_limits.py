@@ -10,7 +10,8 @@ import urllib.parse
 import asyncpg
 import msgspec
 import pytest
-from api_helpers import (
+
+from tests.support.api import (
     assert_problem,
     balance_in_db,
     execute,
@@ -20,9 +21,8 @@ from api_helpers import (
     recharge,
     unchanged,
 )
-from conftest import Api
-from dbhelpers import connected
-
+from tests.support.db import connected
+from tests.support.stack import Api
 from travel import errors, models
 
 
@@ -108,7 +108,7 @@ async def test_every_sqlstate_class_is_answered_by_its_meaning(
         with pytest.raises(asyncpg.PostgresError) as caught:
             await conn.execute(statement)
     assert caught.value.sqlstate == sqlstate
-    response = await errors.handle_postgres(None, caught.value)  # type: ignore[arg-type]
+    response = await errors.handle_postgres(None, caught.value)
     body = msgspec.json.decode(response.body)
     assert (response.status_code, body["code"]) == (status, code), body
     assert response.headers["content-type"] == errors.PROBLEM_JSON
@@ -154,7 +154,7 @@ async def test_idempotency_key_spaces_and_repeats(api: Api) -> None:
         status, headers, again = await raw_recharge(api, card["card_id"], spelled)
         assert (status, again["recharge_id"], headers["idempotent-replayed"]) == (201, first["recharge_id"], "true")
     async with unchanged(api):
-        for headers in (
+        for keys in (
             (b" sp-key ",),
             (b"sp-key ",),
             (b"sp-key\t",),
@@ -163,6 +163,6 @@ async def test_idempotency_key_spaces_and_repeats(api: Api) -> None:
             (b"sp-key", b"another-key"),
             (b"new-key", b"new-key"),
         ):
-            status, _, problem = await raw_recharge(api, card["card_id"], *headers)
-            assert (status, problem["code"], problem["field"]) == (422, "VALIDATION_ERROR", "Idempotency-Key"), headers
+            status, _, problem = await raw_recharge(api, card["card_id"], *keys)
+            assert (status, problem["code"], problem["field"]) == (422, "VALIDATION_ERROR", "Idempotency-Key"), keys
     assert await balance_in_db(api, card["card_id"]) == 1000

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import asyncpg
-from conftest import TOKENS, serve_api, with_database
+import pytest
 
+from tests.support.stack import TOKENS, serve_api, with_database
 from travel import database
 from travel.startup.embedded import EmbeddedStack
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"

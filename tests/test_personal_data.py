@@ -8,11 +8,11 @@ import typing
 from typing import Any
 
 import pytest
-from api_helpers import assert_problem, board, json_body, make_card, recharge, user_fields
-from conftest import Api
-from hostile_helpers import fill_path, op_label
 
 import server
+from tests.support.api import assert_problem, board, json_body, make_card, recharge, user_fields
+from tests.support.hostile import fill_path, op_label
+from tests.support.stack import Api
 from travel.endpoints.declaration import Endpoint
 
 PUBLIC_READS = [op for op in server.ENDPOINTS if not op.guarded]

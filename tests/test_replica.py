@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
-from conftest import Api, prepare_network_database, serve_api
-from dbhelpers import connected
 
+from tests.support.api import board, end_trip, get_cached, json_body, make_user, make_user_with_card, recharge
+from tests.support.db import connected
+from tests.support.polling import eventually_async
+from tests.support.stack import Api, prepare_network_database, serve_api
 from travel.startup.embedded import EmbeddedStack, LocalPostgres
 
 CATCH_UP_SECONDS = 20.0
@@ -83,10 +83,12 @@ async def wait_for_replay(primary_url: str, replica_url: str) -> None:
     """Until the replica has replayed everything the primary has written (bounded)."""
     async with connected(primary_url) as primary, connected(replica_url) as replica:
         target = await primary.fetchval("SELECT pg_current_wal_lsn()")
-        deadline = time.monotonic() + CATCH_UP_SECONDS
-        while not await replica.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", target):
-            assert time.monotonic() < deadline, f"replica did not replay up to {target} in {CATCH_UP_SECONDS} s"
-            await asyncio.sleep(0.02)
+        await eventually_async(
+            lambda: replica.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", target),
+            CATCH_UP_SECONDS,
+            f"the replica replays up to {target}",
+            every=0.02,
+        )
 
 
 async def count_users(api: Api) -> int:

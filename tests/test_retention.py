@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import time
 
 import asyncpg
 import redis.asyncio as aioredis
-from conftest import register_test_tokens, serve_api
 
+from tests.support.polling import eventually_async
+from tests.support.stack import register_test_tokens, serve_api
 from travel.retention import IDEMPOTENCY_RETENTION
 from travel.startup.embedded import EmbeddedStack
 
@@ -34,10 +33,13 @@ async def test_records_past_retention_are_pruned_and_younger_ones_kept(
         )
 
         async with serve_api(database_url, stack.redis.url):  # prunes at start
-            deadline = time.monotonic() + 10
-            while await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'expired'"):
-                assert time.monotonic() < deadline, "not pruned"
-                await asyncio.sleep(0.01)
+
+            async def pruned() -> bool:
+                return not await conn.fetchval(
+                    "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'expired'"
+                )
+
+            await eventually_async(pruned, 10, "the expired key pruned", every=0.01)
             kept = await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'young'")
         recharges = await conn.fetchval("SELECT count(*) FROM recharges WHERE card_id = $1", card)
     finally:

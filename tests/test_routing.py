@@ -5,11 +5,11 @@ ordinary way (405, 404, 422)."""
 from __future__ import annotations
 
 import pytest
-from api_helpers import assert_problem, json_body, make_user_with_card
-from conftest import Api
 from starlette.routing import Route
 
 import server
+from tests.support.api import assert_problem, json_body, make_user_with_card
+from tests.support.stack import Api
 from travel.endpoints.routing import ShapeRouter
 
 
@@ -31,7 +31,9 @@ async def test_what_is_not_a_full_match_goes_the_ordinary_way(api: Api) -> None:
     assert_problem(await api.http.post(path, json={}), 405, "METHOD_NOT_ALLOWED")
     assert_problem(await api.http.get("/cards/abc/balance"), 422, "VALIDATION_ERROR")
     assert_problem(await api.http.get("/cards/1/balance/more"), 404, "NOT_FOUND")
-    assert ("POST", "/api/v1/cards/#/balance") not in api.app.router.by_shape
+    router = api.app.router
+    assert isinstance(router, ShapeRouter)
+    assert ("POST", "/api/v1/cards/#/balance") not in router.by_shape
 
 
 def test_a_route_with_an_all_digit_segment_is_refused() -> None:

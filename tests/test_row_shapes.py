@@ -47,4 +47,3 @@ async def test_every_registered_query_fits_and_a_wrong_registration_fails_the_ch
         monkeypatch.setitem(database.ROW_SHAPES, "card-balance", (models.Trip, ()))
         with pytest.raises(RuntimeError, match="'card-balance' no longer fits Trip"):
             await database.check_row_shapes(conn)
-

@@ -9,9 +9,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import NETWORK_SQL, TEMPLATE, with_database
-from dbhelpers import assert_balances_reconcile, assert_counters_exact, connected, table_rows
 
+from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, table_rows
+from tests.support.stack import NETWORK_SQL, TEMPLATE, with_database
 from travel import database
 from travel.startup.embedded import EmbeddedStack
 
@@ -294,8 +294,10 @@ async def test_upgrade_of_an_older_database_keeps_and_reconciles_its_history(emp
     assert await database.apply_schema(conn) is True
 
     assert {table: await conn.fetchval(OLDER_COLUMNS_SQL.format(table=table)) for table in history_tables} == older
-    assert dict(await conn.fetch("SELECT trip_id, fare_charged FROM trips")) == FARES_CHARGED
-    assert dict(await conn.fetch("SELECT card_id, opening_balance FROM cards")) == OPENING_BALANCES
+    assert {row[0]: row[1] for row in await conn.fetch("SELECT trip_id, fare_charged FROM trips")} == FARES_CHARGED
+    assert {
+        row[0]: row[1] for row in await conn.fetch("SELECT card_id, opening_balance FROM cards")
+    } == OPENING_BALANCES
     await assert_balances_reconcile(conn)
     await assert_counters_exact(conn)
     # The upgraded database goes on counting and reconciling new writes.

@@ -9,23 +9,23 @@ finds the new one, and cached reads and writes work again within a bounded time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from api_helpers import get_cached, json_body, make_user_with_card, recharge
-from conftest import Api, serve_api
 
+from tests.support.api import get_cached, json_body, make_user_with_card, recharge
+from tests.support.polling import eventually_async
+from tests.support.stack import Api, serve_api
 from travel.startup.embedded import redis_server_binary
-from travel.startup.processes import free_port
+from travel.startup.processes import eventually, free_port
 
 SERVICE = "travel"
 SETTLE_SECONDS = 15.0  # every wait below is bounded by this
@@ -117,24 +117,22 @@ class RedisSet:
         )
         self._spawn(port, str(conf), "--sentinel")
 
+    def replica_synced(self) -> bool:
+        assert all(process.poll() is None for process in self.processes.values()), "a server exited"
+        try:
+            with redis.Redis(
+                port=self.replica_port, username=self.user or None, password=self.password, socket_timeout=1
+            ) as replica:
+                return bool(replica.info("replication").get("master_link_status") == "up")
+        except redis.ConnectionError:  # not listening yet
+            return False
+
     def start(self) -> None:
         self._server(self.primary_port)
         self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
         # Sentinels learn of replicas from the primary's INFO, every 10 s after the first:
         # started once the replica is attached, they know it at once.
-        deadline = time.monotonic() + SETTLE_SECONDS
-        while True:
-            try:
-                with redis.Redis(
-                    port=self.replica_port, username=self.user or None, password=self.password, socket_timeout=1
-                ) as replica:
-                    if replica.info("replication").get("master_link_status") == "up":
-                        break
-            except redis.ConnectionError:
-                pass
-            assert all(process.poll() is None for process in self.processes.values()), "a server exited"
-            assert time.monotonic() < deadline, "the replica did not sync with the primary"
-            time.sleep(0.02)
+        eventually(self.replica_synced, SETTLE_SECONDS, "the replica syncs with the primary", every=0.02)
         for port in self.sentinel_ports:
             self._sentinel(port)
 
@@ -176,17 +174,19 @@ class RedisSet:
 
 async def until(what: str, check: Callable[[], object]) -> None:
     """Await `check()` until it is true, for at most SETTLE_SECONDS; errors count as not yet."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    async def holds() -> bool:
         try:
-            last = await check()  # type: ignore[misc]
-            if last:
-                return
+            last[0] = await check()  # type: ignore[misc]
         except Exception as error:
-            last = error
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {SETTLE_SECONDS} s (last: {last!r})")
+            last[0] = error
+        return bool(last[0]) and not isinstance(last[0], Exception)
+
+    try:
+        await eventually_async(holds, SETTLE_SECONDS, what)
+    except TimeoutError as error:
+        raise AssertionError(f"{error} (last: {last[0]!r})") from None
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ async def ready(servers: RedisSet) -> None:
     async def sentinels_see_everyone() -> bool:
         for port in servers.sentinel_ports:
             async with servers.client(port) as client:
-                master = await client.sentinel_master(SERVICE)  # redis-py parses these answers
+                master: dict[str, Any] = await client.sentinel_master(SERVICE)  # type: ignore[assignment]
                 replicas = await client.sentinel_slaves(SERVICE)
             if master["num-slaves"] != 1 or master["num-other-sentinels"] != 2 or len(replicas) != 1:
                 return False
@@ -269,6 +269,7 @@ async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, dat
         # INFO round, up to 10 s later: not waited for here.)
 
 
+@pytest.mark.slow
 async def test_cached_reads_survive_the_primary_dying(redis_set: RedisSet, database_url: str) -> None:
     await ready(redis_set)
     async with serve_api(

@@ -10,14 +10,13 @@ import time
 
 import httpx
 import redis.asyncio as aioredis
-from conftest import register_test_tokens
-from test_server_process import ServerProcess, run_server, served
 
 import cachekeys
+from tests.support.servers import StartServer, api_url
+from tests.support.stack import register_test_tokens
 from travel.observability import logs
 from travel.startup.embedded import EmbeddedStack
-
-__all__ = ["run_server", "served"]  # fixtures
+from travel.startup.processes import ServerProcess
 
 
 def access_lines(output: str) -> list[dict[str, object]]:
@@ -28,14 +27,14 @@ def access_lines(output: str) -> list[dict[str, object]]:
 async def test_sigterm_loses_no_request_line_and_splits_none(served: ServerProcess) -> None:
     """Lines still in the buffer when SIGTERM comes are written at shutdown, each once, in order."""
     ids = [f"sigterm-{n}" for n in range(50)]  # under 32 KiB: only the timer or the shutdown writes them
-    async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=api_url(served), timeout=10) as http:
         started = time.monotonic()
         for rid in ids:
             assert (await http.get("/routes", headers={"X-Request-ID": rid})).status_code == 200
     written_before = served.printed()
     if time.monotonic() - started < logs.FLUSH_SECONDS:  # the timer cannot have fired yet
         assert "sigterm-" not in written_before
-    status, output = served.stop()
+    status, output = served.stop(), served.printed()
 
     assert status == 0, output
     assert "Traceback" not in output
@@ -50,23 +49,22 @@ def served_total(metrics_text: str, route: str) -> float:
 
 
 async def test_metrics_with_two_workers_sum_both(
-    database_url: str, stack: EmbeddedStack, run_server: list[ServerProcess]
+    database_url: str, stack: EmbeddedStack, run_server: StartServer
 ) -> None:
     await register_test_tokens(database_url)
-    server = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, WORKERS="2")
-    run_server.append(server)
+    server = run_server(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, WORKERS="2")
     server.wait_healthy()
     workers: set[str] = set()
     answered = 0
-    async with httpx.AsyncClient(base_url=server.url, timeout=10, headers={"Connection": "close"}) as http:
+    async with httpx.AsyncClient(base_url=api_url(server), timeout=10, headers={"Connection": "close"}) as http:
         while len(workers) < 2 or answered < 100:  # new connections land on either worker
             response = await http.get("/routes")
             assert response.status_code == 200
             workers.add(response.headers["x-request-id"].split("-")[0])  # each process's own prefix
             answered += 1
             assert answered < 2000, "one worker took every connection"
-        scrapes = [(await http.get(server.url.removesuffix("/api/v1") + "/metrics")).text for _ in range(6)]
-    status, output = server.stop()
+        scrapes = [(await http.get(server.base_url + "/metrics")).text for _ in range(6)]
+    status, output = server.stop(), server.printed()
 
     assert [served_total(text, "/api/v1/routes") for text in scrapes] == [answered] * 6, output[-3000:]
     assert all(re.search(r"^travel_db_pool_size \d", text, re.MULTILINE) for text in scrapes)
@@ -91,7 +89,7 @@ async def burst(port: int, path: str, clients: int) -> list[int]:
 async def test_a_burst_on_a_cold_key_is_one_load_and_all_200(
     served: ServerProcess, redis_client: aioredis.Redis
 ) -> None:
-    metrics_url = served.url.removesuffix("/api/v1") + "/metrics"
+    metrics_url = served.base_url + "/metrics"
 
     def loads(text: str) -> float:
         found = re.search(r"^travel_cache_loads_total (\S+)$", text, re.MULTILINE)

@@ -4,98 +4,40 @@ refuse (SQLSTATE and DETAIL), idempotency, and exactness under concurrent writer
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
-import os
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
-from dbhelpers import Executor, assert_balances_reconcile, assert_counters_exact, refusal
 
-FULL_FARE = 2950  # STANDARD_SITP and STANDARD_CABLE
-TRANSFER_FARE = 200  # TRANSFER_200_COST
-# The test network (conftest.NETWORK_SQL): stations 1-4, two bus routes, a cable route, a retired one.
-BUS_ROUTE, OTHER_BUS_ROUTE, CABLE_ROUTE, RETIRED_ROUTE = 1, 2, 3, 4
-STATIONS = (1, 2, 3, 4)
-RECHARGE_POINT = 1
-UNKNOWN = 999_999
-_riders = itertools.count(1)
-
-
-# ------------------------------------------------------------------------ calls
-async def create_user(db: Executor, email: str | None = None) -> asyncpg.Record:
-    rider = next(_riders)
-    return await db.fetchrow(
-        "SELECT * FROM create_user($1, $2, $3, $4, NULL, NULL, NULL, NULL, NULL)",
-        "Ana",
-        "Gómez",
-        email or f"rider{rider}@example.co",
-        f"ID-{rider:06d}",
-    )
-
-
-async def issue_card(db: Executor, user_id: int, card_number: str | None = None) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM issue_card($1, $2)", user_id, card_number)
-
-
-async def set_card_status(db: Executor, card_id: int, status: str) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM set_card_status($1, $2)", card_id, status)
-
-
-async def recharge(
-    db: Executor,
-    card_id: int,
-    amount: int,
-    *,
-    point: int | None = RECHARGE_POINT,
-    token_id: int | None = None,
-    key: str | None = None,
-) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM recharge_card($1, $2, $3, $4, $5)", card_id, amount, point, token_id, key)
-
-
-async def board(db: Executor, card_id: int, route_id: int = BUS_ROUTE, station_id: int = 1) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM board_trip($1, $2, $3)", card_id, route_id, station_id)
-
-
-async def end_trip(db: Executor, trip_id: int, station_id: int = 2) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM end_trip($1, $2)", trip_id, station_id)
-
-
-# ------------------------------------------------------------------------ set-up and reads
-async def new_card(db: Executor, balance: int = 0) -> int:
-    """A new user's card, funded by a recharge so that its history reconciles."""
-    card_id = (await issue_card(db, (await create_user(db))["user_id"]))["card_id"]
-    if balance:
-        await recharge(db, card_id, balance)
-    return card_id
-
-
-async def new_token(db: Executor) -> int:
-    return await db.fetchval("SELECT register_token($1, 'recharge_point', 'test', $2)", os.urandom(32), RECHARGE_POINT)
-
-
-async def balance_of(db: Executor, card_id: int) -> int:
-    return await db.fetchval("SELECT balance FROM cards WHERE card_id = $1", card_id)
-
-
-async def count_of(db: Executor, table: str, card_id: int) -> int:
-    return await db.fetchval(f"SELECT count(*) FROM {table} WHERE card_id = $1", card_id)
-
-
-async def fare_type_of(db: Executor, fare_id: int) -> str:
-    return await db.fetchval("SELECT fare_type FROM fares WHERE fare_id = $1", fare_id)
-
-
-@contextlib.asynccontextmanager
-async def connections(pool: asyncpg.Pool, count: int) -> AsyncIterator[list[asyncpg.Connection]]:
-    """`count` distinct connections held at once, so that calls made on them truly overlap."""
-    async with contextlib.AsyncExitStack() as held:
-        yield [await held.enter_async_context(pool.acquire()) for _ in range(count)]
+from tests.support.db import (
+    BUS_ROUTE,
+    CABLE_ROUTE,
+    FULL_FARE,
+    OTHER_BUS_ROUTE,
+    RECHARGE_POINT,
+    RETIRED_ROUTE,
+    STATIONS,
+    TRANSFER_FARE,
+    UNKNOWN,
+    assert_balances_reconcile,
+    assert_counters_exact,
+    balance_of,
+    board,
+    connections,
+    count_of,
+    create_user,
+    end_trip,
+    fare_type_of,
+    issue_card,
+    new_card,
+    new_token,
+    recharge,
+    refusal,
+    set_card_status,
+)
 
 
 # ------------------------------------------------------------------------ recharge_card
@@ -123,7 +65,7 @@ async def test_recharge_of_an_unknown_card_or_at_an_unknown_point_is_refused(poo
     assert (await balance_of(pool, card), await count_of(pool, "recharges", card)) == (1000, 1)
 
 
-def answer(done: asyncpg.Record) -> tuple:
+def answer(done: asyncpg.Record) -> tuple[object, ...]:
     """What a keyed recharge answers, less `replayed`, which tells the first from its replays."""
     return tuple(value for name, value in done.items() if name != "replayed")
 
@@ -199,7 +141,10 @@ async def test_concurrent_boardings_never_overdraw_the_card(pool: asyncpg.Pool) 
     refused = [outcome for outcome in outcomes if not isinstance(outcome, asyncpg.Record)]
     assert [getattr(error, "sqlstate", error) for error in refused] == ["TRP01"] * 30
     assert all(
-        json.loads(error.detail)["balance"] == 0 and json.loads(error.detail)["fare"] == FULL_FARE for error in refused
+        isinstance(error, asyncpg.PostgresError)
+        and json.loads(error.detail)["balance"] == 0
+        and json.loads(error.detail)["fare"] == FULL_FARE
+        for error in refused
     )
     assert (await balance_of(pool, card), await count_of(pool, "trips", card)) == (0, 10)
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 import trustme
-from conftest import TOKENS, prepare_network_database, serve_api
 
+from tests.support.servers import StartServer
+from tests.support.stack import TOKENS, prepare_network_database, serve_api
 from travel.startup import embedded
-from travel.startup.embedded import LocalPostgres, free_port, stop_process
+from travel.startup.embedded import LocalPostgres
+from travel.startup.processes import free_port, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.root
 
 
 @dataclass
@@ -165,16 +165,11 @@ async def test_service_works_over_verified_tls_to_both_servers(tls_servers: TlsS
         assert encrypted and all(row["ssl"] for row in encrypted)
 
 
-def run_server_until_exit(database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    """`python server.py` as the image runs it; it must give up at start, so it must exit."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "PORT": str(free_port()),
-        "ADMIN_TOKEN": TOKENS["admin"],
-    }
-    return subprocess.run([sys.executable, "server.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+def run_server_until_exit(run_server: StartServer, database_url: str, redis_url: str) -> tuple[int, str]:
+    """`python server.py` as the image runs it; it must give up at start, so it must exit.
+    Its exit status and what it printed."""
+    server = run_server(DATABASE_URL=database_url, REDIS_URL=redis_url, ADMIN_TOKEN=TOKENS["admin"])
+    return server.process.wait(timeout=60), server.printed()
 
 
 @pytest.mark.parametrize(
@@ -185,16 +180,18 @@ def run_server_until_exit(database_url: str, redis_url: str) -> subprocess.Compl
     ],
 )
 def test_postgres_with_an_unverifiable_certificate_stops_the_start_with_the_reason(
-    tls_servers: TlsServers, ca: str, host: str, reason: str
+    tls_servers: TlsServers, run_server: StartServer, ca: str, host: str, reason: str
 ) -> None:
     servers = tls_servers
-    done = run_server_until_exit(servers.database_url(getattr(servers, ca), host), servers.redis_url(servers.ca))
-    assert done.returncode == 1
+    status, printed = run_server_until_exit(
+        run_server, servers.database_url(getattr(servers, ca), host), servers.redis_url(servers.ca)
+    )
+    assert status == 1, printed
     port = servers.postgres_url.rsplit(":", 1)[1].split("/")[0]
-    assert f"cannot connect to PostgreSQL at {host}:{port}" in done.stderr
-    assert "certificate verify failed" in done.stderr and reason in done.stderr
-    assert "Traceback" not in done.stderr
-    assert servers.redis_password not in done.stderr + done.stdout
+    assert f"cannot connect to PostgreSQL at {host}:{port}" in printed
+    assert "certificate verify failed" in printed and reason in printed
+    assert "Traceback" not in printed
+    assert servers.redis_password not in printed
 
 
 @pytest.mark.parametrize(

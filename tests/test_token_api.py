@@ -10,10 +10,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from api_helpers import assert_problem, board, fetch, json_body, make_user_with_card, recharge, unchanged
-from conftest import TOKENS, Api, serve_api
-from dbhelpers import connected, refusal
 
+from tests.support.api import assert_problem, board, fetch, json_body, make_user_with_card, recharge, unchanged
+from tests.support.db import connected, refusal
+from tests.support.polling import eventually_async
+from tests.support.stack import TOKENS, Api, serve_api
 from travel import auth, models
 from travel.startup.embedded import EmbeddedStack
 
@@ -154,10 +155,16 @@ async def test_two_admins_revoking_each_other_at_once_leave_one(api: Api) -> Non
             waiting = asyncio.create_task(
                 refusal("TRC05", other.execute("SELECT revoke_token($1)", second["token_id"]))
             )
-            while not await observer.fetchval(  # the second waits on the first's lock
-                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", other.get_server_pid()
-            ):
+
+            async def second_waits() -> bool:  # on the first's lock
                 assert not waiting.done()
+                return bool(
+                    await observer.fetchval(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", other.get_server_pid()
+                    )
+                )
+
+            await eventually_async(second_waits, 10, "the second revocation waits on the first's lock", every=0.01)
         assert await waiting == {"token_id": second["token_id"]}  # refused once the first committed
     rows = await fetch(api, "SELECT token_id FROM write_tokens WHERE role = 'admin' AND revoked_at IS NULL")
     assert [row["token_id"] for row in rows] == [second["token_id"]]
@@ -195,9 +202,12 @@ async def test_a_revocation_reaches_a_second_instance_at_once(
         assert auth.digest(made["token"]) in cached  # the second instance would trust it for an hour
 
         assert (await api.http.delete(f"/tokens/{made['token_id']}", headers=api.auth("admin"))).status_code == 204
-        async with asyncio.timeout(5):  # the NOTIFY, well before any cache expiry
-            while auth.digest(made["token"]) in cached:
-                await asyncio.sleep(0.01)
+        await eventually_async(  # the NOTIFY, well before any cache expiry
+            lambda: auth.digest(made["token"]) not in cached,
+            5,
+            "the revocation reaches the second instance",
+            every=0.01,
+        )
         async with unchanged(api):
             assert_problem(
                 await second.http.post(

@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import (
+
+import server
+from tests.support.api import (
     SITP_FARE,
     assert_problem,
     board,
@@ -27,10 +29,8 @@ from api_helpers import (
     unchanged,
     user_fields,
 )
-from conftest import TOKENS, Api, serve_api
-from hostile_helpers import GUARDED, ROLES, fill_path, module_api, op_label, valid_body
-
-import server
+from tests.support.hostile import GUARDED, ROLES, fill_path, op_label, valid_body
+from tests.support.stack import TOKENS, Api, module_api, serve_api
 from travel import auth
 from travel.database import QUERIES
 from travel.endpoints.declaration import Access, Endpoint
@@ -59,7 +59,7 @@ async def test_tokens_are_stored_as_sha256_digests_and_their_text_nowhere(
     stack: EmbeddedStack, template_url: str
 ) -> None:
     admin_token = "env-admin-token-" + "Zq9" * 10  # as ADMIN_TOKEN would give it
-    async with module_api(stack, template_url, "tokens", admin_token=admin_token) as api:
+    async with module_api(stack, "tokens", admin_token=admin_token) as api:
         every = {**TOKENS, "env_admin": admin_token}
         # Use each token for a write (and the env one too), so that any path that could keep it has run.
         _, card = await make_user_with_card(api, 10_000)
@@ -141,7 +141,7 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
         return real_compare(a, b)
 
     monkeypatch.setattr(db, "run", spy_run)
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy_compare)
+    monkeypatch.setattr(hmac, "compare_digest", spy_compare)  # what auth.py calls
     _, card = await make_user_with_card(api, 1000)
     token = TOKENS["recharge_point"]
     api.state["tokens"].entries.clear()  # make the next request look the token up
@@ -171,14 +171,14 @@ async def test_the_lookup_key_is_the_sha256_digest_and_the_scheme_is_compared_wi
 # ---------------------------------------------------------------- roles, derived from OPERATIONS
 @pytest.fixture(scope="module")
 async def shared(stack: EmbeddedStack, template_url: str) -> AsyncIterator[Api]:
-    async with module_api(stack, template_url, "roles") as running:
+    async with module_api(stack, "roles") as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 async def made_tokens(shared: Api) -> dict[str, dict[str, str]]:
     """Authorization headers of one token per role, made through POST /tokens (the recharge
-    point's at point 1) with conftest's admin token: the role matrix runs on these."""
+    point's at point 1) with the test admin token (tests/support/stack.py): the role matrix runs on these."""
     headers = {}
     for role in ROLES:
         point = {"recharge_point_id": 1} if role == "recharge_point" else {}
@@ -269,7 +269,7 @@ async def test_a_revoked_token_stops_working_when_the_token_cache_expires(
     api.state["tokens"].entries.clear()
     json_body(await board(api, card["card_id"]), 201)  # the validator's token is now cached
     await revoke(api, "validator")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # past TOKEN_CACHE_SECONDS: the expiry under test, not a synchronisation
     async with unchanged(api):
         assert_problem(await board(api, card["card_id"]), 401, "UNAUTHORIZED")
     # The other tokens are untouched.

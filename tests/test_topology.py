@@ -16,17 +16,16 @@ Needs root and `ip netns`: without them this test fails (it does not skip), sayi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deploy.topology import topology
 from deploy.topology.topology import Agent, Topology, address
+from travel.startup.processes import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.root
 
 PREFIX = "trt"  # the CLI's default is "tr": a test run never tears down a topology left up by hand
 BUDGET_S = 0.5  # each request while Redis is unreachable
@@ -155,16 +154,11 @@ def test_redis_link_cut_the_api_answers_within_budget_then_uses_the_cache_again(
     finally:
         running.network.restore("vm2")
 
-    deadline, hit = time.monotonic() + 15, None
-    for _ in range(150):  # the API retries Redis after its bypass window; reconnects after ARP
+    def cache_hit() -> bool:  # the API retries Redis after its bypass window; reconnects after ARP
         answer = client.get(f"/cards/{card_id}/balance")
         assert answer["status"] == 200
         assert answer["body"]["balance"] == 6000, "a value cached before the cut must never come back"
-        if answer["headers"]["x-cache"] == "HIT":
-            hit = answer
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert hit is not None, "the cache was not used again after the link came back"
+        return bool(answer["headers"]["x-cache"] == "HIT")
+
+    eventually(cache_hit, 15, "the cache used again after the link came back", every=0.1)
     assert client.get("/health")["body"] == {"status": "ok", "database": "ok", "cache": "ok"}

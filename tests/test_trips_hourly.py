@@ -7,9 +7,12 @@ import asyncio
 import datetime as dt
 import itertools
 import random
+from typing import Any
 
 import pytest
-from api_helpers import (
+
+import cachekeys
+from tests.support.api import (
     SITP_FARE,
     assert_problem,
     board,
@@ -21,9 +24,7 @@ from api_helpers import (
     json_body,
     make_user_with_card,
 )
-from conftest import Api
-
-import cachekeys
+from tests.support.stack import Api
 
 BOGOTA_OFFSET = "-05:00"  # Bogotá keeps UTC-5 all year
 # What the triggers kept, and what the trips say, per Bogotá hour.
@@ -38,7 +39,7 @@ _TRIP_AT = """INSERT INTO trips (card_id, route_id, boarding_station_id, boardin
               SELECT $1, 1, 1, $2, fare_id, value FROM fares WHERE fare_type = 'STANDARD_SITP' LIMIT 1"""
 
 
-async def hourly(api: Api, hours: int | None = None) -> list[dict[str, object]]:
+async def hourly(api: Api, hours: int | None = None) -> list[dict[str, Any]]:
     params = {} if hours is None else {"hours": hours}
     return json_body(await api.http.get("/trips/hourly", params=params))
 

@@ -14,25 +14,24 @@ test's. The test shows that
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import TOKENS, register_test_tokens
 
+from tests.support.stack import TOKENS, register_test_tokens
 from travel.startup.embedded import EmbeddedStack
-from travel.startup.processes import free_port, stop_process
+from travel.startup.processes import ServerProcess, free_port
+
+pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parent.parent
 LB_DIR = ROOT / "deploy" / "loadbalancer"
@@ -101,98 +100,47 @@ def test_the_shipped_configurations_are_valid(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- processes
-@dataclass
-class Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=15)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-
-def spawn(name: str, command: list[str], env: dict[str, str], work: Path, url: str) -> Process:
-    log = work / f"{name}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Process(name, process, log, url)
-
-
-async def wait_healthy(http: httpx.AsyncClient, process: Process, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.process.poll() is not None:
-            pytest.fail(f"{process.name} exited ({process.process.returncode}):\n{process.output()}")
-        try:
-            if (await http.get(process.url + API + "/health", timeout=2)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.1)
-    pytest.fail(f"{process.name} did not answer /health within {timeout:.0f} s:\n{process.output()}")
-
-
 @pytest.fixture
 async def instances(
     database_url: str, stack: EmbeddedStack, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[tuple[Process, Process]]:
+) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     """Two `python server.py` on this test's database and the session's (emptied) Redis."""
     await register_test_tokens(database_url)
-    started: list[Process] = []
+    started: list[ServerProcess] = []
     try:
         for name in ("api1", "api2"):
-            port = free_port()
             env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "DATABASE_URL": database_url,
                 "REDIS_URL": stack.redis.url,
                 "HOST": "127.0.0.1",
-                "PORT": str(port),
                 "WORKERS": "1",
                 "LOG_LEVEL": "warning",
                 "POOL_MIN": "1",
                 "POOL_MAX": "8",
             }
-            started.append(
-                spawn(name, [sys.executable, str(ROOT / "server.py")], env, tmp_path, f"http://127.0.0.1:{port}")
-            )
-        async with httpx.AsyncClient() as http:
-            for process in started:
-                await wait_healthy(http, process)
+            started.append(ServerProcess(env, log_path=tmp_path / f"{name}.log", inherit_env=False))
+        for process in started:
+            process.wait_healthy()
         yield started[0], started[1]
     finally:
         for process in started:
             process.stop()
 
 
-def start_balancer(kind: str, api_ports: tuple[int, int], work: Path) -> Process:
+def start_balancer(kind: str, api_ports: tuple[int, int], work: Path) -> ServerProcess:
+    """HAProxy or nginx on a free port in front of the two instances; healthy when /health
+    answers through it."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     if kind == "haproxy":
         config = work / "haproxy.cfg"
         config.write_text(haproxy_config(port, api_ports))
-        return spawn(kind, ["haproxy", "-db", "-f", str(config)], dict(os.environ), work, url)
-    config = work / "nginx.conf"
-    config.write_text(nginx_config(port, api_ports, work))
-    return spawn(
-        kind,
-        ["nginx", "-c", str(config), "-e", str(work / "error.log"), "-g", "daemon off;"],
-        dict(os.environ),
-        work,
-        url,
-    )
+        command = ["haproxy", "-db", "-f", str(config)]
+    else:
+        config = work / "nginx.conf"
+        config.write_text(nginx_config(port, api_ports, work))
+        command = ["nginx", "-c", str(config), "-e", str(work / "error.log"), "-g", "daemon off;"]
+    return ServerProcess({}, command=command, port=port, log_path=work / f"{kind}.log")
 
 
 @pytest.fixture(params=BALANCERS or ["none"])
@@ -200,10 +148,6 @@ def balancer_kind(request: pytest.FixtureRequest) -> str:
     if request.param == "none":
         pytest.fail("neither haproxy nor nginx is on PATH: apt-get install -y haproxy", pytrace=False)
     return str(request.param)
-
-
-def port_of(process: Process) -> int:
-    return int(process.url.rsplit(":", 1)[1])
 
 
 def requests_served(metrics: str, route: str) -> float:
@@ -217,17 +161,16 @@ def requests_served(metrics: str, route: str) -> float:
 
 # ---------------------------------------------------------------- the test
 async def test_two_instances_behind_a_load_balancer(
-    balancer_kind: str, instances: tuple[Process, Process], tmp_path: Path
+    balancer_kind: str, instances: tuple[ServerProcess, ServerProcess], tmp_path: Path
 ) -> None:
     a, b = instances
-    lb = start_balancer(balancer_kind, (port_of(a), port_of(b)), tmp_path)
+    lb = start_balancer(balancer_kind, (a.port, b.port), tmp_path)
     try:
+        lb.wait_healthy()
         async with httpx.AsyncClient(timeout=10) as http:
-            await wait_healthy(http, lb)
-
             # Set-up through the balancer.
             user = await http.post(
-                lb.url + API + "/users",
+                lb.base_url + API + "/users",
                 headers=ADMIN,
                 json={
                     "first_name": "Lb",
@@ -237,37 +180,41 @@ async def test_two_instances_behind_a_load_balancer(
                 },
             )
             assert user.status_code == 201, user.text
-            card = await http.post(lb.url + API + "/cards", headers=ADMIN, json={"user_id": user.json()["user_id"]})
+            card = await http.post(
+                lb.base_url + API + "/cards", headers=ADMIN, json={"user_id": user.json()["user_id"]}
+            )
             assert card.status_code == 201, card.text
             card_id = card.json()["card_id"]
             balance_path = f"{API}/cards/{card_id}/balance"
             assert (
-                await http.post(a.url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 5000})
+                await http.post(
+                    a.base_url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 5000}
+                )
             ).status_code == 201
 
             # Cached in Redis through A ...
-            first, second = await http.get(a.url + balance_path), await http.get(a.url + balance_path)
+            first, second = await http.get(a.base_url + balance_path), await http.get(a.base_url + balance_path)
             assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
             assert second.json()["balance"] == 5000
             # ... a recharge through B ...
             recharged = await http.post(
-                b.url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 1000}
+                b.base_url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 1000}
             )
             assert recharged.status_code == 201, recharged.text
             # ... and A reads the new balance at once.
-            after = await http.get(a.url + balance_path)
+            after = await http.get(a.base_url + balance_path)
             assert after.status_code == 200 and after.json()["balance"] == 6000
             assert after.headers["x-cache"] == "MISS"
-            assert (await http.get(a.url + balance_path)).headers["x-cache"] == "HIT"
+            assert (await http.get(a.base_url + balance_path)).headers["x-cache"] == "HIT"
 
             # The balancer alternates between the two instances.
             route = "/api/v1/cards/{card_id}/balance"
-            before = [requests_served((await http.get(p.url + "/metrics")).text, route) for p in (a, b)]
+            before = [requests_served((await http.get(p.base_url + "/metrics")).text, route) for p in (a, b)]
             for _ in range(20):
-                answer = await http.get(lb.url + balance_path)
+                answer = await http.get(lb.base_url + balance_path)
                 assert answer.status_code == 200 and answer.json()["balance"] == 6000
             grown = [
-                requests_served((await http.get(p.url + "/metrics")).text, route) - was
+                requests_served((await http.get(p.base_url + "/metrics")).text, route) - was
                 for p, was in zip((a, b), before, strict=False)
             ]
             assert sum(grown) == 20 and min(grown) >= 5, f"requests per instance: {grown}"
@@ -276,16 +223,15 @@ async def test_two_instances_behind_a_load_balancer(
             b.stop()
             started = time.monotonic()
             for n in range(20):
-                answer = await http.get(lb.url + balance_path)
+                answer = await http.get(lb.base_url + balance_path)
                 assert answer.status_code == 200, (n, answer.status_code, answer.text)
             written = await http.post(
-                lb.url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 500}
+                lb.base_url + API + "/recharges", headers=ADMIN, json={"card_id": card_id, "amount": 500}
             )
             assert written.status_code == 201, written.text
-            final = await http.get(lb.url + balance_path)
+            final = await http.get(lb.base_url + balance_path)
             assert final.status_code == 200 and final.json()["balance"] == 6500
             assert time.monotonic() - started < 10
     finally:
-        lb.stop()
-        if lb.process.returncode not in (0, -signal.SIGTERM, 143):
-            print(lb.output())
+        if lb.stop() not in (0, -signal.SIGTERM, 143):
+            print(lb.printed(last_lines=40))

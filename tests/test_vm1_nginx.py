@@ -18,11 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_edge import fresh_database
-from test_server_process import ServerProcess
 
+from tests.support.servers import API, server_process
+from tests.support.stack import fresh_database
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import free_port, stop_process
+
+pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parent.parent
 VM1 = ROOT / "deploy" / "vm1-api"
@@ -90,14 +92,15 @@ def nginx(work: Path) -> Iterator[int]:
 async def vm1(stack: EmbeddedStack, template_url: str, nginx: int, work: Path) -> AsyncIterator[Vm1]:
     """nginx, and the API serving on the unix socket only."""
     database_url = await fresh_database(stack, "vm1")
-    api = ServerProcess(DATABASE_URL=database_url, REDIS_URL=stack.redis.url, UNIX_SOCKET=str(work / "api.sock"))
-    api.url = f"http://127.0.0.1:{nginx}/api/v1"  # the API has no TCP port: ask through nginx
+    api = server_process(
+        work / "api.log", DATABASE_URL=database_url, REDIS_URL=stack.redis.url, UNIX_SOCKET=str(work / "api.sock")
+    )
+    api.health_url = f"http://127.0.0.1:{nginx}{API}/health"  # the API has no TCP port: ask through nginx
     try:
         api.wait_healthy()
-        yield Vm1(api.url, "127.0.0.1", nginx)
+        yield Vm1(f"http://127.0.0.1:{nginx}{API}", "127.0.0.1", nginx)
     finally:
-        if api.process.poll() is None:
-            api.stop()
+        api.stop()
 
 
 def test_nginx_accepts_the_shipped_configuration(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import asyncpg
 import httpx
-from conftest import Api
+
+from tests.support.stack import Api
 
 PROBLEM_JSON = "application/problem+json"
 SITP_FARE = 2950

@@ -1,44 +1,27 @@
-"""Shared by the hostile-input, token, fuzz and money-under-load tests: one server for a whole
-module (hundreds of parametrised cases on a server started once), valid bodies of every
-operation built from its Struct, and a cheap snapshot of what a refused request must leave."""
+"""Shared by the hostile-input, token, fuzz and personal-data tests: valid bodies of every
+operation built from its Struct, paths with their ids filled in, and a cheap snapshot of what
+a refused request must leave."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
 import msgspec
-import redis.asyncio as aioredis
-from api_helpers import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
-from conftest import Api, copy_template, serve_api
 
 import server
+from tests.support.api import PROBLEM_JSON, SNAPSHOT_SQL, user_fields
 from travel.endpoints.declaration import Endpoint
-from travel.startup.embedded import EmbeddedStack
 
 GUARDED = [op for op in server.ENDPOINTS if op.guarded]  # writes, and reads that name a person
 ROLES = ("admin", "recharge_point", "validator")
 
 
-@contextlib.asynccontextmanager
-async def module_api(stack: EmbeddedStack, template_url: str, prefix: str, **settings: object) -> AsyncIterator[Api]:
-    """A server on a database of its own (copied from the template) and an emptied Redis."""
-    url = await copy_template(stack, f"{prefix}_{uuid.uuid4().hex[:10]}")
-    redis = aioredis.Redis.from_url(stack.redis.url)
-    try:
-        await redis.flushdb()  # the cache keys do not name the database: start empty
-    finally:
-        await redis.aclose()
-    async with serve_api(url, stack.redis.url, **settings) as running:
-        yield running
-
-
 class Snapshots:
-    """api_helpers.snapshot on one kept connection: hundreds of cases stay fast."""
+    """tests.support.api.snapshot on one kept connection: hundreds of cases stay fast."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
