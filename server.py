@@ -26,6 +26,7 @@ from travel.cache import Cache, connect
 from travel.database import QUERIES, Database
 from travel.endpoints import dashboard, hourly, openapi
 from travel.endpoints.declaration import Access, Endpoint
+from travel.endpoints.front import ServiceApp
 from travel.endpoints.reads import (
     cached_read,
     health,
@@ -47,7 +48,8 @@ from travel.endpoints.writes import (
     set_card_status,
 )
 from travel.errors import EXCEPTION_HANDLERS
-from travel.observability import logs, metrics, middleware
+from travel.observability import logs, metrics
+from travel.observability.observer import observer
 from travel.retention import prune_idempotency_keys
 from travel.settings import Settings
 
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     before (travel/startup/serve.py), once per start rather than once per worker."""
     settings = settings or Settings.from_env()
     logs.ACCESS_LOG.share_with_workers(settings.workers > 1)
+    answers = observer(settings.access_log)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -114,13 +117,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             logs.ACCESS_LOG.flush()
+            answers.flush()
             metrics.forget_worker()
             # Requests have drained by now; closing must finish even if we are cancelled.
             await asyncio.shield(
                 asyncio.gather(*(database.close_pool(pool) for pool in pools), redis.aclose(), return_exceptions=True)
             )
 
-    app = Starlette(middleware=[middleware.middleware(settings.access_log)], exception_handlers=EXCEPTION_HANDLERS)
+    app = ServiceApp(exception_handlers=EXCEPTION_HANDLERS, observer=answers)
     app.router = ShapeRouter(ROUTES, lifespan)
     return app
 

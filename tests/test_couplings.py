@@ -121,9 +121,9 @@ async def test_a_swapped_router_serves_the_app_and_names_the_route() -> None:
         return PlainTextResponse(request.path_params["card_id"])
 
     app = Starlette()
-    app.router = ShapeRouter([Route("/cards/{card_id}", card)], None)  # type: ignore[arg-type]
+    app.router = ShapeRouter([Route("/cards/{card_id}", card)], None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         assert (await client.get("/cards/7")).text == "7"
         assert (await client.get("/cards/8")).text == "8"
-    assert app.router.by_shape == {("GET", "/cards/#"): app.router.routes[0]}
+    assert app.router.by_shape == {("GET", "/cards/#"): (app.router.routes[0], ((2, "card_id"),))}
     assert seen == ["/cards/{card_id}", "/cards/{card_id}"]

@@ -19,8 +19,9 @@ async def test_a_remembered_shape_answers_with_its_own_path_ids(api: Api) -> Non
     router = api.app.router
     assert isinstance(router, ShapeRouter)
     assert json_body(await api.http.get(f"/cards/{first['card_id']}/balance"))["balance"] == 1000
-    remembered = router.by_shape[("GET", "/api/v1/cards/#/balance")]
+    remembered, ids = router.by_shape[("GET", "/api/v1/cards/#/balance")]
     assert remembered.path == "/api/v1/cards/{card_id}/balance"
+    assert ids == ((4, "card_id"),)  # "", "api", "v1", "cards", the id
     assert json_body(await api.http.get(f"/cards/{second['card_id']}/balance"))["balance"] == 2000
 
 

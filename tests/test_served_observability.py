@@ -13,9 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 
 import cachekeys
+from tests.support.polling import eventually_async
 from tests.support.servers import StartServer, api_url
 from tests.support.stack import register_test_tokens
 from travel.observability import logs
+from travel.observability.observer import FLUSH_SECONDS
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import ServerProcess
 
@@ -66,6 +68,12 @@ async def test_metrics_with_two_workers_sum_both(
             workers.add(response.headers["x-request-id"].split("-")[0])  # each process's own prefix
             answered += 1
             assert answered < 2000, "one worker took every connection"
+
+        async def scraped_all() -> str | None:  # a worker adds its tallies at most FLUSH_SECONDS late
+            text = (await http.get(server.base_url + "/metrics")).text
+            return text if served_total(text, "/api/v1/routes") == answered else None
+
+        await eventually_async(scraped_all, 3 * FLUSH_SECONDS, "a scrape that counts both workers' answers")
         scrapes = [(await http.get(server.base_url + "/metrics")).text for _ in range(6)]
     status, output = server.stop(), server.printed()
 

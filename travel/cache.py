@@ -1,7 +1,8 @@
 """Cache-aside on Redis: coalesced reads, generation-guarded fills, one-trip invalidation.
 
 Read: the keys asked for during one event-loop tick go to Redis as one MGET (each key with
-its generation), so a hit costs a share of one round trip. Miss: `load` reads PostgreSQL and
+its generation), and while an MGET is out the next keys gather for the one after it, so a hit
+costs a share of one round trip, a smaller share the busier the service. Miss: `load` reads PostgreSQL and
 fills, once for all the concurrent misses of a key that saw the same generation (single
 flight: a burst on a cold key is one query, not one per request). The fill stores the value
 only if the key's generation is still the one the read saw: a write that committed in
@@ -61,6 +62,10 @@ return 0
 
 
 BYPASS_SECONDS = 0.5
+# Reads out at once: past it, lookups gather for the next MGET, so under load a batch holds
+# every request that arrived during one round trip (one Redis call for many hits: the read
+# side of group commit) instead of one call per event-loop tick.
+MAX_FETCHES = 1
 # A shared-generation family's value is stored as b"<generation it was filled under>|<value>".
 TAG_END = b"|"
 # A miss whose MGET went out before a load of its key finished takes that load's answer
@@ -146,36 +151,44 @@ class Cache:
         self._bypass_until = 0.0  # after a failure, reads skip Redis until then
         self._fill_script = client.register_script(_FILL_IF_GENERATION_UNCHANGED)
         self._invalidate_script = client.register_script(_BUMP_AND_DELETE)
-        self._pending: dict[bytes, asyncio.Future[Lookup]] = {}
+        self._pending: dict[bytes, list[asyncio.Future[Lookup]]] = {}
         self._flush_scheduled = False
         self._fetches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._loads: dict[tuple[bytes, bytes], _Load] = {}  # by (Redis name, generation seen)
 
     # ------------------------------------------------------------------ reads
     def lookup(self, key: bytes) -> asyncio.Future[Lookup]:
-        """Look `key` up in the next batch. Concurrent lookups of one key share one answer.
+        """Look `key` up in the next batch; concurrent lookups of one key share one read.
+        Each caller gets a future of its own, so one that goes away cancels only its wait.
         Shortly after a failure the answer is a miss at once, without asking Redis."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Lookup] = loop.create_future()
         if not self.healthy and time.monotonic() < self._bypass_until:
-            bypassed = asyncio.get_running_loop().create_future()
-            bypassed.set_result(Lookup(None, b"", self._names(key), time.monotonic()))
-            return bypassed
-        future = self._pending.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[key] = future
+            future.set_result(Lookup(None, b"", self._names(key), time.monotonic()))
+            return future
+        waiting = self._pending.get(key)
+        if waiting is None:
+            self._pending[key] = [future]
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                loop.call_soon(self._flush)
+        else:
+            waiting.append(future)
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, {}
         self._flush_scheduled = False
-        task = asyncio.ensure_future(self._fetch(batch))
-        self._fetches.add(task)
-        task.add_done_callback(self._fetches.discard)
+        if self._pending and len(self._fetches) < MAX_FETCHES:
+            batch, self._pending = self._pending, {}
+            task = asyncio.ensure_future(self._fetch(batch))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetched)
 
-    async def _fetch(self, batch: dict[bytes, asyncio.Future[Lookup]]) -> None:
+    def _fetched(self, task: asyncio.Task[None]) -> None:
+        self._fetches.discard(task)
+        self._flush()  # what gathered while the fetches were out goes now, as one batch
+
+    async def _fetch(self, batch: dict[bytes, list[asyncio.Future[Lookup]]]) -> None:
         pairs = [self._names(key) for key in batch]
         values: list[bytes | None] = [None] * (2 * len(pairs))
         sent = time.monotonic()
@@ -185,9 +198,11 @@ class Cache:
         except (TimeoutError, RedisError, OSError) as error:
             self._unhealthy("read", error)
         finally:  # whatever happened, every waiting request gets an answer (a miss at worst)
-            for index, future in enumerate(batch.values()):
-                if not future.done():
-                    future.set_result(Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index], sent))
+            for index, waiting in enumerate(batch.values()):
+                found = Lookup(values[2 * index], values[2 * index + 1] or b"", pairs[index], sent)
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(found)
 
     # ------------------------------------------------------------------ misses
     async def load(self, lookup: Lookup, ttl: int, load: Callable[[], Awaitable[bytes]]) -> bytes:

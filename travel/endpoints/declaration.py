@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from cachekeys import CachedKey
 from travel import models
@@ -41,20 +43,32 @@ class Access(enum.Enum):
 
 class Call(Generic[BodyT]):
     """What the wrapper found in a request for its handler: the caller (None when public),
-    the path id (0 when the path has none) and the decoded body (None when it takes none)."""
+    the path id (0 when the path has none) and the decoded body (None when it takes none).
+    The Starlette `request` is built only for a handler that asks for it: a cached read
+    answers from the ASGI scope alone."""
 
-    __slots__ = ("body", "caller", "path_id", "request")
+    __slots__ = ("_request", "body", "caller", "path_id", "receive", "scope")
 
-    def __init__(self, request: Request, caller: Caller | None, path_id: int, body: BodyT) -> None:
-        self.request = request
+    def __init__(
+        self, scope: Scope, receive: Receive, request: Request | None, caller: Caller | None, path_id: int, body: BodyT
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self._request = request
         self.caller = caller
         self.path_id = path_id
         self.body = body
 
     @property
-    def state(self) -> Any:
+    def request(self) -> Request:
+        if self._request is None:
+            self._request = Request(self.scope, self.receive)
+        return self._request
+
+    @property
+    def state(self) -> State:
         """The lifespan's state: pools, cache, batchers."""
-        return self.request.state
+        return State(self.scope["state"])
 
 
 # A Struct (or list of them) to encode with the declared status; a Response, sent as it is
@@ -104,26 +118,34 @@ class Endpoint:
         return _PATH_ID.findall(self.path)
 
     def route(self) -> Route:
-        return Route(self.path, self.serve(), methods=[self.method], name=self.handler.__name__)
+        # An ASGI callable, not a function: Starlette then adds no request/response wrapper
+        # of its own (the wrapper below is the only one).
+        return Route(self.path, Served(self), methods=[self.method], name=self.handler.__name__)
 
-    def serve(self) -> Callable[[Request], Awaitable[Response]]:
-        """The request handler Starlette calls: access, path id, body, then the handler."""
-        handler, status, body_type, maximum = self.handler, self.status, self.body, self.id_maximum
-        roles = self.roles
-        guarded = self.guarded
-        id_name = next(iter(self.path_ids()), "")
 
-        async def serve(request: Request) -> Response:
-            # In the order a client would fix them: who, which, what.
-            caller = await authorize(request, *roles) if guarded else None
-            item_id = path_id(request, id_name, maximum) if id_name else 0
-            body = await read_body(request, body_type) if body_type is not None else None
-            answer = await handler(Call(request, caller, item_id, body))
-            if isinstance(answer, Response):
-                return answer
-            if answer is None:
-                return Response(status_code=status)
-            return JSONBytes(encode(answer), status)
+class Served:
+    """An endpoint as the ASGI app its route calls: access, path id, body, then the handler,
+    and its answer encoded with the declared status. Errors propagate to the app's front
+    (travel/endpoints/front.py), which answers them as problems."""
 
-        serve.__name__ = handler.__name__
-        return serve
+    __slots__ = ("body_type", "guarded", "handler", "id_name", "maximum", "roles", "status")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.handler = endpoint.handler
+        self.status = endpoint.status
+        self.body_type = endpoint.body
+        self.maximum = endpoint.id_maximum
+        self.roles = endpoint.roles
+        self.guarded = endpoint.guarded
+        self.id_name = next(iter(endpoint.path_ids()), "")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive) if self.guarded or self.body_type is not None else None
+        # In the order a client would fix them: who, which, what.
+        caller = await authorize(request, *self.roles) if request is not None and self.guarded else None
+        item_id = path_id(scope["path_params"], self.id_name, self.maximum) if self.id_name else 0
+        body = await read_body(request, self.body_type) if request is not None and self.body_type else None
+        answer = await self.handler(Call(scope, receive, request, caller, item_id, body))
+        if not isinstance(answer, Response):
+            answer = Response(status_code=self.status) if answer is None else JSONBytes(encode(answer), self.status)
+        await answer(scope, receive, send)

@@ -4,6 +4,7 @@ Each refusal is the problem+json a client can act on (docs/design.md: errors).""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import TypeVar
 
 import msgspec
@@ -22,9 +23,9 @@ ANY_JSON = msgspec.json.Decoder()
 MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-def path_id(request: Request, name: str, maximum: int = models.BIGINT_MAX) -> int:
+def path_id(path_params: Mapping[str, str], name: str, maximum: int = models.BIGINT_MAX) -> int:
     """A positive integer path parameter within `maximum`, or 422 before any I/O."""
-    raw: str = request.path_params[name]
+    raw = path_params[name]
     if raw.isascii() and raw.isdigit() and len(raw) <= 19:
         value = int(raw)
         if 1 <= value <= maximum:

@@ -29,10 +29,8 @@ TRIPS_HOURLY = rows_as("trips-hourly", models.HourTrips)
 
 async def cached(call: Call[None], key: bytes, ttl: int, load: Callable[[], Awaitable[bytes]]) -> Response:
     """Serve `key` from Redis, or `load()` it from PostgreSQL and fill the cache (docs/design.md: cache-aside)."""
-    cache: Cache = call.request.state.cache
-    # Shielded: the future is shared by every request for this key in this tick, and one
-    # client going away must not cancel it for the others.
-    lookup: Lookup = await asyncio.shield(cache.lookup(key))
+    cache: Cache = call.state.cache
+    lookup: Lookup = await cache.lookup(key)
     if lookup.value is not None:
         metrics.CACHE_HITS.inc()
         return JSONBytes(lookup.value, cache=b"HIT")
@@ -73,7 +71,7 @@ def cached_read(
             item_id = call.path_id
 
             async def load() -> bytes:
-                found = await call.request.state.db.run(statement, item_id)
+                found = await call.state.db.run(statement, item_id)
                 if not found:
                     which: dict[str, Any] = {param: item_id}
                     raise Problem(404, missing, f"no {param.removesuffix('_id')} with this id", **which)
@@ -85,7 +83,7 @@ def cached_read(
 
         async def read(call: Call[None]) -> Response:
             async def load() -> bytes:
-                return encode(shape(await call.request.state.lagging_db.run(statement)))
+                return encode(shape(await call.state.lagging_db.run(statement)))
 
             return await cached(call, fixed_key, key.ttl, load)
 
@@ -103,7 +101,7 @@ def cached_read(
 
 
 async def health(call: Call[None]) -> Response:
-    state = call.request.state
+    state = call.state
     try:  # straight to the pool: a busy service is not a dead database
         await asyncio.wait_for(PING(state.db.pool), timeout=1.0)
         database = "ok"
@@ -116,25 +114,25 @@ async def health(call: Call[None]) -> Response:
 
 
 async def users_count(call: Call[None]) -> models.Count:
-    return models.Count(await call.request.state.lagging_db.run(USERS_COUNT))
+    return models.Count(await call.state.lagging_db.run(USERS_COUNT))
 
 
 async def users_active_count(call: Call[None]) -> models.Count:
-    return models.Count(await call.request.state.lagging_db.run(USERS_ACTIVE_COUNT))
+    return models.Count(await call.state.lagging_db.run(USERS_ACTIVE_COUNT))
 
 
 async def users_latest(call: Call[None]) -> list[models.User]:
-    return [models.User(*row) for row in await call.request.state.lagging_db.run(USERS_LATEST)]
+    return [models.User(*row) for row in await call.state.lagging_db.run(USERS_LATEST)]
 
 
 async def trips_hourly(call: Call[None]) -> Response:
     hours = hourly.hours_asked(call.request)
 
     async def load() -> bytes:
-        return encode(hourly.hours_of(await call.request.state.lagging_db.run(TRIPS_HOURLY, hours)))
+        return encode(hourly.hours_of(await call.state.lagging_db.run(TRIPS_HOURLY, hours)))
 
     return await cached(call, cachekeys.trips_hourly(hours), cachekeys.trips_hourly.ttl, load)
 
 
 async def instance_stats(call: Call[None]) -> models.Stats:
-    return await stats.collect(call.request.state.db, call.request.state.cache)
+    return await stats.collect(call.state.db, call.state.cache)

@@ -24,21 +24,40 @@ class ShapeRouter(Router):
             path = getattr(route, "path", "")
             if any(segment.isdigit() for segment in path.split("/")):
                 raise ValueError(f"{path}: an all-digit segment would share its shape with an id")
-        self.by_shape: dict[tuple[str, str], Route] = {}
+        # shape -> the route, and which path segments are its ids, by name
+        self.by_shape: dict[tuple[str, str], tuple[Route, tuple[tuple[int, str], ...]]] = {}
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await super().app(scope, receive, send)
-        shape = (scope["method"], "/".join("#" if part.isdigit() else part for part in scope["path"].split("/")))
-        route = self.by_shape.get(shape)
-        if route is not None:
-            match, child_scope = route.matches(scope)
-            if match is Match.FULL:
-                scope["router"] = self
-                scope["route"] = route
-                scope.update(child_scope)
-                return await route.handle(scope, receive, send)
+        segments = scope["path"].split("/")
+        shape = (scope["method"], "/".join(["#" if part.isdigit() else part for part in segments]))
+        remembered = self.by_shape.get(shape)
+        if remembered is not None:
+            # Same shape, same route: its literal segments are equal and each id segment is
+            # digits, which its `{name}` matches; the method is part of the shape (no 405).
+            route, ids = remembered
+            scope["router"] = self
+            scope["route"] = route
+            scope["endpoint"] = route.endpoint
+            scope["path_params"] = {name: segments[index] for index, name in ids}
+            return await route.app(scope, receive, send)
         await super().app(scope, receive, send)
         found = scope.get("route")
         if isinstance(found, Route) and len(self.by_shape) < self.MAX_SHAPES and found.matches(scope)[0] is Match.FULL:
-            self.by_shape[shape] = found
+            self.by_shape[shape] = (found, _ids_of(found, segments))
+
+
+def _ids_of(route: Route, segments: list[str]) -> tuple[tuple[int, str], ...]:
+    """Where `route`'s path parameters are among the request's path segments (one per
+    `{name}` segment of its path, at the same position), or an assertion error if its path
+    is not that simple."""
+    template = route.path.split("/")
+    assert len(template) == len(segments), f"{route.path}: one path segment per template segment"
+    params = [(index, part) for index, part in enumerate(template) if "{" in part]
+    assert all(part[0] == "{" and part[-1] == "}" and ":" not in part for _, part in params), (
+        f"{route.path}: plain {{name}}"
+    )
+    ids = tuple((index, part[1:-1]) for index, part in params)
+    assert {name for _, name in ids} == set(route.param_convertors), f"{route.path}: every parameter a segment"
+    return ids

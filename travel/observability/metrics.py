@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,14 +37,37 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 POOL_SAMPLE_SECONDS = 1.0
 
 REQUESTS = Counter("travel_requests_total", "HTTP requests answered", ["route", "method", "status"])
-LATENCY = Histogram(
-    "travel_request_seconds",
-    "Time from request to the end of the answer",
-    ["route"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-CACHE_HITS = Counter("travel_cache_hits_total", "Cached reads answered from Redis")
-CACHE_MISSES = Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL")
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds, upper bounds
+LATENCY = Histogram("travel_request_seconds", "Time from request to the end of the answer", ["route"], buckets=BUCKETS)
+
+
+class Tallied:
+    """A counter counted once per request: a plain integer here, added to the Prometheus
+    `counter` in bulk by `flush_tallied` (a Prometheus increment takes a lock every time)."""
+
+    __slots__ = ("count", "counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.count = 0
+
+    def inc(self) -> None:
+        self.count += 1
+
+
+CACHE_HITS = Tallied(Counter("travel_cache_hits_total", "Cached reads answered from Redis"))
+CACHE_MISSES = Tallied(Counter("travel_cache_misses_total", "Cached reads answered from PostgreSQL"))
+_TALLIED = (CACHE_HITS, CACHE_MISSES)
+
+
+def flush_tallied() -> None:
+    """Add what the Tallied counters counted since the last flush."""
+    for tallied in _TALLIED:
+        if tallied.count:
+            tallied.counter.inc(tallied.count)
+            tallied.count = 0
+
+
 CACHE_LOADS = Counter(
     "travel_cache_loads_total", "PostgreSQL loads for cache misses (concurrent misses of one key share one)"
 )
@@ -103,5 +127,21 @@ def forget_worker() -> None:
         multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
+def observe_many(histogram: Any, counts: list[int], seconds: float) -> None:
+    """Add many observations to a labelled `histogram` at once: `counts` per bucket of
+    BUCKETS (then +Inf), `seconds` their sum. prometheus_client has no public call for it,
+    so this uses its buckets' values (tests/test_couplings.py guards them)."""
+    histogram._sum.inc(seconds)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+
+
+# Called before every scrape: what is tallied elsewhere and added here in bulk (observer.py).
+BEFORE_SCRAPE: list[Callable[[], None]] = []
+
+
 async def endpoint(_: Request) -> Response:
+    for flush in BEFORE_SCRAPE:
+        flush()
     return Response(generate_latest(_SCRAPED), media_type=CONTENT_TYPE_LATEST)

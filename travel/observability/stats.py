@@ -3,7 +3,7 @@ latency per route over the last minute, cache hits and misses, Redis's own figur
 keys per family, and the database pool. Public: route templates and key families only, never
 a path, a key or anything about a person.
 
-The observability middleware (middleware.py) calls `RECENT.observe` once per answer. Each route keeps a ring of
+The observer (observer.py) calls `RECENT.observe` once per answer. Each route keeps a ring of
 per-second slots, each a sparse log-scale histogram (20 bins per decade), so recording is a
 few dict operations, a minute of any traffic costs at most 60 small dicts per route, and a
 percentile is the middle of its bin: within 6 % of the exact value.
@@ -12,6 +12,7 @@ percentile is the middle of its bin: within 6 % of the exact value.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
 from collections import Counter
@@ -35,8 +36,12 @@ SCAN_BATCH = 1000
 SCAN_MAX_NAMES = 50_000
 
 
+# The bins' upper bounds: bin i holds latencies up to _BIN_BOUNDS[i] seconds (bisect finds it).
+_BIN_BOUNDS = tuple(10 ** ((index + 1) / BINS_PER_DECADE + _LOWEST_LOG10) for index in range(10 * BINS_PER_DECADE))
+
+
 def _bin(seconds: float) -> int:
-    return max(0, int((math.log10(max(seconds, 1e-9)) - _LOWEST_LOG10) * BINS_PER_DECADE))
+    return bisect.bisect_left(_BIN_BOUNDS, seconds)
 
 
 def _bin_middle_ms(index: int) -> float:
