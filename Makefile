@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast check container-test locust go bench topology topology-bench clean
+.PHONY: budget run test test-fast check container-test locust go bench topology topology-bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-locust.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ topology: $(STAMP)
 	bash .ci/system-packages
 	$(PY) -m pytest tests/test_topology.py tests/test_two_instances.py
 
+# PostgreSQL under Patroni + etcd in the namespace topology (root), broken four ways under a
+# stream of recharges; ends with one line per scenario. Part of `make test` too.
+failover-test: $(STAMP)
+	bash .ci/system-packages
+	@rm -f /tmp/trft-failover-summary
+	$(PY) -m pytest tests/test_failover.py; status=$$?; echo; cat /tmp/trft-failover-summary 2>/dev/null; exit $$status
+
 topology-bench: $(STAMP)
 	$(PY) -m deploy.topology.topology bench --output deploy/topology/latency-with-network.md
 
@@ -64,6 +71,13 @@ bench: $(STAMP) go
 	bash bench/system-packages
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m bench.run $(ARGS)
+
+# The API's CPU per request for hit, uncached, recharge and boarding, itemised by part from
+# py-spy profiles of the running API (README: Performance, "Where a request's CPU goes").
+budget: $(STAMP)
+	bash bench/system-packages
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m bench.budget $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
