@@ -117,6 +117,10 @@ class Network:
     delay_ms: float = DEFAULT_DELAY_MS
     netem: bool = False  # whether the delay is applied (the kernel may lack sch_netem)
     netem_note: str = ""
+    hosts: dict[str, int] = field(default_factory=lambda: dict(HOSTS))  # name -> last octet
+
+    def address(self, host: str) -> str:
+        return f"{SUBNET}.{self.hosts[host]}"
 
     def __post_init__(self) -> None:
         if len(self.port("client")) > 15:
@@ -138,7 +142,7 @@ class Network:
         return f"{self.prefix}-{host}"
 
     def namespaces(self) -> list[str]:
-        return [self.ns(host) for host in HOSTS] + [self.lan]
+        return [self.ns(host) for host in self.hosts] + [self.lan]
 
     def exec_prefix(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host)]
@@ -155,14 +159,14 @@ class Network:
         _run("ip", "-n", lan, "link", "add", self.bridge, "type", "bridge")
         _run("ip", "-n", lan, "link", "set", self.bridge, "up")
         self.netem, self.netem_note = self.delay_ms > 0, ""
-        for host in HOSTS:
+        for host in self.hosts:
             ns = self.ns(host)
             _run("ip", "netns", "add", ns)
             _run(
                 "ip", "-n", lan, "link", "add", self.port(host), "type", "veth", "peer", "name", HOST_IFACE, "netns", ns
             )
             _run("ip", "-n", lan, "link", "set", self.port(host), "master", self.bridge, "up")
-            _run("ip", "-n", ns, "addr", "add", f"{address(host)}/24", "dev", HOST_IFACE)
+            _run("ip", "-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", HOST_IFACE)
             _run("ip", "-n", ns, "link", "set", HOST_IFACE, "up")
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             if self.netem:
@@ -295,6 +299,7 @@ def start_api(
     log_path: Path,
     demo_scale: int = 0,
     workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """VM1: `python server.py` on the private address, with the seed's port (its health is
     polled from the client's namespace: this one has no route to it)."""
@@ -309,6 +314,7 @@ def start_api(
     }
     if demo_scale:
         env["DEMO_SCALE"] = str(demo_scale)
+    env.update(extra_env or {})
     command = [*network.exec_prefix("vm1"), sys.executable, "server.py"]
     return ServerProcess(env, command=command, port=API_PORT, log_path=log_path, inherit_env=False).process
 
