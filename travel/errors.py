@@ -90,6 +90,10 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.QueryCanceledError,  # statement_timeout / command_timeout
+    # A pipelined batch whose server went away mid-way (a failover) can leave asyncpg's protocol
+    # in a state it reports as InternalClientError; a multi-host URL with no writable host is
+    # TargetServerAttributeNotMatched (a subclass). Both mean "no primary now": retry.
+    asyncpg.exceptions.InternalClientError,
 )
 # Anything PostgreSQL can do to a statement: refuse it, or not be there.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *DATABASE_UNAVAILABLE_ERRORS)
