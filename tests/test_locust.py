@@ -85,9 +85,10 @@ async def test_locust_headless_makes_every_kind_of_request_and_none_fails(stack:
             env={"ADMIN_TOKEN": TOKENS["admin"], "CARDS": "10000", "RETRY_SHARE": "0.5", "PATH": ""},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            cwd=tmp_path,
+            cwd=ROOT,  # the locustfile imports bench.mix: Locust puts the working directory on sys.path
         )
         output, _ = await asyncio.wait_for(locust.communicate(), timeout=60)
+    assert report.exists(), output.decode(errors="replace")[-3000:]  # Locust did not run: why
     stats = {(entry["method"], entry["name"]): entry for entry in json.loads(report.read_text())}
     failed = {kind: entry["num_failures"] for kind, entry in stats.items() if entry["num_failures"]}
     assert failed == {}, output.decode()[-3000:]
