@@ -4,18 +4,21 @@ work, Redis's figures and keys per family, the pool; public, and still answering
 from __future__ import annotations
 
 import asyncio
+import bisect
+import time
 from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import Histogram
 
 import cachekeys
 from tests.support.api import json_body
 from tests.support.polling import eventually_async
 from tests.support.stack import Api, serve_api
 from travel import models
-from travel.observability import stats
+from travel.observability import metrics, observer, stats
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import free_port
 
@@ -84,16 +87,45 @@ async def test_without_redis_the_cache_part_is_down_and_the_rest_answers(
         assert route(body, TOTALS)["requests"] >= 1 and body["pool"]["size"] >= 1
 
 
+def one_bin(seconds: float, count: int) -> list[int]:
+    """Latency bins (stats.BOUNDS) holding `count` answers of `seconds` each."""
+    bins = [0] * (len(stats.BOUNDS) + 1)
+    bins[bisect.bisect_left(stats.BOUNDS, seconds)] = count
+    return bins
+
+
 def test_percentiles_come_from_the_right_bins() -> None:
     recent = stats.Recent()
-    for _ in range(98):
-        recent.observe("/fast", 0.001, b"HIT")
-    for _ in range(2):
-        recent.observe("/fast", 0.100, b"MISS")
+    second = int(time.monotonic())
+    recent.add("/fast", second, 98, one_bin(0.001, 98), b"HIT")
+    recent.add("/fast", second, 2, one_bin(0.100, 2), b"MISS")
     [figures] = recent.route_stats()
     assert figures.requests == 100
     assert abs(figures.p50_ms - 1.0) / 1.0 < 0.06 and abs(figures.p99_ms - 100.0) / 100.0 < 0.06
     assert recent.cache_stats("ok").window_hit_ratio == 0.98
+
+
+async def test_tallied_answers_reach_prometheus_exactly_as_one_observation_each() -> None:
+    """The observer tallies answers and flushes them in bulk: the histogram and counter it
+    leaves are those that one observe() per answer would have left, bucket for bucket."""
+    latencies = [0.0004, 0.0005, 0.00051, 0.001, 0.0049, 0.02, 0.3, 2.5, 7.0]
+    answers = observer.Observer(None)
+    exchange = observer.Exchange(lambda _: None, b"rid")
+    exchange.status, exchange.cache = 200, b"HIT"
+    for seconds in latencies:
+        answers.answered("/tallied", "GET", "/tallied", exchange, seconds)
+    answers.flush()
+    expected = Histogram("expected_seconds", "the same, one observe() each", buckets=metrics.BUCKETS, registry=None)
+    for seconds in latencies:
+        expected.observe(seconds)
+
+    def buckets(samples: list[Any]) -> list[tuple[str, float]]:
+        return [(sample.labels["le"], sample.value) for sample in samples if sample.name.endswith("_bucket")]
+
+    [got] = [metric for metric in metrics.LATENCY.collect()]
+    ours = [sample for sample in got.samples if sample.labels.get("route") == "/tallied"]
+    assert buckets(ours) == buckets(next(iter(expected.collect())).samples)
+    assert metrics.REQUESTS.labels("/tallied", "GET", 200)._value.get() == len(latencies)
 
 
 def test_key_families_come_from_cachekeys() -> None:

@@ -137,11 +137,16 @@ def observe_many(histogram: Any, counts: list[int], seconds: float) -> None:
             bucket.inc(count)
 
 
-# Called before every scrape: what is tallied elsewhere and added here in bulk (observer.py).
-BEFORE_SCRAPE: list[Callable[[], None]] = []
+# What is tallied elsewhere and added here in bulk (observer.py): flushed before a scrape.
+PENDING: list[Callable[[], None]] = []
+
+
+def flush_pending() -> None:
+    """Add every tally taken since the last flush, before anything reads the figures."""
+    for flush in PENDING:
+        flush()
 
 
 async def endpoint(_: Request) -> Response:
-    for flush in BEFORE_SCRAPE:
-        flush()
+    flush_pending()
     return Response(generate_latest(_SCRAPED), media_type=CONTENT_TYPE_LATEST)

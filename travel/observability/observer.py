@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from typing import Any
+import time
 
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Send
 
 from travel.observability import logs, metrics, stats
-from travel.observability.metrics import BUCKETS
 
 CLIENT_CLOSED_REQUEST = 499
 FLUSH_SECONDS = 1.0  # how stale another worker's figures may be in a scrape
@@ -53,59 +52,69 @@ class Exchange:
 
 
 class _Tally:
-    """The answers of one (route, method, status) since the last flush: how many, their
-    seconds, and how many fell in each of LATENCY's buckets (the last: past them all)."""
+    """The answers of one (route, method, status, X-Cache) since the last flush: how many,
+    their seconds, and how many fell in each latency bin (stats.BOUNDS)."""
 
-    __slots__ = ("buckets", "count", "latency", "requests", "seconds")
+    __slots__ = ("bins", "cache", "count", "latency", "requests", "route", "seconds")
 
-    def __init__(self, requests: Any, latency: Any) -> None:
-        self.requests = requests  # the Prometheus children the flush adds to
-        self.latency = latency
+    def __init__(self, route: str, method: str, status: int, cache: bytes) -> None:
+        self.route = route
+        self.cache = cache
+        self.requests = metrics.REQUESTS.labels(route, method, status)  # what the flush adds to
+        self.latency = metrics.LATENCY.labels(route)
         self.count = 0
         self.seconds = 0.0
-        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.bins = [0] * _BINS
+
+
+_BINS = len(stats.BOUNDS) + 1
+# The Prometheus bucket of each latency bin: exact, as every bucket bound is a bin bound.
+_BUCKET_OF = [bisect.bisect_left(metrics.BUCKETS, bound) for bound in stats.BOUNDS] + [len(metrics.BUCKETS)]
 
 
 class Observer:
-    """Records answers. Per request it only adds to plain counters (`answered`); the
-    Prometheus metrics receive the sums once a second and before each scrape (`flush`), so
-    no lock is taken and no bucket searched twice per request. Requests are logged when
-    `access_log` is given."""
+    """Records answers. Per request it adds to one tally (`answered`): no lock, no second
+    bucket search, no per-second ring. Once a second, and before a scrape or /stats reads
+    them (`flush`), the tallies go to the Prometheus metrics (the shared files with several
+    workers) and to /stats's last minute. Requests are logged when `access_log` is given."""
 
     def __init__(self, access_log: logs.AccessLog | None) -> None:
         self.access_log = access_log
-        self._tallies: dict[tuple[str, str, int], _Tally] = {}
+        self._tallies: dict[tuple[str, str, int, bytes], _Tally] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-        metrics.BEFORE_SCRAPE.append(self.flush)
+        metrics.PENDING.append(self.flush)
 
     def answered(self, route: str, method: str, path: str, exchange: Exchange, elapsed: float) -> None:
-        status = exchange.status
-        tally = self._tallies.get((route, method, status))
+        key = (route, method, exchange.status, exchange.cache)
+        tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[route, method, status] = _Tally(
-                metrics.REQUESTS.labels(route, method, status), metrics.LATENCY.labels(route)
-            )
+            tally = self._tallies[key] = _Tally(*key)
         tally.count += 1
         tally.seconds += elapsed
-        tally.buckets[bisect.bisect_left(BUCKETS, elapsed)] += 1
+        tally.bins[bisect.bisect_left(stats.BOUNDS, elapsed)] += 1
         if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-        stats.RECENT.observe(route, elapsed, exchange.cache)
         if self.access_log is not None:
-            self.access_log.request(exchange.rid, method, path, route, status, elapsed, exchange.cache)
+            self.access_log.request(exchange.rid, method, path, route, key[2], elapsed, key[3])
 
     def flush(self) -> None:
-        """Add what was tallied to the Prometheus metrics (the shared files with several workers)."""
+        """Hand what was tallied to Prometheus and to /stats."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
         metrics.flush_tallied()
+        second = int(time.monotonic())
         for tally in self._tallies.values():
-            if tally.count:
-                tally.requests.inc(tally.count)
-                metrics.observe_many(tally.latency, tally.buckets, tally.seconds)
-                tally.count, tally.seconds = 0, 0.0
-                tally.buckets = [0] * len(tally.buckets)
+            if not tally.count:
+                continue
+            buckets = [0] * (len(metrics.BUCKETS) + 1)
+            for index, count in enumerate(tally.bins):
+                if count:
+                    buckets[_BUCKET_OF[index]] += count
+            tally.requests.inc(tally.count)
+            metrics.observe_many(tally.latency, buckets, tally.seconds)
+            stats.RECENT.add(tally.route, second, tally.count, tally.bins, tally.cache)
+            tally.count, tally.seconds, tally.bins = 0, 0.0, [0] * _BINS
 
 
 def observer(access_log: bool = True) -> Observer:

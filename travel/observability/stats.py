@@ -3,16 +3,17 @@ latency per route over the last minute, cache hits and misses, Redis's own figur
 keys per family, and the database pool. Public: route templates and key families only, never
 a path, a key or anything about a person.
 
-The observer (observer.py) calls `RECENT.observe` once per answer. Each route keeps a ring of
-per-second slots, each a sparse log-scale histogram (20 bins per decade), so recording is a
-few dict operations, a minute of any traffic costs at most 60 small dicts per route, and a
-percentile is the middle of its bin: within 6 % of the exact value.
+The observer (observer.py) tallies each answer's latency bin (`BOUNDS`: 20 log-scale bins per
+decade, and Prometheus's bucket bounds too, so that its buckets are exact sums of bins) and
+hands the tallies to `RECENT.add` once a second and before /stats reads them. Each route keeps
+a ring of per-second slots, each a sparse histogram, so a minute of any traffic costs at most
+60 small dicts per route, and a percentile is the middle of its bin: within 6 % of the exact
+value.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 import cachekeys
 from travel import models
+from travel.observability import metrics
 
 if TYPE_CHECKING:
     from travel.cache import Cache
@@ -37,15 +39,21 @@ SCAN_MAX_NAMES = 50_000
 
 
 # The bins' upper bounds: bin i holds latencies up to _BIN_BOUNDS[i] seconds (bisect finds it).
-_BIN_BOUNDS = tuple(10 ** ((index + 1) / BINS_PER_DECADE + _LOWEST_LOG10) for index in range(10 * BINS_PER_DECADE))
-
-
-def _bin(seconds: float) -> int:
-    return bisect.bisect_left(_BIN_BOUNDS, seconds)
+# Upper bounds (seconds) of the latency bins: bin i holds latencies up to BOUNDS[i], the
+# last bin (len(BOUNDS)) everything slower. Prometheus's bounds are among them.
+BOUNDS = tuple(
+    sorted(
+        {10 ** ((index + 1) / BINS_PER_DECADE + _LOWEST_LOG10) for index in range(10 * BINS_PER_DECADE)}
+        | set(metrics.BUCKETS)
+    )
+)
 
 
 def _bin_middle_ms(index: int) -> float:
-    return 1000 * 10 ** ((index + 0.5) / BINS_PER_DECADE + _LOWEST_LOG10)
+    """The geometric middle of bin `index`, in milliseconds."""
+    low = BOUNDS[index - 1] if index > 0 else BOUNDS[0] / 10 ** (1 / BINS_PER_DECADE)
+    high = BOUNDS[index] if index < len(BOUNDS) else BOUNDS[-1] * 10 ** (1 / BINS_PER_DECADE)
+    return 1000 * math.sqrt(low * high)
 
 
 class _Second:
@@ -97,23 +105,24 @@ class Recent:
         self.misses = 0
         self._cache = _Ring()  # answers = hits, bins[0] = misses
 
-    def observe(self, route: str, seconds: float, cache: bytes) -> None:
-        """Count one answer of `route` that took `seconds`; `cache` is its X-Cache (b"" if none)."""
-        now = int(time.monotonic())
+    def add(self, route: str, second: int, answers: int, bins: list[int], cache: bytes) -> None:
+        """Count `answers` of `route` in `second` (monotonic), `bins[i]` of them in latency bin
+        i; `cache` is their X-Cache (b"" if none)."""
         ring = self.routes.get(route)
         if ring is None:
             ring = self.routes[route] = _Ring()
-        slot = ring.at(now)
-        slot.answers += 1
-        index = _bin(seconds)
-        slot.bins[index] = slot.bins.get(index, 0) + 1
+        slot = ring.at(second)
+        slot.answers += answers
+        for index, count in enumerate(bins):
+            if count:
+                slot.bins[index] = slot.bins.get(index, 0) + count
         if cache == b"HIT":
-            self.hits += 1
-            self._cache.at(now).answers += 1
+            self.hits += answers
+            self._cache.at(second).answers += answers
         elif cache == b"MISS":
-            self.misses += 1
-            misses = self._cache.at(now).bins
-            misses[0] = misses.get(0, 0) + 1
+            self.misses += answers
+            misses = self._cache.at(second).bins
+            misses[0] = misses.get(0, 0) + answers
 
     def window(self) -> float:
         """Seconds the figures cover: the last minute, or less just after start."""
@@ -228,6 +237,7 @@ async def redis_stats(cache: Cache) -> models.RedisStats | None:
 
 async def collect(database: Database, cache: Cache) -> models.Stats:
     """Everything /stats answers, for this process."""
+    metrics.flush_pending()  # the answers tallied since the last flush
     redis = await redis_stats(cache)
     pool = database.pool
     size, idle = pool.get_size(), pool.get_idle_size()
