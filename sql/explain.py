@@ -42,8 +42,14 @@ from travel.startup.embedded import EmbeddedStack
 
 BIG_TABLE_ROWS = 10_000
 # Not on a request's path: the reconciliation audit (README: Reliability) and the
-# background pruning task. Everything else serves a request.
-OFF_HOT_PATH = {"unreconciled-cards": "audit", "prune-idempotency-keys": "background task"}
+# background pruning task; nor on the Python service's: the Go version's single-item writes
+# (go/README.md). Everything else serves a request.
+OFF_HOT_PATH = {
+    "unreconciled-cards": "audit",
+    "prune-idempotency-keys": "background task",
+    "recharge-card": "Go version",
+    "board-trip": "Go version",
+}
 USER_FUNCTIONS = set(
     re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\s*\(", (PROJECT_ROOT / "sql" / "functions.sql").read_text())
 )
@@ -241,6 +247,7 @@ async def pick_parameters(conn: asyncpg.Connection) -> tuple[str, dict[str, tupl
     )
     return described, {
         "board-cards": ([rider["card_id"]], [route["route_id"]], [route["origin_station_id"]]),
+        "board-trip": (rider["card_id"], route["route_id"], route["origin_station_id"]),
         "bump-cache-epoch": (),
         "cache-epoch": (),
         "card-balance": (trip["card_id"],),
@@ -266,6 +273,13 @@ async def pick_parameters(conn: asyncpg.Connection) -> tuple[str, dict[str, tupl
             [point],
             [token["token_id"] if token else None],
             [f"explain-{tag}" if token else None],
+        ),
+        "recharge-card": (
+            rider["card_id"],
+            5000,
+            point,
+            token["token_id"] if token else None,
+            f"explain-one-{tag}" if token else None,
         ),
         "register-token": (hashlib.sha256(tag.encode()).digest(), "admin", "explain.py", None),
         "revenue-by-locality": (),

@@ -522,6 +522,11 @@ async def test_runtime_role_runs_every_query_of_the_api(vm3_database: Vm3Databas
         ]
         await conn.add_listener("write_tokens", lambda *_: None)
         await run(conn, "revoke-token", made["token_id"])
+        # The Go version's single-item writes (go/README.md) are not the API's: grants.sql does
+        # not grant recharge_card and board_trip, and the runtime role is refused them.
+        for name, args in (("recharge-card", (card_id, 1000, 1, None, None)), ("board-trip", (card_id, 1, 1))):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await run(conn, name, *args)
     finally:
         await conn.close()
     assert ran == set(queries), f"not exercised here: {set(queries) - ran}"
