@@ -8,7 +8,8 @@
 # never reads a Redis key written before the switch: nothing the old primary had and the new one
 # lacks (a commit cancelled while it waited for the standby, a write of the degraded,
 # single-host time) can be served from the cache. Idempotent; a failure is logged, never fatal.
-set -uo pipefail
+# The psql below runs inside an if: under -e its failure is retried, not fatal.
+set -euo pipefail
 action=${1:-} role=${2:-} scope=${3:-}
 database=${TRAVEL_DATABASE:-travel}
 case "$role" in
