@@ -205,7 +205,10 @@ async def handle_unexpected(_: Request, exc: Exception) -> Response:
 async def handle_http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-    return Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
+    headers = dict(exc.headers or {})
+    if "Allow" in headers:  # Starlette joins a set: the same answer in the same order every time
+        headers["Allow"] = ", ".join(sorted(method.strip() for method in headers["Allow"].split(",")))
+    return Problem(exc.status_code, code, str(exc.detail), headers=headers).response()
 
 
 async def handle_overloaded(_: Request, exc: Exception) -> Response:
