@@ -265,8 +265,7 @@ async def test_a_trailing_slash_is_404_and_never_a_redirect_to_the_host_header(h
 def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
     tcp = protocol.uvicorn_options(Settings())
     assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, protocol.KEEP_ALIVE_SECONDS)
-    assert tcp["http"].func is protocol.EdgeProtocol
-    assert tcp["http"].keywords == {"read_timeout": 10.0, "per_address": 0}  # 0: the protocol derives it from the cap
+    assert tcp["http"].func is protocol.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
     assert "uds" not in tcp and tcp["proxy_headers"] is False
     uds = protocol.uvicorn_options(Settings(unix_socket="/run/api.sock"))
     assert uds["uds"] == "/run/api.sock" and "host" not in uds
