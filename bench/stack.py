@@ -24,7 +24,7 @@ from bench.ceilings import KINDS as CEILING_KINDS
 from bench.cpu import CpuProbe
 from travel import PROJECT_ROOT
 from travel.startup.embedded import EmbeddedStack
-from travel.startup.processes import ServerProcess
+from travel.startup.processes import ServerProcess, free_port
 
 CEILING_HEALTH = "/ceiling/1"  # a ceiling app is ready when it serves
 GO_BUILD = PROJECT_ROOT / "go" / "build.sh"
@@ -211,15 +211,17 @@ def stack_probe(stack: EmbeddedStack | None) -> CpuProbe:
 
 
 def start_ceilings(database_url: str, redis_url: str, pinning: Pinning, log_dir: Path) -> dict[str, ServerProcess]:
-    return {
-        kind: ServerProcess(
+    ceilings = {}
+    for kind in CEILING_KINDS:
+        port = free_port()
+        ceilings[kind] = ServerProcess(
             {"DATABASE_URL": database_url, "REDIS_URL": redis_url},
             command=[*pinning.server_prefix(), sys.executable, "-m", "bench.ceilings", kind],
+            port=port,
             log_path=log_dir / f"ceiling-{kind}.log",
-            health_path=CEILING_HEALTH,
+            health_url=f"http://127.0.0.1:{port}{CEILING_HEALTH}",
         )
-        for kind in CEILING_KINDS
-    }
+    return ceilings
 
 
 async def database_facts(database_url: str) -> dict[str, Any]:

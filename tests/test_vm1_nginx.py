@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.servers import API, server_process
+from tests.support.servers import API, NOT_INHERITED
 from tests.support.stack import fresh_database
 from travel.startup.embedded import EmbeddedStack
-from travel.startup.processes import free_port, stop_process
+from travel.startup.processes import ServerProcess, free_port, stop_process
 
 pytestmark = pytest.mark.root
 
@@ -92,10 +92,12 @@ def nginx(work: Path) -> Iterator[int]:
 async def vm1(stack: EmbeddedStack, template_url: str, nginx: int, work: Path) -> AsyncIterator[Vm1]:
     """nginx, and the API serving on the unix socket only."""
     database_url = await fresh_database(stack, "vm1")
-    api = server_process(
-        work / "api.log", DATABASE_URL=database_url, REDIS_URL=stack.redis.url, UNIX_SOCKET=str(work / "api.sock")
+    clean = {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
+    env = {**clean, "DATABASE_URL": database_url, "REDIS_URL": stack.redis.url, "UNIX_SOCKET": str(work / "api.sock")}
+    # The API has no TCP port: its health is asked through nginx.
+    api = ServerProcess(
+        env, log_path=work / "api.log", health_url=f"http://127.0.0.1:{nginx}{API}/health", inherit_env=False
     )
-    api.health_url = f"http://127.0.0.1:{nginx}{API}/health"  # the API has no TCP port: ask through nginx
     try:
         api.wait_healthy()
         yield Vm1(f"http://127.0.0.1:{nginx}{API}", "127.0.0.1", nginx)

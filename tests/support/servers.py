@@ -16,7 +16,7 @@ StartServer = Callable[..., ServerProcess]
 NOT_INHERITED = ("DATABASE_URL", "REDIS_URL", "DEMO_SCALE", "ADMIN_TOKEN")
 
 
-def server_process(log_path: Path | None = None, **env: str) -> ServerProcess:
+def server_process(log_path: Path, **env: str) -> ServerProcess:
     """`python server.py` with `env` (not yet healthy: call wait_healthy)."""
     clean = {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
     return ServerProcess({**clean, **env}, log_path=log_path, inherit_env=False)

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -68,17 +67,18 @@ class ServerProcess:
         self,
         env: dict[str, str],
         *,
+        log_path: Path,
         command: Sequence[str] = (sys.executable, "server.py"),
         port: int | None = None,
         host: str = "127.0.0.1",
-        log_path: Path | None = None,
-        health_path: str = "/api/v1/health",
+        health_url: str = "",
         inherit_env: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://{host}:{self.port}"
-        self.health_url = self.base_url + health_path
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
+        # Where its health is asked: its own API, unless it listens elsewhere (behind nginx).
+        self.health_url = health_url or self.base_url + "/api/v1/health"
+        self.log_path = log_path
         base = dict(os.environ) if inherit_env else {}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
