@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -209,6 +210,29 @@ class Database:
         self.pool = pool
         self.max_in_flight = pool.get_max_size() + max_waiting
         self.in_flight = 0
+        # Reads not yet sent, by (query, arguments): what arrives in the same tick joins them.
+        self._gathering: dict[tuple[Any, ...], list[asyncio.Future[Any]]] = {}
+
+    def read(self, query: Query, *args: Any) -> asyncio.Future[Any]:
+        """The answer of a read-only `query`, shared with the identical reads that arrive in
+        the same event-loop tick: one connection and one round trip for all of them. Each
+        still sees PostgreSQL as it was after it arrived, since the statement is sent only
+        once the tick is over (it is never one already running). Each caller waits on a
+        future of its own: one that goes away cancels only its wait."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        key = (query, *args)
+        waiting = self._gathering.get(key)
+        if waiting is None:
+            self._gathering[key] = [future]
+            asyncio.get_running_loop().call_soon(self._send_read, key)
+        else:
+            waiting.append(future)
+        return future
+
+    def _send_read(self, key: tuple[Any, ...]) -> None:
+        waiting = self._gathering.pop(key)
+        task = asyncio.ensure_future(self.run(*key))
+        task.add_done_callback(functools.partial(_answer_each, waiting))
 
     async def run(self, query: Query, *args: Any) -> Any:
         """Run a named query on a pooled connection; raise Overloaded past the bound."""
@@ -217,7 +241,10 @@ class Database:
         self.in_flight += 1
         try:
             try:
-                conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)
+                # A wait for a connection is bounded, but bounding it costs a task per call
+                # (asyncio.wait_for): when one is idle there is no wait to bound.
+                idle = self.pool.get_idle_size()
+                conn = await (self.pool.acquire() if idle else self.pool.acquire(timeout=ACQUIRE_TIMEOUT))
             except TimeoutError:
                 # Every connection busy all along: overload. Otherwise connecting timed out.
                 if self.pool.get_size() >= self.pool.get_max_size():
@@ -235,6 +262,19 @@ class Database:
                 await self.pool.release(conn)
         finally:
             self.in_flight -= 1
+
+
+def _answer_each(waiting: list[asyncio.Future[Any]], task: asyncio.Future[Any]) -> None:
+    """Hand a shared read's answer (or its error) to each reader still waiting."""
+    for future in waiting:
+        if future.done():
+            continue
+        if task.cancelled():
+            future.cancel()
+        elif (error := task.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task.result())
 
 
 class Overloaded(Exception):
