@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http import flow_control, httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from travel.edge import protocol
@@ -88,6 +88,26 @@ def test_uvicorns_protocol_still_has_every_attribute_and_hook_the_edge_uses() ->
     unlisted = sorted(name for name in defined - OVERRIDDEN_HOOKS if callable(getattr(HttpToolsProtocol, name, None)))
     assert not unlisted, f"EdgeProtocol now overrides {unlisted} of uvicorn's: add them to OVERRIDDEN_HOOKS"
     assert OVERRIDDEN_HOOKS <= defined, f"EdgeProtocol no longer overrides {sorted(OVERRIDDEN_HOOKS - defined)}"
+
+
+def test_the_cycle_and_flow_control_still_have_what_the_edge_reads_and_sets() -> None:
+    """EdgeProtocol stalls a connection through uvicorn's FlowControl and abandons a request
+    being read through its RequestResponseCycle (travel/edge/protocol.py: pause_writing, refuse)."""
+    edge = _class_node(protocol, "EdgeProtocol")
+    attributes = [sub for sub in ast.walk(edge) if isinstance(sub, ast.Attribute)]
+    on_cycle = {sub.attr for sub in attributes if isinstance(sub.value, ast.Name) and sub.value.id == "cycle"} | {
+        sub.attr for sub in attributes if isinstance(sub.value, ast.Attribute) and sub.value.attr == "cycle"
+    }
+    assert {"disconnected", "message_event", "keep_alive", "response_started"} <= on_cycle, on_cycle
+    missing = sorted(on_cycle - _assigned_on_self(_class_node(httptools_impl, "RequestResponseCycle")))
+    assert not missing, f"uvicorn's RequestResponseCycle no longer has {missing}, which travel/edge/protocol.py uses"
+    on_flow = {sub.attr for sub in attributes if isinstance(sub.value, ast.Attribute) and sub.value.attr == "flow"}
+    assert {"write_paused", "pause_reading", "resume_reading"} <= on_flow, on_flow
+    missing = sorted(on_flow - _assigned_on_self(_class_node(flow_control, "FlowControl")))
+    assert not missing, f"uvicorn's FlowControl no longer has {missing}, which travel/edge/protocol.py uses"
+    # EdgeProtocol applies the connection cap itself and sets limit_concurrency to None so
+    # that uvicorn's own check (a text/plain 503 to every request at the cap) stays off.
+    assert "self.limit_concurrency is not None" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
 
 
 def test_uvicorns_protocol_constructor_takes_what_the_edge_passes_on() -> None:

@@ -55,7 +55,9 @@ async def served(
     """One server for the module, with a one-second READ_TIMEOUT."""
     database_url = await fresh_database(stack, "edge")
     log_path = tmp_path_factory.mktemp("edge") / "server.log"
-    with serving(database_url, stack.redis.url, log_path, READ_TIMEOUT=str(READ_TIMEOUT)) as running:
+    # 2,000 connections from one address: more than its default share of connection slots.
+    env = {"READ_TIMEOUT": str(READ_TIMEOUT), "MAX_CONNECTIONS_PER_ADDRESS": "4096"}
+    with serving(database_url, stack.redis.url, log_path, **env) as running:
         yield running
 
 
@@ -228,27 +230,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
 
 
 # ---------------------------------------------------------------- the connection cap
-async def test_connections_past_the_cap_are_closed_at_once_and_service_resumes(
-    stack: EmbeddedStack, template_url: str, tmp_path: Path
-) -> None:
-    cap = 20
-    database_url = await fresh_database(stack, "edgecap")
-    with serving(database_url, stack.redis.url, tmp_path / "server.log", MAX_CONNECTIONS=str(cap)) as server:
-        held = [await asyncio.open_connection(server.host, server.port) for _ in range(cap)]
-        reader, writer = await asyncio.open_connection(server.host, server.port)
-        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await read_all(reader, timeout=5) == b""  # closed unanswered: no descriptor kept
-        writer.close()
-        for _, held_writer in held:
-            held_writer.close()
-        await asyncio.gather(*(held_writer.wait_closed() for _, held_writer in held))
-        async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(100):  # the server notices the closes within its loop's next turns
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"http://{server.host}:{server.port}/api/v1/health")).status_code == 200:
-                        break
-            else:
-                pytest.fail("the server did not answer once the held connections were closed")
+# At the cap the oldest idle connection makes room, else a 503 problem: tests/test_edge_fairness.py.
 
 
 # ---------------------------------------------------------------- finding 7: no open redirect
@@ -265,7 +247,8 @@ async def test_a_trailing_slash_is_404_and_never_a_redirect_to_the_host_header(h
 def test_uvicorn_options_bound_the_protocol_and_choose_the_listener() -> None:
     tcp = protocol.uvicorn_options(Settings())
     assert (tcp["host"], tcp["port"], tcp["timeout_keep_alive"]) == ("127.0.0.1", 8000, protocol.KEEP_ALIVE_SECONDS)
-    assert tcp["http"].func is protocol.EdgeProtocol and tcp["http"].keywords == {"read_timeout": 10.0}
+    assert tcp["http"].func is protocol.EdgeProtocol
+    assert tcp["http"].keywords == {"read_timeout": 10.0, "per_address": 0}  # 0: the protocol derives it from the cap
     assert "uds" not in tcp and tcp["proxy_headers"] is False
     uds = protocol.uvicorn_options(Settings(unix_socket="/run/api.sock"))
     assert uds["uds"] == "/run/api.sock" and "host" not in uds

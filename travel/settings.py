@@ -46,6 +46,7 @@ class Settings:
     unix_socket: str = ""  # listen on this unix socket (behind nginx) instead of host:port
     read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge/protocol.py)
     max_connections: int = 0  # open connections per worker; 0: edge/protocol.py's default under the fd limit
+    max_connections_per_address: int = 0  # of them, from one client address; 0: 512 (at most half)
     embedded_stack: bool = True  # start a private PostgreSQL/Redis for unset URLs (the image says 0)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,7 @@ class Settings:
                 f"seconds, more than 0 and at most {MAX_READ_TIMEOUT:g}",
             ),
             ("max_connections", 0 <= self.max_connections, "0 (automatic) or more"),
+            ("max_connections_per_address", 0 <= self.max_connections_per_address, "0 (automatic) or more"),
         )
         for name, valid, expected in checks:
             if not valid:
