@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             cache = Cache(redis, await CACHE_EPOCH(conn))
         metrics.watch_pool(primary)
 
-        tokens = TokenCache()
+        tokens = TokenCache(failures=auth.FailedAuthentications(settings.auth_failures_per_minute))
 
         def on_epoch(payload: str) -> None:
             cache.epoch = max(cache.epoch, int(payload))

@@ -656,10 +656,12 @@ BEGIN
     RETURN NEXT v_card;
 END $$;
 
--- Register a write token (only its sha256 is kept) and return its id.
+-- Register a write token (only its sha256 is kept) and return its id. Every API instance
+-- hears of it (LISTEN write_tokens, `created`): it forgets the tokens it cached as unknown.
 CREATE OR REPLACE FUNCTION register_token(p_token_hash bytea, p_role text, p_label text,
                                           p_recharge_point_id integer DEFAULT NULL)
 RETURNS integer LANGUAGE sql AS $$
+    SELECT pg_notify('write_tokens', 'created');
     INSERT INTO write_tokens AS w (token_hash, role, label, recharge_point_id)
     VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)
     ON CONFLICT (token_hash) DO UPDATE
@@ -668,7 +670,7 @@ RETURNS integer LANGUAGE sql AS $$
     RETURNING w.token_id
 $$;
 
--- A new token (only its sha256 is kept); the API has checked that a recharge point's token,
+-- A new token (only its sha256 is kept), heard of as register_token's; the API has checked that a recharge point's token,
 -- and only it, names a point.
 CREATE OR REPLACE FUNCTION create_token(p_token_hash bytea, p_role text, p_label text,
                                         p_recharge_point_id integer)
@@ -679,6 +681,7 @@ BEGIN
         PERFORM refuse('TRN06', 'recharge point not found',
                        jsonb_build_object('recharge_point_id', p_recharge_point_id));
     END IF;
+    PERFORM pg_notify('write_tokens', 'created');
     RETURN QUERY
     INSERT INTO write_tokens (token_hash, role, label, recharge_point_id)
     VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)

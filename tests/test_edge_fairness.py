@@ -1,12 +1,15 @@
 """Fair to every client (docs/design.md: the edge; issue 20), against `python server.py` in a
-process of its own: slow readers, a connection hog, h2c and split trailers. The attacks are tests/support/attacks.py's; /health is probed from another
+process of its own: slow readers, a connection hog, a failed-authentication flood, h2c and
+split trailers. The attacks are tests/support/attacks.py's; /health is probed from another
 loopback address (127.0.0.2), as another client would be. Loopback only; every wait is bounded."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -197,6 +200,52 @@ async def test_at_the_workers_cap_the_oldest_idle_connection_makes_room_else_a_5
         await asyncio.sleep(0.5)
         counted = refusals(server)
         assert counted["idle closed for a new connection"] >= 1 and counted["connections per worker"] >= 1, counted
+
+
+# ---------------------------------------------------------------- failed authentication
+async def test_a_failed_authentication_flood_gets_429_and_valid_tokens_keep_working(
+    stack: EmbeddedStack, template_url: str, tmp_path: Path
+) -> None:
+    database_url = await fresh_database(stack, "authflood")
+    limit = 20
+    with serving(database_url, stack.redis.url, tmp_path / "server.log", AUTH_FAILURES_PER_MINUTE=str(limit)) as server:
+        base = f"http://{server.host}:{server.port}/api/v1"
+        admin = {"Authorization": "Bearer admin-token-for-tests"}
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            assert (await http.get("/users/latest", headers=admin)).status_code == 200
+            statuses = []
+            for _ in range(limit + 30):
+                response = await http.get("/users/latest", headers={"Authorization": f"Bearer {secrets.token_hex(16)}"})
+                statuses.append(response.status_code)
+            assert statuses[:limit] == [401] * limit and set(statuses[limit:]) == {429}, statuses
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.json()["code"] == "TOO_MANY_FAILED_AUTHENTICATIONS"
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+            assert (await http.get("/users/latest", headers=admin)).status_code == 200  # the same address
+            assert (await http.get("/users/latest")).status_code == 429  # no token at all is a failure too
+
+
+async def test_a_token_registered_after_it_was_refused_works_at_once(
+    stack: EmbeddedStack, template_url: str, tmp_path: Path
+) -> None:
+    """An unknown token is cached as unknown; a registration NOTIFYs every instance."""
+    database_url = await fresh_database(stack, "newtoken")
+    with serving(database_url, stack.redis.url, tmp_path / "server.log") as server:
+        token = secrets.token_urlsafe(32)
+        url = f"http://{server.host}:{server.port}/api/v1/users/latest"
+        async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {token}"}) as http:
+            assert (await http.get(url)).status_code == 401
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute(
+                    "SELECT register_token($1, 'admin', 'late', NULL)", hashlib.sha256(token.encode()).digest()
+                )
+            finally:
+                await conn.close()
+            started = time.monotonic()
+            while (await http.get(url)).status_code != 200:
+                assert time.monotonic() - started < 1.0, "a registered token was still refused after 1 s"
+                await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------- h2c, trailers, bad requests

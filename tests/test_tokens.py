@@ -419,3 +419,47 @@ async def test_no_token_body_value_or_password_reaches_the_logs(
         if value in text
     }
     assert leaked == {}, text[-3000:]
+
+
+class CountingDatabase:
+    """A Database stand-in for TokenCache: the tokens it knows, and how many lookups it ran."""
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known = {auth.digest(token): role for token, role in known.items()}
+        self.lookups = 0
+
+    async def run(self, _query: object, key: bytes) -> dict[str, Any] | None:
+        self.lookups += 1
+        role = self.known.get(key)
+        return None if role is None else {"token_id": 7, "role": role, "recharge_point_id": None}
+
+
+async def test_an_unknown_token_is_looked_up_once_and_a_new_token_is_heard_of_at_once() -> None:
+    database = CountingDatabase({})
+    tokens = auth.TokenCache()
+    for _ in range(3):
+        assert await tokens.caller(database, "not-yet", "192.0.2.1") is None  # type: ignore[arg-type]
+    assert database.lookups == 1  # cached as unknown
+    database.known[auth.digest("not-yet")] = "admin"
+    tokens.forget(auth.CREATED)  # the `write_tokens` NOTIFY of register_token / create_token
+    caller = await tokens.caller(database, "not-yet", "192.0.2.1")  # type: ignore[arg-type]
+    assert caller is not None and caller.role == "admin" and database.lookups == 2
+
+
+async def test_an_address_past_its_failures_gets_429_without_a_lookup_but_its_valid_token_works() -> None:
+    database = CountingDatabase({"valid": "admin"})
+    tokens = auth.TokenCache(failures=auth.FailedAuthentications(limit=5))
+    assert await tokens.caller(database, "valid", "192.0.2.1") is not None  # type: ignore[arg-type]
+    for attempt in range(5):
+        assert await tokens.caller(database, f"wrong-{attempt}", "192.0.2.1") is None  # type: ignore[arg-type]
+    lookups = database.lookups
+    with pytest.raises(auth.TooManyFailures) as refused:
+        await tokens.caller(database, "wrong-again", "192.0.2.1")  # type: ignore[arg-type]
+    assert refused.value.status == 429 and 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    assert database.lookups == lookups  # refused without a query
+    assert await tokens.caller(database, "valid", "192.0.2.1") is not None  # type: ignore[arg-type]
+    tokens.entries = {key: (0.0, caller) for key, (_, caller) in tokens.entries.items()}  # all expired
+    assert await tokens.caller(database, "valid", "192.0.2.1") is not None  # type: ignore[arg-type]
+    assert await tokens.caller(database, "wrong-0", "198.51.100.9") is None  # type: ignore[arg-type]
+    tokens.failures.window_start -= auth.FAILURE_WINDOW_SECONDS  # a minute later
+    assert await tokens.caller(database, "wrong-again", "192.0.2.1") is None  # type: ignore[arg-type]

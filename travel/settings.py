@@ -47,6 +47,7 @@ class Settings:
     read_timeout: float = 10.0  # seconds for a request's head and body to arrive (edge/protocol.py)
     max_connections: int = 0  # open connections per worker; 0: edge/protocol.py's default under the fd limit
     max_connections_per_address: int = 0  # of them, from one client address; 0: 512 (at most half)
+    auth_failures_per_minute: int = 30  # failed authentications per client address, then 429 (auth.py)
     embedded_stack: bool = True  # start a private PostgreSQL/Redis for unset URLs (the image says 0)
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ class Settings:
             ),
             ("max_connections", 0 <= self.max_connections, "0 (automatic) or more"),
             ("max_connections_per_address", 0 <= self.max_connections_per_address, "0 (automatic) or more"),
+            ("auth_failures_per_minute", 1 <= self.auth_failures_per_minute, "1 or more"),
         )
         for name, valid, expected in checks:
             if not valid:
