@@ -10,27 +10,17 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
-from tests.support.db import assert_balances_reconcile, assert_counters_exact, connected, table_rows
+from tests.support.db import (
+    assert_balances_reconcile,
+    assert_counters_exact,
+    connected,
+    pg_environment,
+    table_rows,
+)
 from tests.support.stack import with_database
-from travel.startup import embedded
 from travel.startup.embedded import EmbeddedStack
 
 BACKUP = Path(__file__).resolve().parent.parent / "deploy" / "backup"
-
-
-def pg_environment(url: str, **extra: str) -> dict[str, str]:
-    """libpq's environment for the server and database of `url`, as the scripts read it."""
-    parts = urllib.parse.urlsplit(url)
-    return {
-        **os.environ,
-        "PGHOST": parts.hostname or "",
-        "PGPORT": str(parts.port),
-        "PGUSER": parts.username or "",
-        "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
-        "PGDATABASE": parts.path.lstrip("/"),
-        "PG_BIN_DIR": str(embedded.postgres_bin_dir()),
-        **extra,
-    }
 
 
 def run(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 import cachekeys
+from tests.support.db import pg_environment
 from tests.support.stack import NETWORK_SQL, with_database
 from travel import cache
 from travel.database import QUERIES
@@ -370,20 +371,6 @@ async def test_redis_refuses_everything_else(vm2_redis: RedisUnderTest) -> None:
 
 
 # ---------------------------------------------------------------- PostgreSQL (VM3)
-def pg_environment(url: str, database: str) -> dict[str, str]:
-    """libpq's environment for `url` (as the deploy scripts read it), on `database`."""
-    parts = urllib.parse.urlsplit(url)
-    return {
-        **os.environ,
-        "PGHOST": parts.hostname or "",
-        "PGPORT": str(parts.port),
-        "PGUSER": parts.username or "",
-        "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
-        "PGDATABASE": database,
-        "PG_BIN_DIR": str(embedded.postgres_bin_dir()),
-    }
-
-
 _deploy_numbers = iter(range(1, 1_000_000))
 
 

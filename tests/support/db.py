@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -16,8 +17,25 @@ import pytest
 
 from tests.support.polling import eventually_async
 from travel.database import QUERIES
+from travel.startup import embedded
 
 Executor = asyncpg.Pool | asyncpg.Connection
+
+
+def pg_environment(url: str, database: str | None = None, **extra: str) -> dict[str, str]:
+    """libpq's environment for the server of `url`, as the deploy and backup scripts read it: on
+    `database` (else the database of `url`), with `extra` on top."""
+    parts = urllib.parse.urlsplit(url)
+    return {
+        **os.environ,
+        "PGHOST": parts.hostname or "",
+        "PGPORT": str(parts.port),
+        "PGUSER": parts.username or "",
+        "PGPASSWORD": urllib.parse.unquote(parts.password or ""),
+        "PGDATABASE": parts.path.lstrip("/") if database is None else database,
+        "PG_BIN_DIR": str(embedded.postgres_bin_dir()),
+        **extra,
+    }
 
 
 @contextlib.asynccontextmanager
