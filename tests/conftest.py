@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -100,3 +101,17 @@ async def served(database_url: str, stack: EmbeddedStack, run_server: StartServe
     server = run_server(DATABASE_URL=database_url, REDIS_URL=stack.redis.url)
     server.wait_healthy()
     return server
+
+
+@pytest.fixture
+def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the queries the server runs, in order (the in-process `api`'s)."""
+    calls: list[str] = []
+    original = database.Database.run
+
+    async def counting(self: database.Database, query: database.Query, *args: Any) -> Any:
+        calls.append(query.name)
+        return await original(self, query, *args)
+
+    monkeypatch.setattr(database.Database, "run", counting)
+    return calls

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 import cachekeys
 from tests.support.api import make_user_with_card
 from tests.support.stack import Api
-from travel import database
 from travel.cache import Cache, Lookup
 
 pytestmark = pytest.mark.asyncio
@@ -30,20 +29,6 @@ async def command_calls(client: aioredis.Redis) -> dict[str, int]:
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
-
-
-@pytest.fixture
-def database_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the queries the server runs, in order."""
-    calls: list[str] = []
-    original = database.Database.run
-
-    async def counting(self: database.Database, query: database.Query, *args: Any) -> Any:
-        calls.append(query.name)
-        return await original(self, query, *args)
-
-    monkeypatch.setattr(database.Database, "run", counting)
-    return calls
 
 
 async def funded_card(api: Api, balance: int) -> int:
