@@ -37,6 +37,12 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def run_once_offline(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`podman run` of `args` in a container removed on exit, with no network and no timed
+    health check."""
+    return podman("run", "--rm", "--network", "none", "--health-interval", "disable", *args, check=check)
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
     """The image built from the Dockerfile (layers cached between runs)."""
@@ -65,13 +71,7 @@ def test_image_holds_only_the_service_runs_unprivileged_and_carries_no_build_sec
     assert inspected["Config"]["User"] == "travel"
     assert "/api/v1/health" in " ".join(inspected["Healthcheck"]["Test"])  # kept: built --format docker
     # One container for every look (each start copies the whole image under vfs storage).
-    looks = podman(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--health-interval",
-        "disable",
+    looks = run_once_offline(
         image,
         "sh",
         "-c",
@@ -102,13 +102,7 @@ def test_image_holds_only_the_service_runs_unprivileged_and_carries_no_build_sec
 
 
 def test_image_refuses_to_start_without_database_and_redis(image: str) -> None:
-    done = podman(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--health-interval",
-        "disable",
+    done = run_once_offline(
         "--env",
         "REDIS_URL=redis://redis:6379/0",
         image,
