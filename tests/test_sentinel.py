@@ -251,15 +251,23 @@ async def _sentinels_agree(servers: RedisSet, port: int) -> bool:
     return all([await servers.master_port(sentinel) == port for sentinel in servers.sentinel_ports])
 
 
-async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, database_url: str) -> None:
-    await ready(redis_set)
+@contextlib.asynccontextmanager
+async def cached_balance(servers: RedisSet, database_url: str) -> AsyncIterator[tuple[Api, dict[str, Any], str]]:
+    """The API, finding Redis through the sentinels of `servers`, with a card of 5,000 whose
+    balance it has cached (a MISS, then a HIT): the API, the card and the balance's path."""
+    await ready(servers)
     async with serve_api(
-        database_url, redis_set.url, redis_sentinels=redis_set.sentinels, redis_sentinel_service=SERVICE
+        database_url, servers.url, redis_sentinels=servers.sentinels, redis_sentinel_service=SERVICE
     ) as api:
         _, card = await make_user_with_card(api, balance=5_000)
         path = f"/cards/{card['card_id']}/balance"
         assert (await get_cached(api, path, "MISS"))["balance"] == 5_000
         assert (await get_cached(api, path, "HIT"))["balance"] == 5_000
+        yield api, card, path
+
+
+async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, database_url: str) -> None:
+    async with cached_balance(redis_set, database_url) as (api, card, _):
         # Through the sentinels, to the primary: the key is there (and on the replica, copied).
         assert await keys_on(redis_set, redis_set.primary_port, f"*card:{card['card_id']}:balance*")
         assert await redis_set.role(redis_set.primary_port) == "master"
@@ -272,15 +280,7 @@ async def test_cached_reads_survive_a_sentinel_failover(redis_set: RedisSet, dat
 
 
 async def test_cached_reads_survive_the_primary_dying(redis_set: RedisSet, database_url: str) -> None:
-    await ready(redis_set)
-    async with serve_api(
-        database_url, redis_set.url, redis_sentinels=redis_set.sentinels, redis_sentinel_service=SERVICE
-    ) as api:
-        _, card = await make_user_with_card(api, balance=5_000)
-        path = f"/cards/{card['card_id']}/balance"
-        assert (await get_cached(api, path, "MISS"))["balance"] == 5_000
-        assert (await get_cached(api, path, "HIT"))["balance"] == 5_000
-
+    async with cached_balance(redis_set, database_url) as (api, card, path):
         redis_set.kill(redis_set.primary_port)
         # While no primary exists, the API still answers (from PostgreSQL).
         assert json_body(await api.http.get(path))["balance"] == 5_000
@@ -292,13 +292,7 @@ async def test_sentinel_with_an_acl_user(tmp_path: Path, database_url: str) -> N
     servers = RedisSet(tmp_path, user="travel_api")
     servers.start()
     try:
-        await ready(servers)
-        async with serve_api(
-            database_url, servers.url, redis_sentinels=servers.sentinels, redis_sentinel_service=SERVICE
-        ) as api:
-            _, card = await make_user_with_card(api, balance=5_000)
-            path = f"/cards/{card['card_id']}/balance"
-            await get_cached(api, path, "MISS")
-            await get_cached(api, path, "HIT")
+        async with cached_balance(servers, database_url):
+            pass  # a MISS, then a HIT, through the ACL user
     finally:
         servers.stop()
