@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -15,6 +15,8 @@ import cachekeys
 from tests.support.api import make_user_with_card
 from tests.support.stack import Api
 from travel.cache import Cache, Lookup
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,6 +33,17 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
 
 
+async def measured(
+    redis_client: aioredis.Redis, database_calls: list[str], action: Callable[[], Awaitable[T]]
+) -> tuple[T, dict[str, int]]:
+    """What `action` answers and the Redis commands it cost; `database_calls` then holds the
+    queries it ran, and only them."""
+    database_calls.clear()
+    before = await command_calls(redis_client)
+    answer = await action()
+    return answer, delta(before, await command_calls(redis_client))
+
+
 async def funded_card(api: Api, balance: int) -> int:
     """A new user's card with `balance` pesos, made through the API; its id."""
     _, card = await make_user_with_card(api, balance)
@@ -45,14 +58,11 @@ async def test_a_hit_is_one_redis_round_trip_and_no_database_query(
     miss = await api.http.get(f"/cards/{card_id}/balance")
     assert miss.headers["x-cache"] == "MISS"
 
-    database_calls.clear()
-    before = await command_calls(redis_client)
-    hit = await api.http.get(f"/cards/{card_id}/balance")
-    after = await command_calls(redis_client)
+    hit, redis_calls = await measured(redis_client, database_calls, lambda: api.http.get(f"/cards/{card_id}/balance"))
 
     assert hit.headers["x-cache"] == "HIT"
     assert hit.content == miss.content
-    assert delta(before, after) == {"mget": 1}
+    assert redis_calls == {"mget": 1}
     assert database_calls == []
 
 
@@ -60,15 +70,12 @@ async def test_a_miss_is_one_redis_read_one_query_and_one_fill(
     api: Api, redis_client: aioredis.Redis, database_calls: list[str]
 ) -> None:
     await api.http.get("/trips/total")  # loads the fill script
-    database_calls.clear()
-    before = await command_calls(redis_client)
-    miss = await api.http.get("/finance/revenue")
-    after = await command_calls(redis_client)
+    miss, redis_calls = await measured(redis_client, database_calls, lambda: api.http.get("/finance/revenue"))
 
     assert miss.headers["x-cache"] == "MISS"
     assert miss.json() == {"total_revenue": 0, "currency": "COP"}
     # Two round trips (MGET, EVALSHA); the script's GET and SET run inside Redis.
-    assert delta(before, after) == {"mget": 1, "evalsha": 1, "get": 1, "set": 1}
+    assert redis_calls == {"mget": 1, "evalsha": 1, "get": 1, "set": 1}
     assert database_calls == ["revenue-total"]
     assert await redis_client.ttl(cachekeys.revenue_total()) == pytest.approx(cachekeys.revenue_total.ttl, abs=2)
 
@@ -78,17 +85,18 @@ async def test_a_write_is_one_function_call_and_one_invalidation_round_trip(
 ) -> None:
     card_id = await funded_card(api, 5000)
     # funded_card's writes left the admin token in the server's token cache: no lookup below.
-    database_calls.clear()
-    before = await command_calls(redis_client)
-    answer = await api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 100})
-    after = await command_calls(redis_client)
+    answer, redis_calls = await measured(
+        redis_client,
+        database_calls,
+        lambda: api.http.post("/recharges", headers=api.auth("admin"), json={"card_id": card_id, "amount": 100}),
+    )
 
     assert answer.status_code == 201
     assert database_calls == ["recharge-cards"]
     keys = cachekeys.after_recharge(card_id, 1)
     # One round trip (EVALSHA); inside it, one INCR of the generation sequence, then SET per
     # generation and DEL per key.
-    assert delta(before, after) == {"evalsha": 1, "incr": 1, "set": len(keys), "del": len(keys)}
+    assert redis_calls == {"evalsha": 1, "incr": 1, "set": len(keys), "del": len(keys)}
 
 
 async def test_lookups_of_one_loop_tick_share_one_mget(redis_client: aioredis.Redis) -> None:
@@ -212,15 +220,14 @@ async def test_concurrent_misses_of_a_key_share_one_query_and_one_fill(
     api: Api, redis_client: aioredis.Redis, database_calls: list[str]
 ) -> None:
     await api.http.get("/finance/revenue")  # loads the fill script
-    database_calls.clear()
-    before = await command_calls(redis_client)
-    answers = await asyncio.gather(*(api.http.get("/trips/total") for _ in range(50)))
-    after = await command_calls(redis_client)
+    answers, redis_calls = await measured(
+        redis_client, database_calls, lambda: asyncio.gather(*(api.http.get("/trips/total") for _ in range(50)))
+    )
 
     assert {answer.status_code for answer in answers} == {200}
     assert len({answer.content for answer in answers}) == 1
     assert database_calls == ["trips-total"]
-    assert delta(before, after).get("evalsha") == 1  # one fill
+    assert redis_calls.get("evalsha") == 1  # one fill
     assert await redis_client.get(cachekeys.trips_total()) == answers[0].content
 
 
