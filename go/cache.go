@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -57,15 +59,19 @@ func afterBoarding(cardID int64) []string {
 	}
 }
 
-// bumpAndDelete is cache.py's _BUMP_AND_DELETE, byte for byte (so both share one SHA).
-var bumpAndDelete = redis.NewScript(-1, `
-local generation = redis.call('INCR', KEYS[1])
-for i = 2, #KEYS, 2 do
-    redis.call('SET', KEYS[i + 1], generation, 'EX', ARGV[1])
-    redis.call('DEL', KEYS[i])
-end
-return generation
-`)
+// bumpAndDelete is the invalidation script that cache.py runs too: the repository's
+// sql/redis/bump-and-delete.lua, read at start by loadScripts (one file, so both share one SHA).
+var bumpAndDelete *redis.Script
+
+// loadScripts reads the Lua scripts of dir (the repository's sql/redis) that this server runs.
+func loadScripts(dir string) error {
+	text, err := os.ReadFile(filepath.Join(dir, "bump-and-delete.lua"))
+	if err != nil {
+		return err
+	}
+	bumpAndDelete = redis.NewScript(-1, string(text))
+	return nil
+}
 
 type cache struct {
 	pool  *redis.Pool

@@ -148,6 +148,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("SQL queries: %v", err)
 	}
+	if err := loadScripts(scriptsDir()); err != nil {
+		log.Fatalf("Redis scripts: %v", err)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -97,19 +97,26 @@ func loadStatements(dir string) (*statements, error) {
 	return st, nil
 }
 
-// queriesDir is SQL_DIR if set; else the repository's sql/queries beside the binary
-// (go/bin/travel-go), else sql/queries under the working directory (the repository's root).
-func queriesDir() string {
-	if dir := os.Getenv("SQL_DIR"); dir != "" {
+// queriesDir is SQL_DIR if set; else the repository's sql/queries (see repositoryDir).
+func queriesDir() string { return repositoryDir("SQL_DIR", "sql", "queries") }
+
+// scriptsDir is REDIS_SCRIPTS_DIR if set; else the repository's sql/redis (see repositoryDir).
+func scriptsDir() string { return repositoryDir("REDIS_SCRIPTS_DIR", "sql", "redis") }
+
+// repositoryDir is the directory named by the environment variable env if set; else the
+// repository's directory of path beside the binary (go/bin/travel-go), else path under the
+// working directory (the repository's root).
+func repositoryDir(env string, path ...string) string {
+	if dir := os.Getenv(env); dir != "" {
 		return dir
 	}
 	if exe, err := os.Executable(); err == nil {
 		if exe, err = filepath.EvalSymlinks(exe); err == nil {
-			dir := filepath.Join(filepath.Dir(exe), "..", "..", "sql", "queries")
+			dir := filepath.Join(append([]string{filepath.Dir(exe), "..", ".."}, path...)...)
 			if info, err := os.Stat(dir); err == nil && info.IsDir() {
 				return filepath.Clean(dir)
 			}
 		}
 	}
-	return filepath.Join("sql", "queries")
+	return filepath.Join(path...)
 }

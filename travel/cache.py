@@ -35,30 +35,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import cachekeys
+from travel import PROJECT_ROOT
 from travel.observability import metrics
 
 log = logging.getLogger("travel.cache")
 
-# KEYS[1]: the generation sequence, then pairs of (value, its generation); ARGV[1]: how long
-# a generation is remembered. Generations come from one sequence, so a generation that
-# expired and is set again never repeats the value a slow read saw.
-_BUMP_AND_DELETE = """
-local generation = redis.call('INCR', KEYS[1])
-for i = 2, #KEYS, 2 do
-    redis.call('SET', KEYS[i + 1], generation, 'EX', ARGV[1])
-    redis.call('DEL', KEYS[i])
-end
-return generation
-"""
-
-# KEYS[1] the value, KEYS[2] its generation; ARGV: generation seen by the read, TTL, value.
-_FILL_IF_GENERATION_UNCHANGED = """
-if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
-    return 1
-end
-return 0
-"""
+# The Lua scripts are the repository's files, read once here; the Go version (go/cache.go)
+# reads the same file for its invalidation, so both send one script under one SHA.
+REDIS_SCRIPTS_DIR = PROJECT_ROOT / "sql" / "redis"
+_BUMP_AND_DELETE = (REDIS_SCRIPTS_DIR / "bump-and-delete.lua").read_text()
+_FILL_IF_GENERATION_UNCHANGED = (REDIS_SCRIPTS_DIR / "fill-if-generation-unchanged.lua").read_text()
 
 
 BYPASS_SECONDS = 0.5
