@@ -148,89 +148,88 @@ func (p *parser) enter() error {
 	return nil
 }
 
-func (p *parser) array() (*jsonValue, error) {
+// members reads an array or an object from its opening byte to its closing byte end, as
+// msgspec does: each member is read by member (i counts them from 0; c is its first byte,
+// past the comma, never end). what names the container in the trailing-comma message.
+func (p *parser) members(end byte, what string, member func(i int, c byte) error) error {
 	p.pos++
 	if err := p.enter(); err != nil {
-		return nil, err
+		return err
 	}
 	defer func() { p.depth-- }()
-	v := &jsonValue{kind: kArray}
 	for i := 0; ; i++ {
 		c, err := p.peek()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if c == ']' {
+		if c == end {
 			p.pos++
-			return v, nil
+			return nil
 		} else if c == ',' && i != 0 {
 			p.pos++
 			if c, err = p.peek(); err != nil {
-				return nil, err
+				return err
 			}
 		} else if i != 0 {
-			return nil, p.invalid("expected ',' or ']'")
+			return p.invalid("expected ',' or '" + string(end) + "'")
 		}
-		if c == ']' {
-			return nil, p.invalid("trailing comma in array")
+		if c == end {
+			return p.invalid("trailing comma in " + what)
 		}
-		p.path = append(p.path, "["+strconv.Itoa(i)+"]")
-		_, err = p.value()
-		p.path = p.path[:len(p.path)-1]
-		if err != nil {
-			return nil, err
+		if err := member(i, c); err != nil {
+			return err
 		}
 	}
 }
 
-func (p *parser) object() (*jsonValue, error) {
-	p.pos++
-	if err := p.enter(); err != nil {
+func (p *parser) array() (*jsonValue, error) {
+	v := &jsonValue{kind: kArray}
+	err := p.members(']', "array", func(i int, _ byte) error {
+		p.path = append(p.path, "["+strconv.Itoa(i)+"]")
+		_, err := p.value()
+		p.path = p.path[:len(p.path)-1]
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	defer func() { p.depth-- }()
+	return v, nil
+}
+
+func (p *parser) object() (*jsonValue, error) {
 	v := &jsonValue{kind: kObject}
-	for i := 0; ; i++ {
-		c, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if c == '}' {
-			p.pos++
-			return v, nil
-		} else if c == ',' && i != 0 {
-			p.pos++
-			if c, err = p.peek(); err != nil {
-				return nil, err
-			}
-		} else if i != 0 {
-			return nil, p.invalid("expected ',' or '}'")
-		}
-		if c == '}' {
-			return nil, p.invalid("trailing comma in object")
-		} else if c != '"' {
-			return nil, p.invalid("object keys must be strings")
+	err := p.members('}', "object", func(_ int, c byte) error {
+		if c != '"' {
+			return p.invalid("object keys must be strings")
 		}
 		key, err := p.str()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if c, err = p.peek(); err != nil {
-			return nil, err
+			return err
 		}
 		if c != ':' {
-			return nil, p.invalid("expected ':'")
+			return p.invalid("expected ':'")
 		}
 		p.pos++
 		p.path = append(p.path, "[...]")
 		value, err := p.value()
 		p.path = p.path[:len(p.path)-1]
 		if err != nil {
-			return nil, err
+			return err
 		}
 		v.entries = append(v.entries, entry{key, value})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return v, nil
 }
+
+// escaped is the byte that each one-letter escape of JSON stands for (0: not one).
+var escaped = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
 
 // str reads a string at '"' and returns its text; like Python it refuses bytes that are
 // not UTF-8 (with CPython's UnicodeDecodeError message) once the string is whole.
@@ -259,24 +258,10 @@ func (p *parser) str() (string, error) {
 			}
 			e := p.buf[p.pos]
 			p.pos++
-			switch e {
-			case 'n':
-				out = append(out, '\n')
-			case '"':
-				out = append(out, '"')
-			case 't':
-				out = append(out, '\t')
-			case 'r':
-				out = append(out, '\r')
-			case '\\':
-				out = append(out, '\\')
-			case '/':
-				out = append(out, '/')
-			case 'b':
-				out = append(out, '\b')
-			case 'f':
-				out = append(out, '\f')
-			case 'u':
+			switch {
+			case escaped[e] != 0:
+				out = append(out, escaped[e])
+			case e == 'u':
 				r, err := p.unicodeEscape()
 				if err != nil {
 					return "", err
