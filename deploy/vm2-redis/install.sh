@@ -22,26 +22,16 @@ esac
 [[ $# -le 1 ]] || usage
 [[ $EUID -eq 0 ]] || { echo "run as root (sudo)" >&2; exit 1; }
 HERE=$(dirname "$(realpath "$0")")
+# shellcheck source=deploy/common.sh
+. "$HERE/../common.sh"
 
-# One password per user, made once. Hex: it goes into REDIS_URL on VM1 unescaped.
-password_file() {
-    local file="/root/redis-$1.password"
-    if [[ ! -s "$file" ]]; then
-        (umask 077 && openssl rand -hex 32 > "$file")
-    fi
-    echo "$file"
-}
 sha256_of() { tr -d '\n' < "$1" | sha256sum | cut -d' ' -f1; }
 
-apt-get update -q
-if [[ $MODE == package ]]; then
-    apt-get install -y -q redis-server openssl
-else
-    apt-get install -y -q docker.io docker-compose-v2 openssl
-fi
+install_packages "$MODE" "redis-server openssl" "openssl"
 
-API_PASSWORD_FILE=$(password_file travel_api)
-ADMIN_PASSWORD_FILE=$(password_file admin)
+# One password per user, made once.
+API_PASSWORD_FILE=$(password_file /root/redis-travel_api.password)
+ADMIN_PASSWORD_FILE=$(password_file /root/redis-admin.password)
 
 # The ACL file holds SHA-256 digests only: a leaked copy gives no password away.
 install -d -m 0755 /etc/redis

@@ -24,24 +24,13 @@ fi
 SOURCE_DIR=$(realpath "$1")
 [[ $EUID -eq 0 ]] || { echo "run as root (sudo)" >&2; exit 1; }
 HERE=$(dirname "$(realpath "$0")")
-
-# Made once, kept in root-only files. Hex: it goes into DATABASE_URL on VM1 unescaped.
-password_file() {
-    local file="/root/$1"
-    if [[ ! -s "$file" ]]; then
-        (umask 077 && openssl rand -hex 32 > "$file")
-    fi
-    echo "$file"
-}
+# shellcheck source=deploy/common.sh
+. "$HERE/../common.sh"
 
 # python3-asyncpg: migrate.sh applies the schema with the API's own code (travel/database.py).
-apt-get update -q
-if [[ $MODE == package ]]; then
-    apt-get install -y -q postgresql python3-asyncpg openssl
-else
-    apt-get install -y -q docker.io docker-compose-v2 postgresql-client python3-asyncpg openssl
-fi
-API_PASSWORD_FILE=$(password_file travel_api.pgpass)
+install_packages "$MODE" "postgresql python3-asyncpg openssl" "postgresql-client python3-asyncpg openssl"
+# Passwords are made once, kept in root-only files.
+API_PASSWORD_FILE=$(password_file /root/travel_api.pgpass)
 
 if [[ $MODE == package ]]; then
     version=$(ls /etc/postgresql | sort -V | tail -n 1)
@@ -69,7 +58,7 @@ if [[ $MODE == package ]]; then
     runuser -u postgres -- test -r "$SOURCE_DIR/travel/database.py" \
         || { echo "the postgres user cannot read $SOURCE_DIR: clone it somewhere readable" >&2; exit 1; }
 else
-    SUPERUSER_PASSWORD_FILE=$(password_file postgres-superuser.password)
+    SUPERUSER_PASSWORD_FILE=$(password_file /root/postgres-superuser.password)
     POSTGRES_PASSWORD=$(cat "$SUPERUSER_PASSWORD_FILE") \
         docker compose -f "$HERE/docker-compose.yml" up -d
     # The container's superuser over loopback, with its password (pg_hba.conf's second line).
