@@ -228,6 +228,10 @@ func (p *parser) object() (*jsonValue, error) {
 	return v, nil
 }
 
+// escapeLetter is the letter of the one-letter escape that an encoded string writes for a
+// byte (0: none; a control character without one is written \u00XX).
+var escapeLetter = [256]byte{'"': '"', '\\': '\\', '\b': 'b', '\f': 'f', '\n': 'n', '\r': 'r', '\t': 't'}
+
 // escaped is the byte that each one-letter escape of JSON stands for (0: not one).
 var escaped = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
 
@@ -604,22 +608,9 @@ func appendString(b []byte, s string) []byte {
 			continue
 		}
 		b = append(b, s[start:i]...)
-		switch c {
-		case '"':
-			b = append(b, '\\', '"')
-		case '\\':
-			b = append(b, '\\', '\\')
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		case '\b':
-			b = append(b, '\\', 'b')
-		case '\f':
-			b = append(b, '\\', 'f')
-		default:
+		if letter := escapeLetter[c]; letter != 0 {
+			b = append(b, '\\', letter)
+		} else {
 			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
 		}
 		start = i + 1
