@@ -113,6 +113,11 @@ class Settings:
         return GRADED_CONNECTIONS if GRADED_CONNECTIONS in self.connections else max(self.connections)
 
 
+def add_switch(group: argparse._ArgumentGroup, name: str, help: str) -> None:
+    """`name` and its `--no-` form; None when neither is given: the bench decides by what it reaches."""
+    group.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -134,18 +139,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="WORKERS of the started API and GOMAXPROCS of the Go version (default 1); more than the cores "
         "left beside the load generator's leaves everything unpinned (the whole box)",
     )
-    target.add_argument(
+    add_switch(
+        target,
         "--vs-go",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the Go version (go/) beside A on the same servers (default: on when the bench reaches the "
+        "the Go version (go/) beside A on the same servers (default: on when the bench reaches the "
         "stack and go/build.sh builds it)",
     )
-    target.add_argument(
+    add_switch(
+        target,
         "--pgbench",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="PostgreSQL's floor by pgbench (default: on when the bench reaches the stack and finds pgbench)",
+        "PostgreSQL's floor by pgbench (default: on when the bench reaches the stack and finds pgbench)",
     )
     target.add_argument(
         "--log-off-env",
@@ -172,11 +175,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     shape.add_argument("--no-latency", action="store_true", help="skip the latency table")
     shape.add_argument("--no-throughput", action="store_true", help="skip the throughput rounds and the tail")
     shape.add_argument("--no-tail", action="store_true", help="skip open-loop, sustained and burst runs")
-    shape.add_argument(
+    add_switch(
+        shape,
         "--ceilings",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="measure the minimal apps (default: on when the bench can reach the stack)",
+        "measure the minimal apps (default: on when the bench can reach the stack)",
     )
     shape.add_argument(
         "--scale",
