@@ -103,15 +103,18 @@ class _Answers(asyncio.Protocol):
 class Connection:
     """One keep-alive HTTP/1.1 connection, opened on first use and again after a close."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, source: str | None = None) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.host_header = parts.netloc
+        self.source = source  # the client address to connect from (None: the kernel's choice)
         self.answers: _Answers | None = None
 
     async def open(self) -> None:
-        _, self.answers = await asyncio.get_running_loop().create_connection(_Answers, self.host, self.port)
+        local = (self.source, 0) if self.source else None
+        loop = asyncio.get_running_loop()
+        _, self.answers = await loop.create_connection(_Answers, self.host, self.port, local_addr=local)
 
     def close(self) -> None:
         if self.answers is not None and self.answers.transport is not None:
