@@ -54,6 +54,14 @@ def live_processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def runs(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def start_embedded(data_dir: Path, run_server: StartServer) -> ServerProcess:
     """`python server.py` on the embedded default in `data_dir` (no demo data), healthy."""
     server = run_server(DATA_DIR=str(data_dir), DEMO_SCALE="0")
@@ -207,3 +215,66 @@ async def test_saturation_soak_answers_only_200_or_overloaded_with_flat_memory(
     settled = memory[len(memory) // 4]  # after warm-up
     assert memory[-1] - settled < 8 * 1024, memory  # KiB: flat, not growing with requests
     print(f"soak {SOAK_SECONDS:.0f} s: {statuses}, RSS {settled} -> {memory[-1]} KiB")
+
+
+def test_a_start_after_its_api_was_killed_stops_the_servers_left_running_then_starts(
+    tmp_path: Path, run_server: StartServer
+) -> None:
+    """Before issue 20: "another `make run` is using .data", and the orphans ran on."""
+    data_dir = tmp_path / "data"
+    first = start_embedded(data_dir, run_server)
+    postgres_pid = int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    (redis_pid_file,) = (data_dir / "redis").glob("server-*.pid")
+    redis_pid = int(redis_pid_file.read_text())
+    first.process.kill()  # SIGKILL: nothing of it runs its clean-up
+    first.process.wait(timeout=10)
+    assert runs(postgres_pid) and runs(redis_pid)  # orphaned
+
+    second = start_embedded(data_dir, run_server)
+    output = second.printed()
+    assert f"stopping PostgreSQL (pid {postgres_pid})" in output, output
+    assert f"stopping Redis (pid {redis_pid})" in output, output
+    assert not runs(postgres_pid) and not runs(redis_pid)
+    assert second.stop() == 0
+    assert live_processes_mentioning(str(data_dir)) == []
+
+
+def test_sigterm_after_postgresql_died_exits_cleanly_with_one_line(tmp_path: Path, run_server: StartServer) -> None:
+    data_dir = tmp_path / "data"
+    server = start_embedded(data_dir, run_server)
+    os.kill(int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+    time.sleep(0.5)
+    assert server.stop() == 0, server.printed()
+    # Beside the log's JSON records (the pool's reconnection warnings among them): one line.
+    plain = [line for line in server.printed().splitlines() if not line.startswith("{")]
+    assert plain[-1] == "PostgreSQL had already stopped; its next start recovers its data", plain
+    assert not any("Traceback" in line for line in plain), plain
+    assert live_processes_mentioning(str(data_dir)) == []
+
+
+async def test_a_database_url_means_the_embedded_postgresql_is_not_looked_at(
+    tmp_path: Path, run_server: StartServer, database_url: str
+) -> None:
+    """With DATABASE_URL given, a `make run` holding DATA_DIR's PostgreSQL is no obstacle."""
+    data_dir = tmp_path / "data"
+    first = start_embedded(data_dir, run_server)
+    second = run_server(DATA_DIR=str(data_dir), DATABASE_URL=database_url)  # Redis still embedded
+    second.wait_healthy()
+    assert "another `make run`" not in second.printed()
+    assert "demo admin token" not in second.printed()
+    assert second.stop() == 0 and first.stop() == 0
+
+
+def test_the_banner_comes_only_once_the_service_answers(run_server: StartServer, tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"postgresql://travel:x@127.0.0.1:{closed.getsockname()[1]}/travel"
+    failing = run_server(DATABASE_URL=unreachable, REDIS_URL="redis://127.0.0.1:1/0")
+    assert failing.process.wait(timeout=60) != 0
+    output = failing.printed()
+    assert "cannot connect to PostgreSQL" in output, output
+    assert "serving on" not in output and "Uvicorn running on" not in output, output
+    started = start_embedded(tmp_path / "data", run_server)
+    eventually(lambda: "serving on" in started.printed(), 10, "the banner")
+    assert "Uvicorn running on" not in started.printed()
+    assert started.stop() == 0

@@ -30,6 +30,43 @@ from pathlib import Path
 from travel.startup.processes import free_port, stop_process, write_secret
 
 UNPRIVILEGED_USER = "nobody"
+LEFTOVER_STOP_SECONDS = 10.0
+
+
+def _started_at(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process:
+    a pid and its start time name one process, even once the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _runs(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, not yet reaped: a killed
+    PostgreSQL whose parent does not reap it still answers kill(pid, 0))."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _this_process() -> str:
+    return f"{os.getpid()} {_started_at(os.getpid())}"
+
+
+def _is_alive(record: str) -> bool:
+    """Whether the process a `_this_process()` record names still runs."""
+    pid, _, started = record.strip().partition(" ")
+    return pid.isdigit() and started != "" and _started_at(int(pid)) == started and _runs(int(pid))
+
+
+def _mentions(pid: int, text: str) -> bool:
+    """Whether process `pid`'s command line mentions `text` (our data directory, say)."""
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _package_dir(name: str) -> Path | None:
@@ -188,19 +225,33 @@ class LocalPostgres:
         """The pid of a live server on this cluster, from its lock file (None: none runs)."""
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-            os.kill(pid, 0)
         except (OSError, ValueError):
             return None
-        return pid
+        return pid if _runs(pid) else None
 
-    def start(self) -> str:
-        """Start the server (creating the cluster first if needed) and return its URL."""
+    @property
+    def owner_file(self) -> Path:
+        """Which process started the running server (`_this_process()`), for its leftovers."""
+        return self.data_dir.parent / "owner"
+
+    def stop_leftover(self) -> None:
+        """A server running on this cluster whose starter has gone (a `make run` killed with
+        SIGKILL) is stopped; one whose starter lives, or that is not ours, makes StackBusy."""
         pid = self.running_pid()
-        if pid is not None:
+        if pid is None:
+            return
+        owner = self.owner_file.read_text() if self.owner_file.exists() else ""
+        if not owner or _is_alive(owner) or not _mentions(pid, str(self.data_dir)):
             raise StackBusy(
                 f"another `make run` is using {self.data_dir.parent.parent} (PostgreSQL pid {pid});"
                 " stop it first, or set DATA_DIR to another directory"
             )
+        print(f"stopping PostgreSQL (pid {pid}), left running by a start that ended without stopping it", flush=True)
+        self.stop()
+
+    def start(self) -> str:
+        """Start the server (creating the cluster first if needed) and return its URL."""
+        self.stop_leftover()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
             created = True
@@ -226,6 +277,7 @@ class LocalPostgres:
         options = " ".join(f"-c {name}={value}" for name, value in settings.items())
         log = self.data_dir / "server.log"
         self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", options)
+        self.owner_file.write_text(_this_process())
         if created:
             self._pg(
                 "psql",
@@ -243,10 +295,14 @@ class LocalPostgres:
             )
         return self.url
 
-    def stop(self) -> None:
-        """Fast shutdown: open sessions are rolled back, committed data stays."""
-        if (self.data_dir / "postmaster.pid").exists():
+    def stop(self) -> bool:
+        """Fast shutdown: open sessions are rolled back, committed data stays. False if it was
+        no longer running (it died: its next start recovers)."""
+        running = self.running_pid() is not None
+        if running:
             self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+        self.owner_file.unlink(missing_ok=True)
+        return running
 
     def kill(self) -> None:
         """Immediate shutdown (as a crash would): for fault tests."""
@@ -267,9 +323,41 @@ class LocalRedis:
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
+    @property
+    def pid_file(self) -> Path:
+        """This process's server's pid, by its starter (several runs may share the directory)."""
+        return self.data_dir / f"server-{_this_process().replace(' ', '-')}.pid"
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether `pid` is a server of this directory (Valkey renames its process, so its
+        binary and working directory, which --dir sets, tell)."""
+        try:
+            exe = Path(f"/proc/{pid}/exe").resolve()
+            cwd = Path(f"/proc/{pid}/cwd").resolve()
+        except OSError:
+            return False
+        return exe == redis_server_binary().resolve() and cwd == self.data_dir.resolve()
+
+    def stop_leftovers(self) -> None:
+        """Stop the servers of this directory whose starters have gone (SIGKILL), after checking
+        from their command lines that they are ours."""
+        for pid_file in self.data_dir.glob("server-*-*.pid"):
+            owner = " ".join(pid_file.stem.split("-")[1:3])
+            if _is_alive(owner):
+                continue
+            pid = int(pid_file.read_text())
+            if _runs(pid) and self.is_ours(pid):
+                print(f"stopping Redis (pid {pid}), left running by a start that ended without stopping it", flush=True)
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + LEFTOVER_STOP_SECONDS
+                while _runs(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            pid_file.unlink(missing_ok=True)
+
     def start(self) -> str:
         """Start the server on a free port and return its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_leftovers()
         self.port = self.port or free_port()
         self.password = self.password or secrets.token_urlsafe(24)
         self.process = subprocess.Popen(
@@ -297,6 +385,7 @@ class LocalRedis:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C on `make run` reaches us, and we stop it in order
         )
+        self.pid_file.write_text(str(self.process.pid))
         _wait_for_port(self.port, self.process, "redis")
         return self.url
 
@@ -315,6 +404,7 @@ class LocalRedis:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             stop_process(self.process)
+            self.pid_file.unlink(missing_ok=True)
         self.process = None
 
 
@@ -328,23 +418,30 @@ class EmbeddedStack:
     def __post_init__(self) -> None:
         self.postgres = LocalPostgres(self.root / "postgres" / "data", durable=self.durable)
         self.redis = LocalRedis(self.root / "redis")
+        self.started_postgres = False
 
-    def start(self) -> tuple[str, str]:
-        """Start both servers; return (DATABASE_URL, REDIS_URL)."""
-        database_url = self.postgres.start()
+    def start(self, postgres: bool = True, redis: bool = True) -> tuple[str, str]:
+        """Start both servers (or those asked for); return (DATABASE_URL, REDIS_URL), "" for
+        one not started. PostgreSQL and Redis left running by a start that was killed (their
+        starter's pid recorded beside them, and gone) are stopped first."""
+        database_url = self.postgres.start() if postgres else ""
+        self.started_postgres = postgres
         try:
-            redis_url = self.redis.start()
+            redis_url = self.redis.start() if redis else ""
         except BaseException:
-            self.postgres.stop()
+            self.stop()
             raise
         return database_url, redis_url
 
     def stop(self) -> None:
-        """Stop both servers; safe to call twice."""
+        """Stop the servers it started; safe to call twice. PostgreSQL found already gone is
+        said in one line (the API outlived it)."""
         try:
             self.redis.stop()
         finally:
-            self.postgres.stop()
+            if self.started_postgres and not self.postgres.stop():
+                print("PostgreSQL had already stopped; its next start recovers its data", file=sys.stderr, flush=True)
+            self.started_postgres = False
 
 
 if __name__ == "__main__":  # `python -m travel.startup.embedded DIR`: start a stack by hand, Ctrl-C stops it

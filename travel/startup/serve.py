@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,19 @@ async def prepare_database(settings: Settings) -> None:
 
 
 def start_embedded(settings: Settings) -> tuple[EmbeddedStack, Settings]:
-    """Start the private PostgreSQL and Redis under DATA_DIR for what the environment left unset."""
+    """Start the private PostgreSQL and Redis under DATA_DIR for what the environment left
+    unset: a URL given means that server is not started (nor its data directory looked at)."""
     stack = EmbeddedStack(DATA_DIR)
-    database_url, redis_url = stack.start()
+    database_url, redis_url = stack.start(postgres=not settings.database_url, redis=not settings.redis_url)
+    database_url, redis_url = settings.database_url or database_url, settings.redis_url or redis_url
     # For psql, redis-cli and bench/run.py by hand: `. .data/urls.env`.
     write_secret(DATA_DIR / "urls.env", f"DATABASE_URL='{database_url}'\nREDIS_URL='{redis_url}'\n")
+    embedded_database = not settings.database_url
     return stack, Settings.from_env(
-        database_url=settings.database_url or database_url,
-        redis_url=settings.redis_url or redis_url,
-        demo_scale=DEFAULT_DEMO_SCALE if settings.demo_scale is None else settings.demo_scale,
-        admin_token=settings.admin_token or demo_admin_token(DATA_DIR),
+        database_url=database_url,
+        redis_url=redis_url,
+        demo_scale=DEFAULT_DEMO_SCALE if settings.demo_scale is None and embedded_database else settings.demo_scale,
+        admin_token=settings.admin_token or (demo_admin_token(DATA_DIR) if embedded_database else ""),
     )
 
 
@@ -95,16 +99,63 @@ def listen(settings: Settings, log_config: dict[str, Any]) -> tuple[uvicorn.Conf
         timeout_graceful_shutdown=10,
         **protocol.uvicorn_options(settings),
     )
+    quiet = _Without("Uvicorn running on")  # said by the banner, once the service answers
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     try:
         return config, config.bind_socket()
     except SystemExit:  # uvicorn has logged why (address in use, unknown host ...)
         where = settings.unix_socket or f"{settings.host}:{settings.port}"
         sys.exit(f"cannot listen on {where} (the line above says why): set PORT, HOST or UNIX_SOCKET")
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
 
 
-def serve(config: uvicorn.Config, listening: socket.socket, banner: str) -> None:
-    """Print `banner` (the socket is ours by now), then run uvicorn's workers."""
-    print(banner, flush=True)
+class _Without(logging.Filter):
+    """Leaves out log records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def health_answers(settings: Settings) -> bool:
+    """Whether GET /health on our own listener answers 200 (over TCP or the unix socket)."""
+    request = f"GET {API}/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    try:
+        if settings.unix_socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            sock.connect(settings.unix_socket)
+        else:
+            host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+            sock = socket.create_connection((host, settings.port), timeout=2)
+        with sock:
+            sock.sendall(request)
+            return sock.recv(16).startswith(b"HTTP/1.1 200 ")
+    except OSError:
+        return False
+
+
+def announce_when_healthy(settings: Settings, banner: str, within: float = 300.0) -> None:
+    """Print `banner` once the service answers /health (from a thread: uvicorn runs in this
+    one), never before: a start that fails says only why."""
+
+    def wait_then_print() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if health_answers(settings):
+                print(banner, flush=True)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=wait_then_print, name="banner", daemon=True).start()
+
+
+def serve(config: uvicorn.Config, listening: socket.socket) -> None:
+    """Run uvicorn's workers on the bound socket."""
     if config.workers == 1:
         uvicorn.Server(config).run(sockets=[listening])
         return
@@ -151,12 +202,13 @@ def main() -> None:
         else:
             address = f"http://{settings.host}:{settings.port}"
             banner = f"serving on {address}{API}/health  (docs: {address}/docs)\ndashboard: {address}/dashboard"
-        if stack is not None:
+        if stack is not None and stack.started_postgres:
             banner += f"\ndemo admin token: {settings.admin_token}"
         # uvicorn drains, then re-raises the stop signal; a requested stop is a clean exit.
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, _exit_cleanly)
-        serve(config, listening, banner)
+        announce_when_healthy(settings, banner)
+        serve(config, listening)
     finally:
         if stack is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the servers
