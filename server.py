@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         async def catch_up(conn: asyncpg.Connection) -> None:  # what went unheard while disconnected
             on_epoch(str(await CACHE_EPOCH(conn)))
-            tokens.forget_all()
+            await tokens.catch_up(conn)
 
         listener = database.Listener(
             settings.listen_database_url or settings.database_url,

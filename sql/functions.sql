@@ -657,35 +657,42 @@ BEGIN
 END $$;
 
 -- Register a write token (only its sha256 is kept) and return its id. Every API instance
--- hears of it (LISTEN write_tokens, `created`): it forgets the tokens it cached as unknown.
+-- hears of it (LISTEN write_tokens, `created:<id>:<sha256 hex>`): it forgets the tokens it
+-- cached as unknown, and knows this one as live.
 CREATE OR REPLACE FUNCTION register_token(p_token_hash bytea, p_role text, p_label text,
                                           p_recharge_point_id integer DEFAULT NULL)
-RETURNS integer LANGUAGE sql AS $$
-    SELECT pg_notify('write_tokens', 'created');
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_token_id integer;
+BEGIN
     INSERT INTO write_tokens AS w (token_hash, role, label, recharge_point_id)
     VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)
     ON CONFLICT (token_hash) DO UPDATE
         SET role = excluded.role, label = excluded.label,
             recharge_point_id = excluded.recharge_point_id, revoked_at = NULL
-    RETURNING w.token_id
-$$;
+    RETURNING w.token_id INTO v_token_id;
+    PERFORM pg_notify('write_tokens', 'created:' || v_token_id || ':' || encode(p_token_hash, 'hex'));
+    RETURN v_token_id;
+END $$;
 
 -- A new token (only its sha256 is kept), heard of as register_token's; the API has checked that a recharge point's token,
 -- and only it, names a point.
 CREATE OR REPLACE FUNCTION create_token(p_token_hash bytea, p_role text, p_label text,
                                         p_recharge_point_id integer)
 RETURNS SETOF write_tokens LANGUAGE plpgsql AS $$
+DECLARE
+    v_token write_tokens;
 BEGIN
     IF p_recharge_point_id IS NOT NULL
        AND NOT EXISTS (SELECT FROM recharge_points p WHERE p.recharge_point_id = p_recharge_point_id) THEN
         PERFORM refuse('TRN06', 'recharge point not found',
                        jsonb_build_object('recharge_point_id', p_recharge_point_id));
     END IF;
-    PERFORM pg_notify('write_tokens', 'created');
-    RETURN QUERY
     INSERT INTO write_tokens (token_hash, role, label, recharge_point_id)
     VALUES (p_token_hash, p_role, p_label, p_recharge_point_id)
-    RETURNING *;
+    RETURNING * INTO v_token;
+    PERFORM pg_notify('write_tokens', 'created:' || v_token.token_id || ':' || encode(p_token_hash, 'hex'));
+    RETURN NEXT v_token;
 END $$;
 
 -- Revoke a live token and tell every API instance at once (LISTEN write_tokens). Revocations

@@ -223,6 +223,9 @@ async def test_a_failed_authentication_flood_gets_429_and_valid_tokens_keep_work
             assert response.json()["code"] == "TOO_MANY_FAILED_AUTHENTICATIONS"
             assert 1 <= int(response.headers["retry-after"]) <= 60
             assert (await http.get("/users/latest", headers=admin)).status_code == 200  # the same address
+            # A valid token this instance has not yet seen works too (403: a validator may not read users).
+            validator = {"Authorization": "Bearer validator-token-for-tests"}
+            assert (await http.get("/users/latest", headers=validator)).status_code == 403
             assert (await http.get("/users/latest")).status_code == 429  # no token at all is a failure too
 
 

@@ -461,5 +461,13 @@ async def test_an_address_past_its_failures_gets_429_without_a_lookup_but_its_va
     tokens.entries = {key: (0.0, caller) for key, (_, caller) in tokens.entries.items()}  # all expired
     assert await tokens.caller(database, "valid", "192.0.2.1") is not None  # type: ignore[arg-type]
     assert await tokens.caller(database, "wrong-0", "198.51.100.9") is None  # type: ignore[arg-type]
+    # A live token never seen here passes too: the listener told of its creation.
+    database.known[auth.digest("new")] = "validator"
+    with pytest.raises(auth.TooManyFailures):
+        await tokens.caller(database, "new", "192.0.2.1")  # type: ignore[arg-type]
+    tokens.forget(f"{auth.CREATED}:8:{auth.digest('new').hex()}")
+    assert await tokens.caller(database, "new", "192.0.2.1") is not None  # type: ignore[arg-type]
+    tokens.forget(8)  # revoked: no longer live
+    assert auth.digest("new") not in tokens.live
     tokens.failures.window_start -= auth.FAILURE_WINDOW_SECONDS  # a minute later
     assert await tokens.caller(database, "wrong-again", "192.0.2.1") is None  # type: ignore[arg-type]

@@ -8,10 +8,12 @@ everything when it reconnects, and cached entries expire after TOKEN_CACHE_SECON
 
 Failing is cheap and limited (docs/design.md: the edge). An unknown token is cached as unknown
 for UNKNOWN_TOKEN_SECONDS; registering or creating a token NOTIFYs `write_tokens` too
-(payload `created`), and every instance then forgets what it had cached as unknown, so a new
-token works at once. A client address with `failures_per_minute` failed authentications in the
-current minute is answered 429 with Retry-After, without a query, for any token not already
-known to this instance as valid: a valid token from that address keeps working. The address
+(payload `created:<id>:<sha256 hex>`), and every instance then forgets what it had cached as
+unknown, so a new token works at once. Each instance also knows the digests of all live tokens
+(`live`: read when its listener connects, kept by the notifications). A client address with
+`failures_per_minute` failed authentications in the current minute is answered 429 with
+Retry-After, without a query, for any token that is not live: a valid token from that address
+keeps working. The address
 is the connection's peer; on the unix socket (nginx's only way in, deploy/vm1-api) it is the
 last X-Forwarded-For entry, the one nginx appended (`$proxy_add_x_forwarded_for`).
 """
@@ -25,6 +27,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from asyncpg import Connection
 from starlette.requests import Request
 
 from travel.database import QUERIES, Database
@@ -34,7 +37,8 @@ TOKEN_CACHE_SECONDS = 30.0  # the bound on a revocation when an instance's liste
 TOKEN_CACHE_ENTRIES = 10_000  # unknown tokens are cached too: bound the memory
 UNKNOWN_TOKEN_SECONDS = 10.0  # an unknown token's cached answer (a new one is heard of by NOTIFY)
 REVOCATIONS_CHANNEL = "write_tokens"  # revoke_token() NOTIFYs the token id here; new tokens `created`
-CREATED = "created"
+CREATED = "created"  # a `write_tokens` payload: `created:<token id>:<sha256 hex>`
+LIVE_TOKENS_SQL = "SELECT token_hash, token_id FROM write_tokens WHERE revoked_at IS NULL"
 FAILURE_WINDOW_SECONDS = 60.0
 FAILURE_ADDRESSES = 100_000  # addresses counted in one window: bound the memory
 DEFAULT_FAILURES_PER_MINUTE = 30
@@ -103,10 +107,11 @@ class TokenCache:
     # Bumped by every revocation and creation: a lookup that started before one does not fill the cache.
     generation: int = 0
     failures: FailedAuthentications = field(default_factory=FailedAuthentications)
+    live: dict[bytes, int] = field(default_factory=dict)  # every live token's digest: its id
 
     async def caller(self, database: Database, token: str, address: str = "") -> Caller | None:
         """The token's caller (None: unknown or revoked); raises TooManyFailures for an address
-        past its failures, unless the token is one this instance knows as valid."""
+        past its failures, unless the token is live."""
         key = digest(token)
         now = time.monotonic()
         cached = self.entries.get(key)
@@ -114,7 +119,7 @@ class TokenCache:
             if cached[1] is None:
                 self.fail(address, now)
             return cached[1]
-        if cached is None or cached[1] is None:  # not known as valid here: a failure may cost no query
+        if (cached is None or cached[1] is None) and key not in self.live:  # a failure may cost no query
             retry_after = self.failures.retry_after(address, now)
             if retry_after:
                 raise TooManyFailures(retry_after)
@@ -138,20 +143,32 @@ class TokenCache:
 
     def forget(self, payload: str | int) -> None:
         """A `write_tokens` notification: drop a revoked token (its id), or, for a new token
-        (`created`), everything cached as unknown."""
+        (`created:<id>:<hex>`), everything cached as unknown."""
         self.generation += 1
-        if payload == CREATED:
+        kind, _, created = str(payload).partition(":")
+        if kind == CREATED:
             for key in [key for key, (_, caller) in self.entries.items() if caller is None]:
                 del self.entries[key]
+            token_id, _, hex_digest = created.partition(":")
+            if hex_digest:
+                self.live[bytes.fromhex(hex_digest)] = int(token_id)
             return
         revoked = int(payload)
         for key in [key for key, (_, caller) in self.entries.items() if caller and caller.token_id == revoked]:
             del self.entries[key]
+        for key in [key for key, token_id in self.live.items() if token_id == revoked]:
+            del self.live[key]
 
     def forget_all(self) -> None:
         """After the listener (re)connects: revocations may have gone unheard meanwhile."""
         self.generation += 1
         self.entries.clear()
+
+    async def catch_up(self, conn: Connection) -> None:
+        """After the listener (re)connects, on its connection: forget everything cached, and
+        read which tokens are live (creations and revocations may have gone unheard)."""
+        self.forget_all()
+        self.live = {bytes(row[0]): row[1] for row in await conn.fetch(LIVE_TOKENS_SQL)}
 
 
 def client_address(request: Request) -> str:
