@@ -11,6 +11,7 @@ import operator
 import re
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -35,6 +36,8 @@ from tests.support.api import (
     user_fields,
 )
 from tests.support.stack import Api
+from travel import models
+from travel.endpoints.openapi import openapi_document
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -659,3 +662,13 @@ async def test_each_write_makes_its_stale_keys_miss_with_the_new_value(api: Api)
     assert await get_cached(api, "/trips/total", "HIT") == held["/trips/total"]
     await set_status(api, card_id, "active")
     assert (await get_cached(api, f"/cards/{card_id}/balance", "MISS"))["status"] == "active"
+
+
+def test_the_documented_health_samples_are_true_ones() -> None:
+    """ReDoc shows a response's example, else one made from each enum's first value: for
+    /health's 200 that was {"status": "degraded", "database": "down", ...} (issue 20)."""
+    responses = openapi_document(server.ENDPOINTS, "t", "1")["paths"]["/api/v1/health"]["get"]["responses"]
+    ok = msgspec.convert(responses["200"]["content"]["application/json"]["example"], models.Health)
+    down = msgspec.convert(responses["503"]["content"]["application/json"]["example"], models.Health)
+    assert (ok.status, ok.database, ok.cache) == ("ok", "ok", "ok")
+    assert down.database == "down"

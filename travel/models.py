@@ -8,7 +8,7 @@ is bound with `database.rows_as`, and start-up checks its columns against its St
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
@@ -119,6 +119,11 @@ class Health(msgspec.Struct):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "down"]
     cache: Literal["ok", "down"]
+    # The documentation's samples by status (a generated one takes each enum's first value).
+    EXAMPLES: ClassVar[dict[int, dict[str, str]]] = {
+        200: {"status": "ok", "database": "ok", "cache": "ok"},
+        503: {"status": "degraded", "database": "down", "cache": "ok"},
+    }
 
 
 class Trip(msgspec.Struct):

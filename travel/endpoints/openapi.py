@@ -98,6 +98,8 @@ def openapi_document(operations: Iterable[Endpoint], title: str, version: str) -
                 "description": f"{TITLES[503]}: the same body, saying what is down",
                 "content": {"application/json": {"schema": ref_of[op.unavailable]}},
             }
+        for status, example in getattr(op.answer, "EXAMPLES", {}).items():  # a model's own samples
+            entry["responses"][str(status)]["content"]["application/json"]["example"] = example
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
