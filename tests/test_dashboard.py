@@ -157,6 +157,10 @@ async def test_page_loads_clean_shows_the_api_figures_and_is_photographed(demo_a
         )
     )
     assert "/api/v1/trips/total" in route_rows
+    families = await in_browser(
+        lambda: browser.execute_script("return [...document.querySelectorAll('#bars-keys .name')].map(s => s.title);")
+    )
+    assert families and not [name for name in families if name.startswith("gen:")], families  # internal keys
     assert await in_browser(lambda: attribute(browser, "cache-state", "data-state")) == "ok"
     assert await in_browser(lambda: attribute(browser, "banner", "hidden")) is not None
 

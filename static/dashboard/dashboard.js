@@ -154,7 +154,8 @@
     $("cache-evicted").textContent = redis ? integer.format(redis.evicted_keys) : "down";
     $("panel-cache").classList.toggle("stale", !redis);
     if (redis) {
-      bars($("bars-keys"), Object.entries(redis.keys_by_family)
+      // The cache's own bookkeeping (gen:*, gen:sequence: cachekeys.py) is not a family of answers.
+      bars($("bars-keys"), Object.entries(redis.keys_by_family).filter(([name]) => !name.startsWith("gen:"))
         .map(([name, value]) => ({ name, value })).sort((a, b) => b.value - a.value), integer);
       $("keys-total").textContent = integer.format(redis.keys) + " keys" +
         (redis.keys_counted < redis.keys ? " (families estimated from " + integer.format(redis.keys_counted) + ")" : "");
