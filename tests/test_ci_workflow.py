@@ -48,3 +48,18 @@ def test_workflow_runs_ci_on_every_push_and_pull_request() -> None:
         step.get("uses", "").startswith("actions/setup-python@") and step["with"]["cache"] == "pip" for step in steps
     )
     assert steps[-1]["run"].endswith("bash .ci/run")
+
+
+def test_the_container_cache_lives_outside_the_checkout(tmp_path: Path) -> None:
+    """vfs keeps whole image copies (1.9 GB after one `make container-test`): not in the checkout."""
+    where = subprocess.run(
+        [str(ROOT / ".ci" / "container-cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+    ).stdout.strip()
+    assert Path(where) == tmp_path / ".cache" / "travel-recharge-api" / "container"
+    for script in (".ci/podman", ".ci/container-build"):
+        text = (ROOT / script).read_text()
+        assert "container-cache" in text and ".cache/container" not in text, script
