@@ -37,12 +37,15 @@ test-fast: $(STAMP)
 container-test: $(STAMP)
 	$(PY) -m pytest tests/test_container.py -o 'addopts=-ra --strict-markers -p no:locust'
 
-# Locust's web UI (http://127.0.0.1:8089) against a running API (`make run`, compose, a VM):
+# Locust's web UI (http://127.0.0.1:8089, this machine only unless LOCUST_WEB_HOST says
+# otherwise) against a running API (`make run`, compose, a VM):
 # make locust URL=http://192.168.100.10:8000 ADMIN_TOKEN=...
 # Run from the root, which Locust puts on sys.path: the locustfile imports bench.mix.
 URL ?= http://127.0.0.1:8000
+LOCUST_WEB_HOST ?= 127.0.0.1
 locust: $(STAMP)
-	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(PY) -m locust -f bench/locustfile.py --host $(URL)
+	ADMIN_TOKEN="$${ADMIN_TOKEN:-$$(cat .data/admin.token)}" $(PY) -m locust -f bench/locustfile.py --host $(URL) \
+		--web-host $(LOCUST_WEB_HOST)
 
 # The three-VM topology (network namespaces, root) and two instances behind a load balancer;
 # both are part of `make test` too.

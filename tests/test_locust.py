@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +96,14 @@ async def test_locust_headless_makes_every_kind_of_request_and_none_fails(stack:
     made = {kind for kind, entry in stats.items() if entry["num_requests"] > 0}
     assert EVERY_KIND <= made, f"never made: {EVERY_KIND - made}"
     assert locust.returncode == 0, output.decode()
+
+
+def test_make_locust_serves_its_web_ui_on_this_machine_only_unless_asked() -> None:
+    """Locust's default is every interface (0.0.0.0:8089): an open load generator (issue 20)."""
+    root = Path(__file__).resolve().parent.parent
+    dry_run = subprocess.run(["make", "-n", "locust"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "--web-host 127.0.0.1" in dry_run, dry_run
+    asked = subprocess.run(
+        ["make", "-n", "locust", "LOCUST_WEB_HOST=0.0.0.0"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert "--web-host 0.0.0.0" in asked, asked
