@@ -10,6 +10,8 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from tests.support.db import (
     assert_balances_reconcile,
     assert_counters_exact,
@@ -19,6 +21,8 @@ from tests.support.db import (
 )
 from tests.support.stack import with_database
 from travel.startup.embedded import EmbeddedStack
+
+pytestmark = pytest.mark.slow  # dumps and restores databases: seconds
 
 BACKUP = Path(__file__).resolve().parent.parent / "deploy" / "backup"
 

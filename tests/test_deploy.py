@@ -43,6 +43,8 @@ from travel.startup import embedded, serve
 from travel.startup.embedded import EmbeddedStack
 from travel.startup.processes import free_port
 
+pytestmark = pytest.mark.slow  # builds databases with the deployment's roles and runs its scripts: seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SCRIPTS = sorted(DEPLOY.rglob("*.sh"))

@@ -16,6 +16,8 @@ from tests.support.db import connected
 from tests.support.stack import start_stopped_servers
 from travel.startup.embedded import EmbeddedStack
 
+pytestmark = pytest.mark.slow  # starts and stops PostgreSQL and Valkey of its own: seconds
+
 
 @pytest.fixture
 def local_stack(module_stack: EmbeddedStack) -> Iterator[EmbeddedStack]:

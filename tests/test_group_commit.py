@@ -47,6 +47,8 @@ from tests.support.stack import Api, serve_api
 from travel.database import Database
 from travel.startup.embedded import EmbeddedStack
 
+pytestmark = pytest.mark.slow  # bursts of hundreds of concurrent writes: seconds
+
 BATCHES = ("recharge-cards", "board-cards", "end-trips")
 UNKNOWN = 999_999
 

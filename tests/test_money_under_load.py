@@ -13,11 +13,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support.api import SITP_FARE, assert_problem, json_body, make_user_with_card
 from tests.support.db import assert_balances_reconcile, assert_counters_exact
 from tests.support.stack import Api, check_answer
 from travel.database import QUERIES
+
+pytestmark = pytest.mark.slow  # hundreds of concurrent writes: seconds
 
 
 class Ledger:

@@ -190,6 +190,7 @@ async def test_a_lone_worker_writes_its_full_buffer_at_once(message_socket: Any)
     assert [json.loads(line)["request"]["id"] for line in written.splitlines()] == [f"r-{n}" for n in range(count)]
 
 
+@pytest.mark.slow  # waits for the log's one-second flush
 async def test_lines_are_written_within_a_second_without_more_traffic(message_socket: Any) -> None:
     writer, reader = message_socket
     access = logs.AccessLog(writer.fileno())

@@ -18,6 +18,8 @@ from tests.support.stack import TOKENS, Api, serve_api
 from travel import auth, models
 from travel.startup.embedded import EmbeddedStack
 
+pytestmark = pytest.mark.slow  # starts second instances to see revocations reach them: seconds
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

@@ -261,6 +261,7 @@ async def revoke(api: Api, role: str) -> None:
     )
 
 
+@pytest.mark.slow  # waits out the token cache's lifetime
 async def test_a_revoked_token_stops_working_when_the_token_cache_expires(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

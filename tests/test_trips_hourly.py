@@ -26,6 +26,8 @@ from tests.support.api import (
 )
 from tests.support.stack import Api
 
+pytestmark = pytest.mark.slow  # fills hours of trips through the API: seconds
+
 BOGOTA_OFFSET = "-05:00"  # Bogotá keeps UTC-5 all year
 # What the triggers kept, and what the trips say, per Bogotá hour.
 _MAINTAINED = """SELECT hour, sum(trips)::bigint, sum(completed_trips)::bigint, sum(revenue)::bigint
