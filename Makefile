@@ -20,14 +20,14 @@ check: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Every test (about 4 minutes here): as root with apt it first installs the programs the root
+# Every test (about 6.5 minutes here): as root with apt it first installs the programs the root
 # and browser tests drive (.ci/system-packages).
 test: check
 	bash .ci/system-packages
 	$(PY) -m pytest
 
 # The tests that need neither root, nor programs from .ci/system-packages, nor a browser, nor
-# more than a few seconds each (markers root, browser, slow in pytest.ini): under a minute,
+# more than a few seconds each (markers root, browser, slow in pytest.ini): under a minute (57 s),
 # for the edit-test loop. Not a substitute for `make test` before a commit.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not root and not browser"
