@@ -130,7 +130,7 @@ def forget_worker() -> None:
 def observe_many(histogram: Any, counts: list[int], seconds: float) -> None:
     """Add many observations to a labelled `histogram` at once: `counts` per bucket of
     BUCKETS (then +Inf), `seconds` their sum. prometheus_client has no public call for it,
-    so this uses its buckets' values (tests/test_couplings.py guards them)."""
+    so this uses its buckets' values (tests/test_stats.py holds the result to one observe() per answer)."""
     histogram._sum.inc(seconds)
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
